@@ -1,0 +1,28 @@
+"""discograd: gradients through discrete random variables.
+
+Sample-level ops (:mod:`discograd.functional`, re-exported here), relaxed
+distributions (:mod:`discograd.distributions`), gradient estimators behind one
+contract (:mod:`discograd.estimators`) and exact-gradient diagnostics
+(:mod:`discograd.diagnostics`).
+"""
+
+from discograd import diagnostics, distributions, estimators, functional
+from discograd.estimators import Estimate, Estimator, Exact
+from discograd.functional import gumbel_max, gumbel_softmax, sample_gumbel, straight_through
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "Estimate",
+    "Estimator",
+    "Exact",
+    "__version__",
+    "diagnostics",
+    "distributions",
+    "estimators",
+    "functional",
+    "gumbel_max",
+    "gumbel_softmax",
+    "sample_gumbel",
+    "straight_through",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from discograd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,71 @@
+"""Shared parameter handling for the relaxed distributions."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.distributions import constraints
+
+from discograd.functional import _compute_dtype, _gumbel_from_uniform_
+
+
+def as_temperature(temperature: float | Tensor, like: Tensor) -> Tensor:
+    """The temperature as a tensor of ``like``'s dtype and device, type-checked."""
+    if isinstance(temperature, Tensor):
+        if not temperature.is_floating_point():
+            raise TypeError(
+                f"temperature must be a float or floating tensor, got dtype {temperature.dtype}"
+            )
+        return temperature.to(device=like.device)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(
+            f"temperature must be a float or a tensor, got {type(temperature).__name__}"
+        )
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be positive and finite, got temperature={temperature}")
+    return torch.tensor(float(temperature), dtype=like.dtype, device=like.device)
+
+
+def check_params(probs: Tensor | None, logits: Tensor | None) -> Tensor:
+    if (probs is None) == (logits is None):
+        raise ValueError("exactly one of probs or logits must be given")
+    param = probs if probs is not None else logits
+    if not isinstance(param, Tensor):
+        raise TypeError(f"probs/logits must be a tensor, got {type(param).__name__}")
+    if not param.is_floating_point():
+        raise TypeError(f"probs/logits must have a floating dtype, got {param.dtype}")
+    return param
+
+
+def uniform(shape: torch.Size, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Uniform draws in ``like``'s compute dtype (float32 for 16-bit)."""
+    return torch.rand(
+        shape, dtype=_compute_dtype(like.dtype), device=like.device, generator=generator
+    )
+
+
+def gumbel(shape: torch.Size, like: Tensor, generator: torch.Generator | None) -> Tensor:
+    return _gumbel_from_uniform_(uniform(shape, like, generator))
+
+
+class _Simplex(constraints.Constraint):
+    """Probability vectors, with a sum tolerance that scales with the dtype.
+
+    torch's ``constraints.simplex`` uses a fixed 1e-6, which rejects correct
+    float16 samples.
+    """
+
+    event_dim = 1
+
+    def check(self, value: Tensor) -> Tensor:
+        eps = torch.finfo(value.dtype).eps if value.is_floating_point() else 0.0
+        tol = max(1e-6, 4.0 * value.shape[-1] * eps)
+        return (value >= 0).all(-1) & ((value.sum(-1) - 1).abs() <= tol)
+
+    def __repr__(self) -> str:
+        return "Simplex()"
+
+
+simplex = _Simplex()

@@ -1,0 +1,144 @@
+r"""The Binary Concrete (relaxed Bernoulli) distribution.
+
+Maddison, Mnih & Teh 2017, "The Concrete Distribution", Section 3.3 (Jang et al.
+2017 call it the Gumbel-Softmax with two categories). With logit :math:`\alpha`,
+temperature :math:`\tau` and logistic noise :math:`L = \log U - \log(1-U)`:
+
+.. math::
+    x = \sigma(s),\quad s = (\alpha + L)/\tau, \qquad
+    p(x) = \frac{\tau e^{\alpha} x^{-\tau-1}(1-x)^{-\tau-1}}
+                {\big(e^{\alpha} x^{-\tau} + (1-x)^{-\tau}\big)^2}.
+
+``log_prob`` evaluates the density through the logit :math:`s = \mathrm{logit}(x)`,
+using :math:`\log x = -\mathrm{softplus}(-s)` and
+:math:`\log(1-x) = -\mathrm{softplus}(s)`:
+
+.. math:: \log p(x) = \log\tau + \alpha + (\tau+1)\,[\mathrm{sp}(s) + \mathrm{sp}(-s)]
+          - 2\tau\,\mathrm{sp}(s) - 2\,\mathrm{sp}(\alpha - \tau s).
+
+At low temperature samples saturate to exactly 0 or 1 in floating point; the
+distribution keeps the logit of its last sample so that ``log_prob`` of its own
+sample stays exact and finite. Other values at 0 or 1 are evaluated at distance
+``tiny`` / ``eps`` from the boundary. ``x > 1/2`` is an exact Bernoulli(σ(α)) sample.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.distributions import Distribution, constraints
+from torch.distributions.utils import lazy_property, logits_to_probs, probs_to_logits
+from torch.types import _size
+
+from discograd.distributions._utils import as_temperature, check_params, uniform
+from discograd.functional import _compute_dtype, _divide_by_tau
+
+__all__ = ["BinaryConcrete"]
+
+
+class BinaryConcrete(Distribution):
+    r"""Binary Concrete / relaxed Bernoulli: :math:`x = \sigma((\alpha + L)/\tau)` on (0, 1).
+
+    Args:
+        temperature: :math:`\tau > 0`; a float or a tensor broadcasting against
+            the logits (it joins the batch shape).
+        probs: probability of 1 of the Bernoulli being relaxed.
+        logits: its logit :math:`\alpha`.
+        validate_args: as in ``torch.distributions``.
+    """
+
+    arg_constraints = {
+        "temperature": constraints.positive,
+        "probs": constraints.unit_interval,
+        "logits": constraints.real,
+    }
+    support = constraints.unit_interval
+    has_rsample = True
+
+    def __init__(
+        self,
+        temperature: float | Tensor,
+        probs: Tensor | None = None,
+        logits: Tensor | None = None,
+        validate_args: bool | None = None,
+    ) -> None:
+        param = check_params(probs, logits)
+        tau = as_temperature(temperature, param)
+        batch_shape = torch.broadcast_shapes(param.shape, tau.shape)
+        if probs is not None:
+            self.probs = probs.expand(batch_shape)
+        else:
+            assert logits is not None
+            self.logits = logits.expand(batch_shape)
+        self.temperature = tau
+        self._last: tuple[Tensor, Tensor] | None = None
+        super().__init__(batch_shape, validate_args=validate_args)
+
+    @lazy_property
+    def logits(self) -> Tensor:
+        return probs_to_logits(self.probs, is_binary=True)
+
+    @lazy_property
+    def probs(self) -> Tensor:
+        return logits_to_probs(self.logits, is_binary=True)
+
+    @property
+    def param_shape(self) -> torch.Size:
+        return self.batch_shape
+
+    def expand(self, batch_shape: _size, _instance=None):
+        new = self._get_checked_instance(BinaryConcrete, _instance)
+        batch_shape = torch.Size(batch_shape)
+        if "probs" in self.__dict__:
+            new.probs = self.probs.expand(batch_shape)
+        if "logits" in self.__dict__:
+            new.logits = self.logits.expand(batch_shape)
+        new.temperature = self.temperature
+        new._last = None
+        super(BinaryConcrete, new).__init__(batch_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def rsample(
+        self, sample_shape: _size = torch.Size(), generator: torch.Generator | None = None
+    ) -> Tensor:
+        shape = self._extended_shape(sample_shape)
+        u = uniform(shape, self.logits, generator)
+        finfo = torch.finfo(u.dtype)
+        u = u.clamp_(finfo.tiny, 1.0 - finfo.eps / 2)
+        logistic = u.log() - torch.log1p(-u)
+        s = _divide_by_tau(self.logits + logistic, self.temperature)
+        x = torch.sigmoid(s).to(self.logits.dtype)
+        self._last = (x, s)
+        return x
+
+    def sample(
+        self, sample_shape: _size = torch.Size(), generator: torch.Generator | None = None
+    ) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape, generator)
+
+    def _logit(self, x: Tensor) -> Tensor:
+        if self._last is not None and x is self._last[0]:
+            return self._last[1]
+        finfo = torch.finfo(x.dtype)
+        x = x.clamp(finfo.tiny, 1.0 - finfo.eps / 2)
+        return x.log() - torch.log1p(-x)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        cdt = _compute_dtype(value.dtype)
+        s = self._logit(value).to(cdt)
+        alpha = self.logits.to(cdt)
+        tau = self.temperature.to(cdt)
+        sp_pos, sp_neg = F.softplus(s), F.softplus(-s)
+        out = (
+            tau.log()
+            + alpha
+            + (tau + 1) * (sp_pos + sp_neg)
+            - 2 * tau * sp_pos
+            - 2 * F.softplus(alpha - tau * s)
+        )
+        return out.to(value.dtype)

@@ -1,0 +1,264 @@
+r"""The Concrete (Gumbel-Softmax) distribution and its log-space form, ExpConcrete.
+
+Maddison, Mnih & Teh 2017, "The Concrete Distribution: A Continuous Relaxation
+of Discrete Random Variables"; Jang, Gu & Poole 2017, "Categorical
+Reparameterization with Gumbel-Softmax".
+
+With :math:`\pi = \mathrm{softmax}(\theta)`, :math:`C` categories and
+temperature :math:`\tau`, a sample is
+
+.. math:: x = \mathrm{log\_softmax}((\theta + G)/\tau) \quad\text{(ExpConcrete)},
+          \qquad y = e^{x} = \mathrm{softmax}((\theta + G)/\tau) \quad\text{(Concrete)}.
+
+Densities (closed form):
+
+.. math::
+    \log p_{\mathrm{Exp}}(x) &= \log\Gamma(C) + (C-1)\log\tau
+        + \sum_k (\log\pi_k - \tau x_k) - C \log\sum_i e^{\log\pi_i - \tau x_i}, \\
+    \log p(y) &= \log p_{\mathrm{Exp}}(\log y) - \sum_k \log y_k
+        = \log\Gamma(C) + (C-1)\log\tau - C\log\sum_i \pi_i y_i^{-\tau}
+          + \sum_k (\log\pi_k - (\tau+1)\log y_k).
+
+``Concrete.log_prob`` is a density w.r.t. Lebesgue measure on the first
+:math:`C-1` coordinates of the simplex (for :math:`C=2` it is the Binary
+Concrete density of :math:`y_1`). ``ExpConcrete.log_prob`` is Maddison et al.'s
+formula, as in ``torch.distributions.ExpRelaxedCategorical``: a density w.r.t.
+the symmetric measure :math:`\prod_{k \ne j} dx_k / y_j` on the log-simplex (any
+:math:`j` gives the same measure). It integrates to 1 against that measure, not
+against :math:`dx_1\cdots dx_{C-1}`; in a KL or a likelihood ratio between two
+ExpConcretes the base measure cancels.
+
+Temperatures broadcast against the logits as tensors (torch's convention): a
+per-row temperature has shape ``[n, 1]``. Unlike
+``torch.distributions.RelaxedOneHotCategorical`` (torch issue #37162), the batch
+shape includes the temperature's and ``log_prob`` has shape
+``sample_shape + batch_shape``.
+
+Masked categories (``-inf`` logits, zero probabilities) are supported: they are
+never sampled and the density is that of the Concrete over the remaining
+categories.
+
+Low temperatures: ``Concrete`` keeps the log-space value of its last sample, so
+``log_prob`` of its own sample is computed from the exact log-coordinates even
+where :math:`y_k` underflowed to 0 (finite down to :math:`\tau = 10^{-2}` and
+below). Other values on the boundary are evaluated at distance ``tiny`` from it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, constraints
+from torch.distributions.utils import lazy_property
+from torch.types import _size
+
+from discograd.distributions._utils import as_temperature, check_params, gumbel, simplex
+from discograd.functional import _compute_dtype, _divide_by_tau
+
+__all__ = ["Concrete", "ExpConcrete"]
+
+
+class _RelaxedCategorical(Distribution):
+    """Parameters, shapes and sampling shared by Concrete and ExpConcrete."""
+
+    arg_constraints = {
+        "temperature": constraints.positive,
+        "probs": constraints.simplex,
+        "logits": constraints.real_vector,
+    }
+    has_rsample = True
+
+    def __init__(
+        self,
+        temperature: float | Tensor,
+        probs: Tensor | None = None,
+        logits: Tensor | None = None,
+        validate_args: bool | None = None,
+    ) -> None:
+        param = check_params(probs, logits)
+        if param.dim() < 1:
+            raise ValueError(
+                f"probs/logits need a category dimension, got shape {tuple(param.shape)}"
+            )
+        tau = as_temperature(temperature, param)
+        if tau.dim() > 0 and tau.shape[-1] != 1:
+            raise ValueError(
+                "temperature must be a scalar or broadcast over categories with a trailing "
+                f"dimension of size 1 (e.g. shape [n, 1] for one per row), got shape "
+                f"{tuple(tau.shape)}"
+            )
+        C = param.shape[-1]
+        batch_shape = torch.broadcast_shapes(param.shape[:-1], tau.shape[:-1])
+        if probs is not None:
+            self.probs = (probs / probs.sum(-1, keepdim=True)).expand(batch_shape + (C,))
+        else:
+            assert logits is not None
+            self.logits = (logits - logits.logsumexp(-1, keepdim=True)).expand(batch_shape + (C,))
+        self.temperature = tau
+        super().__init__(batch_shape, torch.Size([C]), validate_args=validate_args)
+
+    @lazy_property
+    def logits(self) -> Tensor:
+        p = self.probs
+        positive = p > 0
+        # The inner where keeps d log(p)/dp finite where p = 0 (a masked category).
+        return torch.where(positive, torch.where(positive, p, 1.0).log(), -torch.inf)
+
+    @lazy_property
+    def probs(self) -> Tensor:
+        return self.logits.softmax(-1)
+
+    @property
+    def param_shape(self) -> torch.Size:
+        return self.batch_shape + self.event_shape
+
+    def expand(self, batch_shape: _size, _instance=None):
+        new = self._get_checked_instance(type(self), _instance)
+        batch_shape = torch.Size(batch_shape)
+        param_shape = batch_shape + self.event_shape
+        if "probs" in self.__dict__:
+            new.probs = self.probs.expand(param_shape)
+        if "logits" in self.__dict__:
+            new.logits = self.logits.expand(param_shape)
+        new.temperature = self.temperature
+        super(_RelaxedCategorical, new).__init__(batch_shape, self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    @property
+    def _tau_batch(self) -> Tensor:
+        """The temperature with the category dimension dropped (broadcasts to batch)."""
+        tau = self.temperature
+        return tau[..., 0] if tau.dim() > 0 else tau
+
+    def _log_rsample(self, sample_shape: _size, generator: torch.Generator | None) -> Tensor:
+        """An ExpConcrete sample in the compute dtype."""
+        shape = self._extended_shape(sample_shape)
+        scores = self.logits + gumbel(shape, self.logits, generator)
+        return torch.log_softmax(_divide_by_tau(scores, self.temperature), -1)
+
+    def _exp_log_prob(self, x: Tensor) -> Tensor:
+        """Maddison et al.'s ExpConcrete log-density at log-coordinates ``x``."""
+        cdt = _compute_dtype(x.dtype)
+        x = x.to(cdt)
+        logits = self.logits.to(cdt)
+        finite = logits > -torch.inf
+        tau = self.temperature.to(cdt)
+        # Sanitise masked entries before the arithmetic, so no -inf - (-inf)
+        # reaches autograd.
+        s = torch.where(finite, logits, 0.0) - tau * torch.where(finite, x, 0.0)
+        n = finite.sum(-1).to(x.dtype)
+        out = (
+            torch.where(finite, s, 0.0).sum(-1)
+            - n * torch.where(finite, s, -torch.inf).logsumexp(-1)
+            + torch.lgamma(n)
+            + (n - 1) * self._tau_batch.to(cdt).log()
+        )
+        # Mass on a masked category: outside the support.
+        outside = (~finite & (x > -torch.inf)).any(-1)
+        return out.masked_fill(outside, -torch.inf)
+
+
+class ExpConcrete(_RelaxedCategorical):
+    r"""The log of a Concrete sample: :math:`x = \mathrm{log\_softmax}((\theta + G)/\tau)`.
+
+    Numerically stable at any temperature (samples are log-softmax outputs, the
+    density never exponentiates them), hence the form to use for relaxed KL terms
+    at low temperature (Maddison et al. 2017, Appendix C).
+
+    Args:
+        temperature: :math:`\tau > 0`; a float or a tensor broadcasting against
+            ``logits`` (shape ``[..., 1]``).
+        probs: event probabilities (normalised along the last dimension).
+        logits: unnormalised log-probabilities; ``-inf`` masks a category.
+        validate_args: as in ``torch.distributions``.
+
+    ``log_prob`` implements the closed form in this module's docstring.
+    """
+
+    support = constraints.real_vector
+
+    def rsample(
+        self, sample_shape: _size = torch.Size(), generator: torch.Generator | None = None
+    ) -> Tensor:
+        return self._log_rsample(sample_shape, generator).to(self.logits.dtype)
+
+    def sample(
+        self, sample_shape: _size = torch.Size(), generator: torch.Generator | None = None
+    ) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape, generator)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        return self._exp_log_prob(value).to(value.dtype)
+
+
+class Concrete(_RelaxedCategorical):
+    r"""Concrete / Gumbel-Softmax on the simplex: :math:`y = \mathrm{softmax}((\theta + G)/\tau)`.
+
+    The relaxation of ``OneHotCategorical(logits=θ)``: ``argmax y`` is an exact
+    categorical sample at every temperature, and :math:`y \to` one-hot as
+    :math:`\tau \to 0`. The density is log-convex for :math:`\tau \le 1/(C-1)`.
+
+    Args:
+        temperature: :math:`\tau > 0`; a float or a tensor broadcasting against
+            ``logits`` (shape ``[..., 1]``).
+        probs: event probabilities (normalised along the last dimension).
+        logits: unnormalised log-probabilities; ``-inf`` masks a category.
+        validate_args: as in ``torch.distributions``.
+
+    ``log_prob`` implements the closed form
+    :math:`p(y) = \Gamma(C)\,\tau^{C-1} (\sum_i \pi_i y_i^{-\tau})^{-C} \prod_k \pi_k y_k^{-\tau-1}`
+    in log space.
+    """
+
+    support = simplex
+
+    def __init__(
+        self,
+        temperature: float | Tensor,
+        probs: Tensor | None = None,
+        logits: Tensor | None = None,
+        validate_args: bool | None = None,
+    ) -> None:
+        super().__init__(temperature, probs, logits, validate_args)
+        self._last: tuple[Tensor, Tensor] | None = None
+
+    def expand(self, batch_shape: _size, _instance=None):
+        new = super().expand(batch_shape, _instance)
+        new._last = None
+        return new
+
+    def rsample(
+        self, sample_shape: _size = torch.Size(), generator: torch.Generator | None = None
+    ) -> Tensor:
+        x = self._log_rsample(sample_shape, generator)
+        y = x.exp().to(self.logits.dtype)
+        self._last = (y, x)
+        return y
+
+    def sample(
+        self, sample_shape: _size = torch.Size(), generator: torch.Generator | None = None
+    ) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape, generator)
+
+    def _log_coordinates(self, y: Tensor) -> Tensor:
+        if self._last is not None and y is self._last[0]:
+            return self._last[1]
+        finite = self.logits > -torch.inf
+        tiny = torch.finfo(y.dtype).tiny
+        # A zero coordinate of a category that can occur is read as "tiny": the
+        # density there is 0 or infinite, and a finite stand-in is more useful.
+        return torch.where(finite, y.clamp_min(tiny), y).log()
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        x = self._log_coordinates(value)
+        finite = self.logits > -torch.inf
+        x = x.to(_compute_dtype(x.dtype))
+        out = self._exp_log_prob(x) - torch.where(finite, x, 0.0).sum(-1)
+        return out.to(value.dtype)

@@ -1,0 +1,9 @@
+"""Gradient estimators of :math:`\\nabla_\\theta \\mathbb E_{z\\sim q_\\theta}[f(z)]`, one contract.
+
+See :mod:`discograd.estimators.base` for the calling convention.
+"""
+
+from discograd.estimators.base import Estimate, Estimator, Latent, zero_valued
+from discograd.estimators.exact import Exact
+
+__all__ = ["Estimate", "Estimator", "Exact", "Latent", "zero_valued"]
