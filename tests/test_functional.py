@@ -263,3 +263,69 @@ def test_straight_through_broadcast_and_dtype():
     assert torch.equal(g, torch.full((1, 4), 3.0, dtype=torch.float64))
     with pytest.raises(TypeError, match="soft"):
         dg.straight_through(hard, torch.ones(3, 4, dtype=torch.int64))
+
+
+# ------------------------------------------------------- conditional noise
+
+
+def test_conditional_gumbel_reproduces_the_unconditional_distribution(gen):
+    from scipy import stats
+
+    logits = torch.tensor([0.5, -1.0, 1.2, 0.0, float("-inf")], dtype=torch.float64)
+    n = 30_000
+    k = dg.gumbel_max(logits.expand(n, -1), generator=gen).argmax(-1)
+    z = dg.functional.conditional_gumbel(logits, k, generator=gen)
+    assert z.shape == (n, 5)
+    assert torch.equal(z.argmax(-1), k)  # the conditioning holds exactly
+    assert torch.isneginf(z[:, 4]).all()
+    # Marginally, each score is Gumbel(theta_i): KS test per category.
+    for i in range(4):
+        p = stats.kstest(z[:, i].numpy() - float(logits[i]), stats.gumbel_r.cdf).pvalue
+        assert p > 1e-3, (i, p)
+    # The maximum is Gumbel(logsumexp theta) whatever the argmax.
+    lse = float(torch.logsumexp(logits, -1))
+    top = z.max(-1).values.numpy() - lse
+    for cat in (0, 2):
+        assert stats.kstest(top[(k == cat).numpy()], stats.gumbel_r.cdf).pvalue > 1e-3
+
+
+def test_conditional_gumbel_shapes_gradients_and_errors(gen):
+    logits = torch.randn(3, 4, requires_grad=True)
+    masked = logits.detach().clone()
+    masked[:, 1] = float("-inf")
+    masked.requires_grad_(True)
+    index = torch.tensor([[0, 2, 3], [3, 3, 0]])  # sample dim of 2, broadcast over 3 rows
+    for lg in (logits, masked):
+        z = dg.functional.conditional_gumbel(lg, index, generator=gen)
+        assert z.shape == (2, 3, 4) and torch.equal(z.argmax(-1), index)
+        (g,) = torch.autograd.grad(torch.softmax(z / 0.5, -1)[..., 0].sum(), lg)
+        assert torch.isfinite(g).all()
+    half = dg.functional.conditional_gumbel(logits.detach().half(), index, generator=gen)
+    assert half.dtype == torch.float16 and torch.equal(half.argmax(-1), index)
+    with pytest.raises(TypeError, match="index"):
+        dg.functional.conditional_gumbel(logits, index.float())
+
+
+def test_conditional_logistic_reproduces_the_unconditional_distribution(gen):
+    from scipy import stats
+
+    alpha = 0.7
+    n = 30_000
+    b = (torch.rand(n, generator=gen, dtype=torch.float64) < 1 / (1 + math.exp(-alpha))).double()
+    z = dg.functional.conditional_logistic(
+        torch.tensor(alpha, dtype=torch.float64), b, generator=gen
+    )
+    assert torch.equal((z > 0).double(), b)
+    assert stats.kstest(z.numpy() - alpha, stats.logistic.cdf).pvalue > 1e-3
+
+
+def test_conditional_logistic_saturated_logits_stay_finite_and_consistent(gen):
+    alpha = torch.tensor([-40.0, -15.0, 0.0, 15.0, 40.0], requires_grad=True)
+    for value in (torch.zeros(5), torch.ones(5)):
+        z = dg.functional.conditional_logistic(alpha, value.expand(1000, 5), generator=gen)
+        assert torch.isfinite(z).all()
+        assert torch.equal((z > 0).float(), value.expand(1000, 5))
+        (g,) = torch.autograd.grad(torch.sigmoid(z).sum(), alpha)
+        assert torch.isfinite(g).all()
+    with pytest.raises(TypeError, match="value"):
+        dg.functional.conditional_logistic(alpha, 1.0)  # type: ignore[arg-type]

@@ -26,7 +26,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["gumbel_max", "gumbel_softmax", "sample_gumbel", "straight_through"]
+__all__ = [
+    "conditional_gumbel",
+    "conditional_logistic",
+    "gumbel_max",
+    "gumbel_softmax",
+    "sample_gumbel",
+    "straight_through",
+]
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -218,3 +225,98 @@ def gumbel_softmax(
     else:
         out = soft
     return out.to(logits.dtype)
+
+
+def conditional_gumbel(
+    logits: Tensor, index: Tensor, generator: torch.Generator | None = None
+) -> Tensor:
+    r"""Perturbed scores :math:`\theta + G` conditioned on :math:`\arg\max_k(\theta_k + G_k) = `
+    ``index``, reparameterised in ``logits``.
+
+    The Gumbel-max trick's conditional (Maddison et al. 2014 "A* Sampling";
+    Tucker et al. 2017 "REBAR", Appendix): with :math:`E_i \sim \mathrm{Exp}(1)`
+    and :math:`\ell = \log\sum_i e^{\theta_i}`, the maximum is
+    :math:`M = \ell - \log E_k` (independent of the argmax) and every other
+    score is a Gumbel truncated below :math:`M`:
+
+    .. math:: z_k = \ell - \log E_k, \qquad
+              z_i = -\log\big(E_k e^{-\ell} + E_i e^{-\theta_i}\big)\quad (i \ne k).
+
+    Drawing ``index`` from ``Categorical(logits)`` and then the scores gives
+    exactly the distribution of :math:`\theta + G`. Used by REBAR / RELAX
+    (relaxed control variates at the sampled category) and Gumbel-Rao.
+
+    Args:
+        logits: unnormalised log-probabilities, categories on the last
+            dimension; ``-inf`` masks a category (its score is ``-inf``).
+        index: int64 categories; its shape broadcasts against
+            ``logits.shape[:-1]`` (extra leading sample dimensions allowed).
+        generator: a ``torch.Generator`` for the noise.
+
+    Returns:
+        Scores of shape ``broadcast(index.shape, logits.shape[:-1]) + (C,)`` in
+        the dtype of ``logits`` (computed in float32 for 16-bit inputs), with
+        gradients flowing to ``logits``.
+    """
+    _check_logits(logits)
+    if not isinstance(index, Tensor) or index.dtype != torch.int64:
+        raise TypeError(f"index must be an int64 tensor of categories, got {index!r:.60}")
+    cdt = _compute_dtype(logits.dtype)
+    C = logits.shape[-1]
+    shape = torch.broadcast_shapes(index.shape, logits.shape[:-1]) + (C,)
+    theta = logits.to(cdt).expand(shape)
+    finite = theta > -math.inf
+    theta_c = torch.where(finite, theta, 0.0)  # finite stand-ins keep gradients clean
+    lse = torch.logsumexp(torch.where(finite, theta, -math.inf), -1, keepdim=True)
+    g = _gumbel_from_uniform_(
+        torch.rand(shape, dtype=cdt, device=logits.device, generator=generator)
+    )
+    onehot = torch.zeros(shape, dtype=torch.bool, device=logits.device).scatter_(
+        -1, index.expand(shape[:-1]).unsqueeze(-1), True
+    )
+    # log E = -g for standard Gumbel g; everything stays in log space.
+    g_top = (g * onehot).sum(-1, keepdim=True)
+    top = lse + g_top
+    others = -torch.logaddexp(-g_top - lse, -g - theta_c)
+    out = torch.where(onehot, top, torch.where(finite, others, -math.inf))
+    return out.to(logits.dtype)
+
+
+def conditional_logistic(
+    logits: Tensor, value: Tensor, generator: torch.Generator | None = None
+) -> Tensor:
+    r"""Logistic-perturbed logits :math:`z = \alpha + L` given :math:`1[z > 0] = ` ``value``.
+
+    The binary case of :func:`conditional_gumbel` (Tucker et al. 2017, "REBAR"):
+    with :math:`p = \sigma(\alpha)` and :math:`v \sim \mathcal U(0, 1)`, the
+    uniform behind :math:`z = \alpha + \mathrm{logit}(u)` is
+    :math:`u = 1 - p + v p` given 1 and :math:`u = v(1 - p)` given 0. Computed in
+    log space, reparameterised in ``logits``.
+
+    Args:
+        logits: the Bernoulli logits :math:`\alpha`.
+        value: the observed samples (0./1. floats or bools), broadcasting with ``logits``.
+        generator: a ``torch.Generator`` for the noise.
+
+    Returns:
+        ``z`` of the broadcast shape, dtype of ``logits``: ``z > 0`` exactly where
+        ``value`` is 1 (up to ties at 0).
+    """
+    _check_logits(logits)
+    if not isinstance(value, Tensor):
+        raise TypeError(f"value must be a tensor of 0/1 samples, got {type(value).__name__}")
+    cdt = _compute_dtype(logits.dtype)
+    shape = torch.broadcast_shapes(logits.shape, value.shape)
+    alpha = logits.to(cdt).expand(shape)
+    one = value.expand(shape) > 0.5
+    finfo = torch.finfo(cdt)
+    v = torch.rand(shape, dtype=cdt, device=logits.device, generator=generator)
+    v = v.clamp_(finfo.tiny, 1.0 - finfo.eps / 2)
+    log_p = -torch.nn.functional.softplus(-alpha)  # log σ(α)
+    log_q = -torch.nn.functional.softplus(alpha)  # log σ(-α)
+    log_v, log_1mv = v.log(), torch.log1p(-v)
+    # z = α + log u − log(1 − u). Given 1: u = q + p v, 1 − u = p (1 − v).
+    # Given 0: u = q v, 1 − u = p + q (1 − v). Sums of positives, in log space.
+    z1 = alpha + torch.logaddexp(log_q, log_p + log_v) - (log_p + log_1mv)
+    z0 = alpha + (log_q + log_v) - torch.logaddexp(log_p, log_q + log_1mv)
+    return torch.where(one, z1, z0).to(logits.dtype)
