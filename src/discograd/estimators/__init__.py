@@ -3,7 +3,19 @@
 See :mod:`discograd.estimators.base` for the calling convention.
 """
 
+from discograd.estimators.arsm import AR, ARS, ARSM, ARSMPlus, ARSPlus
 from discograd.estimators.base import Estimate, Estimator, Latent, zero_valued
 from discograd.estimators.exact import Exact
 
-__all__ = ["Estimate", "Estimator", "Exact", "Latent", "zero_valued"]
+__all__ = [
+    "AR",
+    "ARS",
+    "ARSM",
+    "ARSMPlus",
+    "ARSPlus",
+    "Estimate",
+    "Estimator",
+    "Exact",
+    "Latent",
+    "zero_valued",
+]

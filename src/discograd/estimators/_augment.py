@@ -1,0 +1,241 @@
+r"""Shared machinery of the augment-REINFORCE estimators (AR family, ARM, DisARM).
+
+* :func:`dirichlet_noise` — the Dirichlet / exponential-racing noise behind AR.
+* :func:`swap_argmax` — every pseudo-action :math:`z^{j\rightleftharpoons m}` at once.
+* :func:`evaluate_unique` — evaluate ``f`` once per *distinct* joint configuration
+  of each data point, in one (optionally chunked) call with a leading sample
+  dimension, and scatter the values back to the candidates.
+* :func:`surrogate` — the loss whose gradient with respect to the logits is a
+  given per-category gradient estimate.
+
+Everything here works on flattened tensors: ``B`` data points, ``V`` variables,
+``C`` categories.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from discograd.estimators.base import CostFn, Latent, zero_valued
+from discograd.functional import _compute_dtype
+
+__all__ = [
+    "check_max_evals",
+    "dirichlet_noise",
+    "evaluate_unique",
+    "first_not_in",
+    "sum_event",
+    "surrogate",
+    "swap_argmax",
+]
+
+
+def check_max_evals(max_evals_per_call: int | None) -> int | None:
+    if max_evals_per_call is None:
+        return None
+    if (
+        isinstance(max_evals_per_call, bool)
+        or not isinstance(max_evals_per_call, int)
+        or max_evals_per_call < 1
+    ):
+        raise ValueError(
+            "max_evals_per_call must be None or a positive int, "
+            f"got max_evals_per_call={max_evals_per_call!r}"
+        )
+    return max_evals_per_call
+
+
+def uniform(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, generator) -> Tensor:
+    """U(0, 1) draws clamped into ``[tiny, 1 - eps/2]``: their logs and log1p are finite."""
+    finfo = torch.finfo(dtype)
+    u = torch.rand(shape, dtype=dtype, device=device, generator=generator)
+    return u.clamp_(finfo.tiny, 1.0 - finfo.eps / 2)
+
+
+def dirichlet_noise(
+    shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, generator
+) -> tuple[Tensor, Tensor]:
+    r"""Gumbel noise ``G`` and ``log ϖ`` of one Dirichlet(1_C) draw per row.
+
+    With :math:`E_i = -\log u_i \sim \mathrm{Exp}(1)`, :math:`\varpi = E / \sum E
+    \sim \mathrm{Dir}(1_C)` and :math:`G_i = -\log E_i` is standard Gumbel, so
+    :math:`\arg\min_i \varpi_i e^{-\theta_i} = \arg\max_i (\theta_i + G_i)`.
+    """
+    log_e = uniform(shape, dtype, device, generator).log_().neg_().log_()
+    return -log_e, log_e - torch.logsumexp(log_e, -1, keepdim=True)
+
+
+def _top3(scores: Tensor) -> tuple[Tensor, Tensor]:
+    """The 3 largest entries along the last dim (padded with ``-inf`` / index -1 if C < 3)."""
+    k = min(3, scores.shape[-1])
+    vals, idx = scores.topk(k, dim=-1)
+    if k < 3:
+        vals = F.pad(vals, (0, 3 - k), value=-math.inf)
+        idx = F.pad(idx, (0, 3 - k), value=-1)
+    return vals, idx
+
+
+def first_not_in(vals: Tensor, idx: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Among 3 ranked candidates (last dim), the first whose index is neither ``a`` nor ``b``."""
+    ok = (idx != a.unsqueeze(-1)) & (idx != b.unsqueeze(-1))
+    first = ok.to(torch.uint8).argmax(-1, keepdim=True)
+    shape = ok.shape
+    return (
+        vals.expand(shape).gather(-1, first).squeeze(-1),
+        idx.expand(shape).gather(-1, first).squeeze(-1),
+    )
+
+
+def swap_argmax(theta: Tensor, gumbel: Tensor, ref: Tensor | None = None) -> Tensor:
+    r"""Pseudo-actions :math:`z^{j\rightleftharpoons m} = \arg\max_i(\theta_i + G_{\sigma(i)})`,
+    :math:`\sigma` the transposition of ``j`` and ``m`` (the Dirichlet entries swapped).
+
+    Args:
+        theta: logits ``[B, V, C]`` (``-inf`` masks a category).
+        gumbel: the Gumbel noise ``[B, V, C]`` of :func:`dirichlet_noise`.
+        ref: ``None`` for every pair (``[B, V, C, C]``, indexed ``[..., j, m]``),
+            or a reference category per data point ``[B]`` (``[B, V, C]``, indexed
+            ``[..., m]``).
+
+    Only three entries change place or value under a swap, so the arg max is
+    among the two swapped entries and the best of the others — the first of the
+    top three scores not at ``j`` or ``m``: O(C^2) per variable, not O(C^3).
+    """
+    B, V, C = theta.shape
+    ar = torch.arange(C, device=theta.device)
+    top_v, top_i = _top3(theta + gumbel)
+    if ref is None:
+        j = ar.view(C, 1).expand(C, C)
+        m = ar.view(1, C).expand(C, C)
+        s_j = theta.unsqueeze(-1) + gumbel.unsqueeze(-2)  # entry j holds G_m
+        s_m = theta.unsqueeze(-2) + gumbel.unsqueeze(-1)  # entry m holds G_j
+        top_v, top_i = top_v[:, :, None, None], top_i[:, :, None, None]
+    else:
+        idx = ref.view(B, 1, 1).expand(B, V, 1)
+        j = ref.view(B, 1, 1).expand(B, 1, C)
+        m = ar.view(1, 1, C).expand(B, 1, C)
+        s_j = theta.gather(-1, idx) + gumbel
+        s_m = theta + gumbel.gather(-1, idx)
+        top_v, top_i = top_v[:, :, None], top_i[:, :, None]
+    o_v, o_i = first_not_in(top_v, top_i, j, m)
+    which = torch.stack([s_j, s_m, o_v], -1).argmax(-1, keepdim=True)
+    cand = torch.stack(torch.broadcast_tensors(j, m, o_i), -1)
+    return cand.gather(-1, which).squeeze(-1)
+
+
+# --------------------------------------------------------------------- dedupe
+def _pack(configs: Tensor, num_categories: int) -> Tensor:
+    """Configurations ``[B, P, V]`` (ints in ``[0, C)``) to exact int64 keys ``[B, P, K]``."""
+    bits = max(1, (num_categories - 1).bit_length())
+    per = 63 // bits
+    B, P, V = configs.shape
+    K = -(-V // per)
+    x = F.pad(configs, (0, K * per - V)).view(B, P, K, per)
+    shifts = torch.arange(per, device=configs.device) * bits
+    return (x << shifts).sum(-1)
+
+
+def _dedupe(configs: Tensor, num_categories: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Distinct configurations per data point, with candidate 0 always in slot 0.
+
+    Args:
+        configs: ``[P, B, V]`` int64 candidate configurations; candidate 0 is the
+            one whose evaluation stays attached to the graph (the true sample).
+
+    Returns:
+        slot: ``[B, P]`` the slot holding each candidate's configuration.
+        count: ``[B]`` number of distinct configurations of each data point.
+        rep: ``[B, M]`` for each slot, a candidate holding its configuration
+            (``M = count.max()``); slots past ``count`` repeat candidate 0.
+    """
+    P, B, _ = configs.shape
+    keys = _pack(configs.permute(1, 0, 2), num_categories)  # [B, P, K]
+    perm = torch.arange(P, device=configs.device).expand(B, P)
+    # Lexicographic order by stable sorts, last key word first (K = ceil(V / per) words).
+    for k in reversed(range(keys.shape[-1])):
+        order = keys[..., k].gather(1, perm).sort(dim=1, stable=True).indices
+        perm = perm.gather(1, order)
+    sorted_keys = keys.gather(1, perm.unsqueeze(-1).expand_as(keys))
+    new = torch.ones(B, P, dtype=torch.bool, device=configs.device)
+    new[:, 1:] = (sorted_keys[:, 1:] != sorted_keys[:, :-1]).any(-1)
+    rank_sorted = new.cumsum(1) - 1
+    rank = torch.empty_like(perm).scatter_(1, perm, rank_sorted)
+    count = new.sum(1)
+    r0 = rank[:, :1]
+    slot = torch.where(rank == r0, 0, rank + (rank < r0).long())
+    rep = torch.zeros(B, P + 1, dtype=torch.long, device=configs.device)
+    dump = torch.where(new, slot.gather(1, perm), P)
+    rep.scatter_(1, dump, perm)
+    return slot, count, rep[:, : int(count.max())]
+
+
+def evaluate_unique(
+    latent: Latent,
+    f: CostFn,
+    configs: Tensor,
+    *,
+    max_per_call: int | None = None,
+    attach: str = "first",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Evaluate ``f`` on the distinct configurations among candidates, per data point.
+
+    Args:
+        latent: the parsed distribution (``B`` flattened data points, ``V`` variables).
+        f: the cost.
+        configs: ``[P, B, V]`` int64 candidate configurations (category indices,
+            or 0/1 for Bernoulli); candidate 0 is the true sample.
+        max_per_call: split the slots into calls of at most this many slots
+            (the leading sample dimension of each call); ``None``: one call.
+        attach: ``"first"``: only slot 0 (candidate 0) keeps its graph (the
+            other chunks run under ``torch.no_grad``); ``"all"``: every slot does.
+
+    Returns:
+        values: ``[P, B]`` f of every candidate (detached for ``attach="first"``).
+        f_first: ``[B]`` f of candidate 0, attached to the graph.
+        count: ``[B]`` int64, the distinct configurations evaluated per data point.
+    """
+    _, B, V = configs.shape
+    slot, count, rep = _dedupe(configs, latent.num_categories)
+    M = rep.shape[1]
+    X = configs.gather(0, rep.t().unsqueeze(-1).expand(M, B, V))  # padding repeats candidate 0
+    size = M if max_per_call is None else max_per_call
+    outs = []
+    for start in range(0, M, size):
+        k = min(size, M - start)
+        x = latent.encode(X[start : start + k].reshape(latent.index_shape((k,))))
+        if start == 0 or attach == "all":
+            out = latent.call_f(f, x, (k,))
+        else:
+            with torch.no_grad():
+                out = latent.call_f(f, x, (k,))
+        outs.append(out.reshape(k, B))
+    slots = outs[0] if len(outs) == 1 else torch.cat(outs)
+    f_first = slots[0]
+    if attach == "first":
+        slots = slots.detach()
+    return slots.gather(0, slot.t()), f_first, count
+
+
+def surrogate(f_value: Tensor, grad: Tensor, logits: Tensor, n_event: int) -> Tensor:
+    """``f_value + zero_valued(Σ grad · logits)``: the value of ``f_value``, whose
+    gradient w.r.t. ``logits`` is ``grad`` (summed over the last ``n_event`` dims).
+
+    Masked (``-inf``) logits get no gradient and never produce NaN.
+    """
+    finite = torch.isfinite(logits)
+    safe = torch.where(finite, logits, 0.0)
+    g = torch.where(finite, grad.detach().to(logits.dtype), 0.0)
+    return f_value + sum_event(g * zero_valued(safe), n_event).to(f_value.dtype)
+
+
+def sum_event(x: Tensor, n_event: int) -> Tensor:
+    """Sum over the last ``n_event`` dimensions (none: ``x`` itself)."""
+    return x.flatten(x.dim() - n_event).sum(-1) if n_event else x
+
+
+def compute_dtype(latent: Latent) -> torch.dtype:
+    return _compute_dtype(latent.dtype)

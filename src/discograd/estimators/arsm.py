@@ -1,0 +1,423 @@
+r"""The augment-REINFORCE family for categorical variables: AR, ARS, ARSM, ARS+, ARSM+.
+
+Yin, Yue & Zhou 2019, "ARSM: Augment-REINFORCE-Swap-Merge Estimator for Gradient
+Backpropagation Through Categorical Variables" (ICML); the Rao-Blackwellised
+ARS+ / ARSM+ after Dong, Mnih & Tucker 2021, "Coupled Gradient Estimators for
+Discrete Latent Variables" (NeurIPS) and the seed slides (Rakitin).
+
+Notation, per variable: logits :math:`\theta \in \mathbb R^C` (normalised),
+:math:`\varpi \sim \mathrm{Dir}(1_C)`, the sample
+:math:`z = \arg\min_i \varpi_i e^{-\theta_i}` (exactly
+:math:`\mathrm{Cat}(\mathrm{softmax}\,\theta)`)
+and the pseudo-actions :math:`z^{j\rightleftharpoons m}`: the same arg min with
+:math:`\varpi_j` and :math:`\varpi_m` swapped (:math:`z^{j\rightleftharpoons j} = z`).
+With :math:`D` variables sharing one cost, a swap :math:`(j, m)` acts on every
+variable at once (each with its own :math:`\varpi_d`) and
+:math:`F_{jm} = f(z_1^{j\rightleftharpoons m}, \dots, z_D^{j\rightleftharpoons m})`.
+
+* AR:   :math:`g_{d,l} = f(z)\,(1 - C\varpi_{d,l})`
+* ARS:  :math:`g_{d,l} = (F_{jl} - \bar F_j)(1 - C\varpi_{d,j})`,
+  :math:`\bar F_j = \frac1C\sum_m F_{jm}`, one reference :math:`j`
+* ARSM: :math:`g_{d,l} = \frac1C\sum_j (F_{jl} - \bar F_j)(1 - C\varpi_{d,j})`
+
+All are unbiased for :math:`\nabla_\theta \mathbb E[f]` (the gradient with respect
+to the logits; it sums to zero over categories). The pseudo-actions of every
+swap pair, variable and data point are computed as tensors; the distinct joint
+configurations of each data point are evaluated in one call of ``f`` (see
+:func:`discograd.estimators._augment.evaluate_unique`).
+
+Contract details shared by the family:
+
+* ``loss = f(z) + zero_valued(Σ g · θ)``: ``f`` at the true sample stays
+  attached (parameters inside ``f`` and uses of θ inside ``f`` get their pathwise
+  gradient); the score term uses detached values of ``f``.
+* ``n_evals`` (a tensor of shape ``q.batch_shape``): the number of distinct joint
+  configurations evaluated for that data point, the true sample included —
+  at most :math:`C(C-1)/2 + 1` for ARSM / ARSM+, :math:`C` for ARS / ARS+, 1 for
+  AR. A data point whose pseudo-actions all coincide with ``z`` costs exactly
+  one evaluation, ``f(z)``, which ``Estimate.value`` and the pathwise gradient
+  need anyway: its score term costs nothing and is exactly zero. Because ``f``
+  takes one sample dimension for the whole batch, data points with fewer
+  distinct configurations than the batch maximum ``M`` are padded with copies
+  of their true sample: ``f`` sees ``M`` slots per data point; those copies are
+  not counted.
+* Masked categories (``-inf`` logits) are never sampled, receive zero gradient,
+  and produce no NaN or inf.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from discograd.estimators._augment import (
+    check_max_evals,
+    compute_dtype,
+    dirichlet_noise,
+    evaluate_unique,
+    first_not_in,
+    surrogate,
+    swap_argmax,
+)
+from discograd.estimators.base import CostFn, Estimate, Estimator, Latent
+
+__all__ = ["AR", "ARS", "ARSM", "ARSMPlus", "ARSPlus"]
+
+
+class _AugmentREINFORCE(Estimator):
+    supports = frozenset({"categorical"})
+
+    def _setup(self, latent: Latent, generator: torch.Generator | None):
+        """Flattened logits ``[B, V, C]`` (attached), detached compute copy, noise."""
+        B = math.prod(latent.batch_shape)
+        V, C = latent.n_vars, latent.num_categories
+        theta = latent.logits.reshape(B, V, C)
+        cdt = compute_dtype(latent)
+        th = theta.detach().to(cdt)
+        gumbel, log_w = dirichlet_noise((B, V, C), cdt, latent.device, generator)
+        return theta, th, gumbel, log_w
+
+    @staticmethod
+    def _finish(latent: Latent, theta: Tensor, f_true: Tensor, grad: Tensor, n_evals) -> Estimate:
+        finite = torch.isfinite(theta)
+        grad = torch.where(finite, grad, 0.0)
+        loss = surrogate(f_true, grad, theta, 2).reshape(latent.batch_shape)
+        if isinstance(n_evals, Tensor):
+            n_evals = n_evals.reshape(latent.batch_shape)
+        return Estimate(
+            loss=loss, value=f_true.detach().reshape(latent.batch_shape), n_evals=n_evals
+        )
+
+
+class AR(_AugmentREINFORCE):
+    r"""Augment-REINFORCE (AR) for categorical variables.
+
+    .. math:: g_{d,l} = f(z)\,(1 - C\,\varpi_{d,l}), \qquad
+              \varpi_d \sim \mathrm{Dir}(1_C),\quad
+              z_d = \arg\min_i \varpi_{d,i}\, e^{-\theta_{d,i}}.
+
+    Unbiased: with exponential racing, :math:`E = \xi\varpi` (:math:`\xi \sim
+    \Gamma(C, 1)` independent of :math:`\varpi`) and the REINFORCE gradient of
+    the exponential clocks, :math:`\mathbb E[f(z)(1 - E_l)] = \mathbb E[f(z)(1 - C\varpi_l)]`.
+    One evaluation of ``f`` per data point. High variance: it has no baseline.
+
+    Yin, Yue & Zhou 2019, "ARSM: Augment-REINFORCE-Swap-Merge Estimator for
+    Gradient Backpropagation Through Categorical Variables", eq. (5).
+    """
+
+    def estimate(self, f: CostFn, latent: Latent, generator: torch.Generator | None) -> Estimate:
+        theta, th, gumbel, log_w = self._setup(latent, generator)
+        C = latent.num_categories
+        z = (th + gumbel).argmax(-1)
+        fz = latent.call_f(f, latent.encode(z.reshape(latent.index_shape())), ())
+        fz = fz.reshape(-1)
+        grad = fz.detach().to(th.dtype)[:, None, None] * (1 - C * log_w.exp())
+        return self._finish(latent, theta, fz, grad, 1)
+
+
+def _check_reference(reference) -> int | str:
+    if reference == "random":
+        return "random"
+    if isinstance(reference, bool) or not isinstance(reference, int) or reference < 0:
+        raise ValueError(
+            "reference must be 'random' or a non-negative int category, "
+            f"got reference={reference!r}"
+        )
+    return reference
+
+
+class _WithEvals(_AugmentREINFORCE):
+    def __init__(
+        self, *, max_evals_per_call: int | None = None, generator: torch.Generator | None = None
+    ):
+        super().__init__(generator=generator)
+        self.max_evals_per_call = check_max_evals(max_evals_per_call)
+
+    def extra_repr(self) -> str:
+        return f"max_evals_per_call={self.max_evals_per_call}"
+
+
+class _ReferenceSwap(_WithEvals):
+    """ARS and ARS+: one reference category per data point."""
+
+    plus = False
+
+    def __init__(
+        self,
+        reference: str | int = "random",
+        *,
+        max_evals_per_call: int | None = None,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__(max_evals_per_call=max_evals_per_call, generator=generator)
+        self.reference = _check_reference(reference)
+
+    def extra_repr(self) -> str:
+        return f"reference={self.reference!r}, " + super().extra_repr()
+
+    def estimate(self, f: CostFn, latent: Latent, generator: torch.Generator | None) -> Estimate:
+        theta, th, gumbel, log_w = self._setup(latent, generator)
+        B, V, C = th.shape
+        if self.reference == "random":
+            ref = torch.randint(C, (B,), device=latent.device, generator=generator)
+        else:
+            if self.reference >= C:
+                raise ValueError(
+                    f"{type(self).__name__}: reference={self.reference} is not a category "
+                    f"of a distribution with {C} categories"
+                )
+            ref = torch.full((B,), self.reference, dtype=torch.long, device=latent.device)
+        z = (th + gumbel).argmax(-1)  # [B, V]
+        pseudo = swap_argmax(th, gumbel, ref)  # [B, V, C]: swap (ref, m)
+        configs = torch.cat([z.unsqueeze(0), pseudo.permute(2, 0, 1)])  # [1 + C, B, V]
+        values, f_true, count = evaluate_unique(
+            latent, f, configs, max_per_call=self.max_evals_per_call
+        )
+        fm = values[1:].t().to(th.dtype)  # [B, C]: f(z^{ref<->m})
+        df = fm - fm.mean(-1, keepdim=True)
+        if self.plus:
+            w_ref = rao_blackwell_reference(th, log_w, ref, pseudo)  # [B, V]
+            coef = (1 - C * w_ref) * ~(pseudo == pseudo[..., :1]).all(-1)
+        else:
+            w_ref = log_w.gather(-1, ref.view(B, 1, 1).expand(B, V, 1)).squeeze(-1).exp()
+            coef = 1 - C * w_ref
+        grad = coef.unsqueeze(-1) * df.unsqueeze(1)
+        return self._finish(latent, theta, f_true, grad, count)
+
+
+class ARS(_ReferenceSwap):
+    r"""Augment-REINFORCE-Swap (ARS) for categorical variables.
+
+    .. math:: g_{d,l} = \Big(f(z^{j\rightleftharpoons l}) - \frac1C\sum_{m=1}^C
+              f(z^{j\rightleftharpoons m})\Big)(1 - C\,\varpi_{d,j}),
+
+    one reference category :math:`j` per data point (uniform at random, or
+    fixed), the swap :math:`(j, m)` applied to all :math:`D` variables at once.
+    Unbiased: the Dirichlet is exchangeable, so
+    :math:`\mathbb E[f(z)(1 - C\varpi_l)] = \mathbb E[f(z^{j\rightleftharpoons l})(1 - C\varpi_j)]`,
+    and the mean over :math:`m` is a baseline with zero expected contribution.
+    At most :math:`C` evaluations of ``f`` per data point (the distinct
+    configurations among :math:`z^{j\rightleftharpoons m}`, :math:`m = 1..C`).
+
+    Args:
+        reference: ``"random"`` (a uniform category per data point and call) or
+            a fixed category index.
+        max_evals_per_call: at most this many configurations per data point in
+            one call of ``f`` (bounds memory); ``None``: one call.
+        generator: a ``torch.Generator`` for the noise.
+
+    Yin, Yue & Zhou 2019, "ARSM", eq. (8).
+    """
+
+
+class ARSPlus(_ReferenceSwap):
+    r"""ARS+: ARS with symmetry zeroing and a Rao-Blackwellised Dirichlet weight.
+
+    .. math:: g_{d,l} = (1 - \delta_d)\Big(f(z^{j\rightleftharpoons l}) - \frac1C\sum_m
+              f(z^{j\rightleftharpoons m})\Big)\big(1 - C\,\hat\varpi_{d,j}\big)
+
+    * Symmetry: :math:`\delta_d = 1` when the pseudo-actions of variable
+      :math:`d` all coincide (:math:`z_d^{j\rightleftharpoons m} = z_d\ \forall m`).
+      Then, given :math:`\varpi_d`, the other variables' pseudo-actions are
+      exchangeable in :math:`m`, so that term has conditional mean zero: dropping
+      it keeps the estimator unbiased and cannot add variance.
+    * Rao-Blackwellisation: for a partner :math:`h \ne j`, given
+      :math:`\varpi_{d,-(j,h)}`, the pair :math:`(\varpi_{d,j}, \varpi_{d,h})` is
+      uniform on the segment :math:`t + (s - t) = s`. Each observed
+      pseudo-action ``argmin`` of the swapped vector is an intersection of
+      inequalities linear in :math:`t = \varpi_{d,j}`, so given the pseudo-actions
+      :math:`t` is uniform on an interval :math:`[lo_h, hi_h]` and
+      :math:`\mathbb E[\varpi_{d,j} \mid \cdot] = (lo_h + hi_h)/2`.
+      :math:`\hat\varpi_{d,j}` averages these midpoints over all partners
+      :math:`h \ne j` (an average of conditional expectations: unbiased, and no
+      more variance than one). See :func:`rao_blackwell_reference`.
+
+    Same evaluations as :class:`ARS` (at most :math:`C`); arguments as :class:`ARS`.
+
+    Seed slides (Rakitin) "ARS+ and ARSM+"; Dong, Mnih & Tucker 2021, "Coupled
+    Gradient Estimators for Discrete Latent Variables", Appendix (ARS+).
+    """
+
+    plus = True
+
+
+class _Merge(_WithEvals):
+    """ARSM and ARSM+: every reference, every swap pair."""
+
+    plus = False
+
+    def estimate(self, f: CostFn, latent: Latent, generator: torch.Generator | None) -> Estimate:
+        theta, th, gumbel, log_w = self._setup(latent, generator)
+        C = th.shape[-1]
+        table = swap_argmax(th, gumbel)  # [B, V, C(j), C(m)], symmetric
+        z = (th + gumbel).argmax(-1)
+        ju, mu = torch.triu_indices(C, C, 1, device=latent.device)
+        configs = torch.cat([z.unsqueeze(0), table[:, :, ju, mu].permute(2, 0, 1)])
+        values, f_true, count = evaluate_unique(
+            latent, f, configs, max_per_call=self.max_evals_per_call
+        )
+        # Pair index of (j, m): 0 on the diagonal (the true sample), symmetric.
+        pair = torch.zeros(C, C, dtype=torch.long, device=latent.device)
+        k = torch.arange(1, ju.numel() + 1, device=latent.device)
+        pair[ju, mu] = k
+        pair[mu, ju] = k
+        fjm = values.t()[:, pair].to(th.dtype)  # [B, C(j), C(m)]
+        df = fjm - fjm.mean(-1, keepdim=True)
+        coef = 1 - C * log_w.exp()  # [B, V, C(j)]
+        if self.plus:
+            coef = coef * ~(table == table[..., :1]).all(-1)
+        grad = torch.einsum("bvj,bjl->bvl", coef, df) / C
+        return self._finish(latent, theta, f_true, grad, count)
+
+
+class ARSM(_Merge):
+    r"""Augment-REINFORCE-Swap-Merge (ARSM) for categorical variables.
+
+    .. math:: g_{d,l} = \frac1C\sum_{j=1}^C \Big(f(z^{j\rightleftharpoons l})
+              - \frac1C\sum_{m=1}^C f(z^{j\rightleftharpoons m})\Big)(1 - C\,\varpi_{d,j}),
+
+    the mean of ARS over all references :math:`j`, sharing one Dirichlet draw
+    per variable (common random numbers); a swap :math:`(j, m)` acts on all
+    :math:`D` variables at once, variable :math:`d` uses its own
+    :math:`\varpi_{d,j}`. Unbiased (a mean of unbiased ARS estimators).
+
+    Evaluations: the distinct joint configurations among the
+    :math:`C(C-1)/2 + 1` candidates (:math:`z^{j\rightleftharpoons m} =
+    z^{m\rightleftharpoons j}`; all diagonal ones equal :math:`z`), never more;
+    a data point whose pseudo-actions all coincide costs one (``f(z)``) and gets
+    zero gradient.
+
+    Args:
+        max_evals_per_call: at most this many configurations per data point in
+            one call of ``f`` (bounds memory); ``None``: one call.
+        generator: a ``torch.Generator`` for the noise.
+
+    Yin, Yue & Zhou 2019, "ARSM: Augment-REINFORCE-Swap-Merge Estimator for
+    Gradient Backpropagation Through Categorical Variables", eq. (11)-(12).
+    """
+
+
+class ARSMPlus(_Merge):
+    r"""ARSM+: ARSM with symmetry zeroing per variable and reference.
+
+    .. math:: g_{d,l} = \frac1C\sum_{j=1}^C (1 - \delta_{d,j})
+              \Big(f(z^{j\rightleftharpoons l}) - \frac1C\sum_m f(z^{j\rightleftharpoons m})\Big)
+              (1 - C\,\varpi_{d,j}),
+
+    :math:`\delta_{d,j} = 1` when :math:`z_d^{j\rightleftharpoons m}` is the same
+    for every :math:`m`: given :math:`\varpi_d` that term has mean zero (the other
+    variables' pseudo-actions are exchangeable in :math:`m`), so dropping it keeps
+    the estimator unbiased. With one variable it equals ARSM exactly (the
+    dropped terms are already zero); with several it removes pure noise. As in
+    the seed slides, ARSM+ uses the symmetry only: Rao-Blackwellising each
+    reference's :math:`\varpi_{d,j}` separately would condition the terms of the
+    sum on different information and carries no variance guarantee.
+
+    Same evaluations and arguments as :class:`ARSM`.
+
+    Seed slides (Rakitin) "ARS+ and ARSM+"; Dong, Mnih & Tucker 2021, "Coupled
+    Gradient Estimators for Discrete Latent Variables".
+    """
+
+    plus = True
+
+
+# ------------------------------------------------------------ Rao-Blackwell
+def _bottom3(values: Tensor) -> tuple[Tensor, Tensor]:
+    k = min(3, values.shape[-1])
+    vals, idx = values.topk(k, dim=-1, largest=False)
+    if k < 3:
+        vals = torch.nn.functional.pad(vals, (0, 3 - k), value=math.inf)
+        idx = torch.nn.functional.pad(idx, (0, 3 - k), value=-1)
+    return vals, idx
+
+
+def rao_blackwell_reference(theta: Tensor, log_w: Tensor, ref: Tensor, pseudo: Tensor) -> Tensor:
+    r""":math:`\hat\varpi_j = \frac{1}{C-1}\sum_{h \ne j} \mathbb E[\varpi_j \mid
+    z^{j\rightleftharpoons 1..C}, \varpi_{-(j,h)}]` per variable (``j = ref``): ``[B, V]``.
+
+    The midpoints of :func:`reference_bounds`, averaged over the partners ``h``.
+    """
+    B, _, C = theta.shape
+    if C == 1:
+        return log_w.squeeze(-1).exp()
+    lo, hi = reference_bounds(theta, log_w, ref, pseudo)
+    partner = torch.arange(C, device=theta.device).view(1, 1, C) != ref.view(B, 1, 1)
+    return (0.5 * (lo + hi) * partner).sum(-1) / (C - 1)
+
+
+def reference_bounds(
+    theta: Tensor, log_w: Tensor, ref: Tensor, pseudo: Tensor
+) -> tuple[Tensor, Tensor]:
+    r"""The interval :math:`[lo_h, hi_h]` on which :math:`\varpi_j` (``j = ref``) is
+    uniform given the pseudo-actions :math:`z^{j\rightleftharpoons 1..C}` and
+    :math:`\varpi_{-(j,h)}`, for every partner ``h``: two ``[B, V, C]`` tensors
+    (the entries at ``h = j`` are meaningless).
+
+    Args:
+        theta: logits ``[B, V, C]`` (``-inf`` masked).
+        log_w: :math:`\log\varpi` ``[B, V, C]``.
+        ref: reference category per data point ``[B]``.
+        pseudo: observed pseudo-actions ``[B, V, C]`` (swap ``(j, m)`` at ``[..., m]``).
+
+    Derivation (one variable, reference :math:`j`, partner :math:`h`, swap
+    :math:`\sigma = (j\ m)`): the swapped vector is
+    :math:`x_i = \varpi_{\sigma(i)} e^{-\theta_i}`. With :math:`t = \varpi_j` and
+    :math:`\varpi_h = s - t` free and everything else fixed, exactly two entries
+    move: :math:`x_{i_1} = t\,e^{-\theta_{i_1}}` at :math:`i_1 = m` (it holds
+    :math:`\varpi_j`) and :math:`x_{i_2} = (s - t)\,e^{-\theta_{i_2}}` at
+    :math:`i_2 = \sigma(h)`; :math:`R = \min_{i \ne i_1, i_2} x_i` is constant. The
+    observed arg min :math:`a` gives
+
+    * :math:`a = i_1`: :math:`t \le s\,\sigma(\theta_{i_1} - \theta_{i_2})` and
+      :math:`t \le R e^{\theta_{i_1}}`;
+    * :math:`a = i_2`: :math:`t \ge s\,\sigma(\theta_{i_1} - \theta_{i_2})` and
+      :math:`t \ge s - R e^{\theta_{i_2}}`;
+    * otherwise: :math:`t \ge R e^{\theta_{i_1}}` and :math:`t \le s - R e^{\theta_{i_2}}`.
+
+    Intersected over all :math:`m` and with :math:`[0, s]` this is the interval
+    :math:`[lo_h, hi_h]` on which :math:`t` is conditionally uniform (the
+    Dirichlet(1) is uniform on the simplex). Vectorised over data points,
+    variables, swaps :math:`m` and partners :math:`h`: O(C^2) per variable.
+    """
+    B, V, C = theta.shape
+    dev = theta.device
+    ar = torch.arange(C, device=dev)
+    j = ref.view(B, 1, 1, 1)
+    idx_j = ref.view(B, 1, 1).expand(B, V, 1)
+    lw_j = log_w.gather(-1, idx_j).unsqueeze(-1)  # [B, V, 1, 1]
+    i_is_m = torch.eye(C, dtype=torch.bool, device=dev)  # [m, i]
+    i_is_j = ar.view(1, 1, 1, C) == j  # [B, 1, 1, i]
+    # y[b, v, m, i] = log ϖ_{σ_m(i)} − θ_i (masked categories: +inf).
+    y = torch.where(
+        i_is_m, lw_j, torch.where(i_is_j, log_w.unsqueeze(-1), log_w.unsqueeze(-2))
+    ) - theta.unsqueeze(-2)
+    bv, bi = _bottom3(y)  # [B, V, m, 3]
+    m = ar.view(1, 1, C, 1)
+    h = ar.view(1, 1, 1, C)
+    i1 = m.expand(B, 1, C, C)
+    i2 = torch.where(h == m, j, h).expand(B, 1, C, C)  # σ_m(h)
+    log_r, _ = first_not_in(bv.unsqueeze(-2), bi.unsqueeze(-2), i1, i2)  # [B, V, m, h]
+    th1 = theta.unsqueeze(-1)  # θ_{i1} = θ_m: [B, V, m, 1]
+    th2 = theta.gather(-1, i2.expand(B, V, C, C).reshape(B, V, C * C)).view(B, V, C, C)
+    s = torch.logaddexp(lw_j, log_w.unsqueeze(-2)).exp()  # ϖ_j + ϖ_h: [B, V, 1, h]
+    inf = torch.tensor(math.inf, dtype=theta.dtype, device=dev)
+
+    def r_times_exp(th: Tensor) -> Tensor:  # R e^{θ}, with masked θ (x = ∞) → 0
+        return torch.where(
+            th == -math.inf, 0.0, torch.where(log_r == math.inf, inf, (log_r + th).exp())
+        )
+
+    cross = s * torch.sigmoid(th1 - th2)  # NaN only where both are masked: never used
+    u1 = r_times_exp(th1)
+    u2 = s - r_times_exp(th2)
+    a = pseudo.unsqueeze(-1)  # [B, V, m, 1]
+    c1, c2 = a == i1, a == i2
+    lo = torch.where(c1, 0.0, torch.where(c2, torch.maximum(cross, u2), u1))
+    hi = torch.where(c1, torch.minimum(cross, u1), torch.where(c2, s, u2))
+    s = s.squeeze(-2)
+    lo = lo.amax(-2).clamp_min(0.0)
+    hi = torch.minimum(hi.amin(-2), s)
+    return lo, hi
