@@ -3,16 +3,19 @@
 See :mod:`discograd.estimators.base` for the calling convention.
 """
 
+from discograd.estimators.arm import ARM, DisARM
 from discograd.estimators.arsm import AR, ARS, ARSM, ARSMPlus, ARSPlus
 from discograd.estimators.base import Estimate, Estimator, Latent, zero_valued
 from discograd.estimators.exact import Exact
 
 __all__ = [
     "AR",
+    "ARM",
     "ARS",
     "ARSM",
     "ARSMPlus",
     "ARSPlus",
+    "DisARM",
     "Estimate",
     "Estimator",
     "Exact",
