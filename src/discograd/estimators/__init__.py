@@ -6,6 +6,7 @@ See :mod:`discograd.estimators.base` for the calling convention.
 from discograd.estimators.arm import ARM, DisARM
 from discograd.estimators.arsm import AR, ARS, ARSM, ARSMPlus, ARSPlus
 from discograd.estimators.base import Estimate, Estimator, Latent, zero_valued
+from discograd.estimators.control import REBAR, RELAX, MLPControlVariate
 from discograd.estimators.exact import Exact
 
 __all__ = [
@@ -13,6 +14,8 @@ __all__ = [
     "ARM",
     "ARS",
     "ARSM",
+    "REBAR",
+    "RELAX",
     "ARSMPlus",
     "ARSPlus",
     "DisARM",
@@ -20,5 +23,6 @@ __all__ = [
     "Estimator",
     "Exact",
     "Latent",
+    "MLPControlVariate",
     "zero_valued",
 ]
