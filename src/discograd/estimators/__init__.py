@@ -5,5 +5,15 @@ See :mod:`discograd.estimators.base` for the calling convention.
 
 from discograd.estimators.base import Estimate, Estimator, Latent, zero_valued
 from discograd.estimators.exact import Exact
+from discograd.estimators.score import REINFORCE, RLOO, VarGrad
 
-__all__ = ["Estimate", "Estimator", "Exact", "Latent", "zero_valued"]
+__all__ = [
+    "REINFORCE",
+    "RLOO",
+    "Estimate",
+    "Estimator",
+    "Exact",
+    "Latent",
+    "VarGrad",
+    "zero_valued",
+]
