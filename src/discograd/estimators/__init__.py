@@ -5,6 +5,13 @@ See :mod:`discograd.estimators.base` for the calling convention.
 
 from discograd.estimators.base import Estimate, Estimator, Latent, zero_valued
 from discograd.estimators.exact import Exact
+from discograd.estimators.relaxed import (
+    GumbelRao,
+    GumbelSoftmax,
+    ReinMax,
+    STGumbelSoftmax,
+    StraightThrough,
+)
 from discograd.estimators.score import REINFORCE, RLOO, VarGrad
 
 __all__ = [
@@ -13,7 +20,12 @@ __all__ = [
     "Estimate",
     "Estimator",
     "Exact",
+    "GumbelRao",
+    "GumbelSoftmax",
     "Latent",
+    "ReinMax",
+    "STGumbelSoftmax",
+    "StraightThrough",
     "VarGrad",
     "zero_valued",
 ]
