@@ -131,18 +131,14 @@ class _Tempered(Estimator):
     def set_extra_state(self, state: Any) -> None:
         self.step_count = int(state["step"])
 
-    def _next_tau(self) -> float:
-        tau = self.tau
-        if self.training:
-            self._step += 1
-        return tau
-
     def extra_repr(self) -> str:
         return f"tau={self.schedule!r}, step={self._step}"
 
     def estimate(self, f: CostFn, latent: Latent, generator: torch.Generator | None) -> Estimate:
-        z = self.relaxed_input(latent, self._next_tau(), generator)
+        z = self.relaxed_input(latent, self.tau, generator)
         fz = latent.call_f(f, z, ())
+        if self.training:  # one step per successful training call
+            self._step += 1
         return Estimate(loss=fz, value=fz.detach(), n_evals=1)
 
     def relaxed_input(
