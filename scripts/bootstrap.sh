@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up (or refresh) the project's virtual environment in .venv: torch, then
-# discograd in editable mode with its dev and plot extras. Safe to re-run: it
+# discograd in editable mode with its dev, plot and data extras. Safe to re-run: it
 # only reinstalls when pyproject.toml changed.
 #
 #   PYTHON=python3.12 bash scripts/bootstrap.sh     # choose the interpreter
@@ -42,8 +42,8 @@ stamp="$VENV/.discograd-installed"
 want="$(cat pyproject.toml | cksum)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] \
     || ! "$VENV/bin/python" -c "import discograd" 2>/dev/null; then
-    echo "bootstrap: installing discograd (editable) with extras dev, plot"
-    "${PIP[@]}" install -e ".[dev,plot]"
+    echo "bootstrap: installing discograd (editable) with extras dev, plot, data"
+    "${PIP[@]}" install -e ".[dev,plot,data]"
     echo "$want" > "$stamp"
 fi
 echo "bootstrap: ready ($("$VENV/bin/python" -c 'import torch, discograd; print("torch", torch.__version__, "| discograd", discograd.__version__)'))"

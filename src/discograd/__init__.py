@@ -3,10 +3,11 @@
 Sample-level ops (:mod:`discograd.functional`, re-exported here), relaxed
 distributions (:mod:`discograd.distributions`), gradient estimators behind one
 contract (:mod:`discograd.estimators`) and exact-gradient diagnostics
-(:mod:`discograd.diagnostics`).
+(:mod:`discograd.diagnostics`), with REINFORCE baselines
+(:mod:`discograd.baselines`) and temperature schedules (:mod:`discograd.schedules`).
 """
 
-from discograd import diagnostics, distributions, estimators, functional
+from discograd import baselines, diagnostics, distributions, estimators, functional, schedules
 from discograd.estimators import Estimate, Estimator, Exact
 from discograd.functional import gumbel_max, gumbel_softmax, sample_gumbel, straight_through
 
@@ -17,6 +18,7 @@ __all__ = [
     "Estimator",
     "Exact",
     "__version__",
+    "baselines",
     "diagnostics",
     "distributions",
     "estimators",
@@ -24,5 +26,6 @@ __all__ = [
     "gumbel_max",
     "gumbel_softmax",
     "sample_gumbel",
+    "schedules",
     "straight_through",
 ]

@@ -100,15 +100,25 @@ class BinaryConcrete(Distribution):
         new._validate_args = self._validate_args
         return new
 
-    def rsample(
+    def rsample_logit(
         self, sample_shape: _size = torch.Size(), generator: torch.Generator | None = None
     ) -> Tensor:
+        """A reparameterised sample in logit space, :math:`s = (\\alpha + L)/\\tau`.
+
+        Finite at any temperature; pair it with :meth:`log_prob_logit`. Computed
+        in float32 for 16-bit parameters.
+        """
         shape = self._extended_shape(sample_shape)
         u = uniform(shape, self.logits, generator)
         finfo = torch.finfo(u.dtype)
         u = u.clamp_(finfo.tiny, 1.0 - finfo.eps / 2)
         logistic = u.log() - torch.log1p(-u)
-        s = _divide_by_tau(self.logits + logistic, self.temperature)
+        return _divide_by_tau(self.logits + logistic, self.temperature)
+
+    def rsample(
+        self, sample_shape: _size = torch.Size(), generator: torch.Generator | None = None
+    ) -> Tensor:
+        s = self.rsample_logit(sample_shape, generator)
         x = torch.sigmoid(s).to(self.logits.dtype)
         self._last = (x, s)
         return x
@@ -129,8 +139,17 @@ class BinaryConcrete(Distribution):
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:
             self._validate_sample(value)
-        cdt = _compute_dtype(value.dtype)
-        s = self._logit(value).to(cdt)
+        return self.log_prob_logit(self._logit(value)).to(value.dtype)
+
+    def log_prob_logit(self, s: Tensor) -> Tensor:
+        """The density of :math:`x = \\sigma(s)` (w.r.t. dx), computed from its logit ``s``.
+
+        Exact where ``x`` itself would round to 0 or 1: use it to evaluate
+        another BinaryConcrete (a relaxed prior) at this one's sample, e.g.
+        for a relaxed KL term.
+        """
+        cdt = _compute_dtype(s.dtype)
+        s = s.to(cdt)
         alpha = self.logits.to(cdt)
         tau = self.temperature.to(cdt)
         sp_pos, sp_neg = F.softplus(s), F.softplus(-s)
@@ -141,4 +160,4 @@ class BinaryConcrete(Distribution):
             - 2 * tau * sp_pos
             - 2 * F.softplus(alpha - tau * s)
         )
-        return out.to(value.dtype)
+        return out

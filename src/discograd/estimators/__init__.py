@@ -8,6 +8,14 @@ from discograd.estimators.arsm import AR, ARS, ARSM, ARSMPlus, ARSPlus
 from discograd.estimators.base import Estimate, Estimator, Latent, zero_valued
 from discograd.estimators.control import REBAR, RELAX, MLPControlVariate
 from discograd.estimators.exact import Exact
+from discograd.estimators.relaxed import (
+    GumbelRao,
+    GumbelSoftmax,
+    ReinMax,
+    STGumbelSoftmax,
+    StraightThrough,
+)
+from discograd.estimators.score import REINFORCE, RLOO, VarGrad
 
 __all__ = [
     "AR",
@@ -15,14 +23,22 @@ __all__ = [
     "ARS",
     "ARSM",
     "REBAR",
+    "REINFORCE",
     "RELAX",
+    "RLOO",
     "ARSMPlus",
     "ARSPlus",
     "DisARM",
     "Estimate",
     "Estimator",
     "Exact",
+    "GumbelRao",
+    "GumbelSoftmax",
     "Latent",
     "MLPControlVariate",
+    "ReinMax",
+    "STGumbelSoftmax",
+    "StraightThrough",
+    "VarGrad",
     "zero_valued",
 ]

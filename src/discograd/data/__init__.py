@@ -1,0 +1,25 @@
+"""Data for the experiments: MNIST-family IDX files, an offline default, binarisation.
+
+See :func:`load` for where datasets are looked up, :func:`binarize` for the
+three binarisations, and :func:`read_idx` / :func:`write_idx` for the format.
+"""
+
+from discograd.data.binarize import BINARIZATIONS, binarize
+from discograd.data.datasets import DATASETS, DatasetSpec, ImageData, load
+from discograd.data.download import ChecksumError, DownloadError, default_data_dir, download
+from discograd.data.idx import read_idx, write_idx
+
+__all__ = [
+    "BINARIZATIONS",
+    "DATASETS",
+    "ChecksumError",
+    "DatasetSpec",
+    "DownloadError",
+    "ImageData",
+    "binarize",
+    "default_data_dir",
+    "download",
+    "load",
+    "read_idx",
+    "write_idx",
+]
