@@ -60,7 +60,9 @@ def test_unbiased_with_decoder_and_log_q(kind, make):
                 p.copy_(0.5 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
     else:
         est = make()
-    g, out = draws(est, kind, theta, w, 12000, seed=32)
+    if isinstance(est, RELAX):
+        est.eval()  # the control variate is used as is; no second backward pass
+    g, out = draws(est, kind, theta, w, 8000, seed=32)
     assert torch.isfinite(g).all()
     assert_mean_matches(g, exact(kind, theta, w))
     torch.testing.assert_close(out.loss.detach(), out.value)

@@ -80,13 +80,15 @@ def _top3(scores: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def first_not_in(vals: Tensor, idx: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """Among 3 ranked candidates (last dim), the first whose index is neither ``a`` nor ``b``."""
-    ok = (idx != a.unsqueeze(-1)) & (idx != b.unsqueeze(-1))
-    first = ok.to(torch.uint8).argmax(-1, keepdim=True)
-    shape = ok.shape
+    """Among 3 ranked candidates (last dim of ``vals`` / ``idx``, distinct indices), the
+    value and index of the first whose index is neither ``a`` nor ``b``."""
+    v0, v1, v2 = vals.unbind(-1)
+    i0, i1, i2 = idx.unbind(-1)
+    ok0 = (i0 != a) & (i0 != b)
+    ok1 = (i1 != a) & (i1 != b)  # at most two are excluded: else the third is fine
     return (
-        vals.expand(shape).gather(-1, first).squeeze(-1),
-        idx.expand(shape).gather(-1, first).squeeze(-1),
+        torch.where(ok0, v0, torch.where(ok1, v1, v2)),
+        torch.where(ok0, i0, torch.where(ok1, i1, i2)),
     )
 
 
@@ -122,17 +124,18 @@ def swap_argmax(theta: Tensor, gumbel: Tensor, ref: Tensor | None = None) -> Ten
         s_m = theta + gumbel.gather(-1, idx)
         top_v, top_i = top_v[:, :, None], top_i[:, :, None]
     o_v, o_i = first_not_in(top_v, top_i, j, m)
-    which = torch.stack([s_j, s_m, o_v], -1).argmax(-1, keepdim=True)
-    cand = torch.stack(torch.broadcast_tensors(j, m, o_i), -1)
-    return cand.gather(-1, which).squeeze(-1)
+    # First maximum among (entry j, entry m, best other), in that order.
+    j_wins = s_j >= s_m
+    best = torch.where(j_wins, s_j, s_m)
+    return torch.where(best >= o_v, torch.where(j_wins, j, m), o_i)
 
 
 # --------------------------------------------------------------------- dedupe
 def _pack(configs: Tensor, num_categories: int) -> Tensor:
     """Configurations ``[B, P, V]`` (ints in ``[0, C)``) to exact int64 keys ``[B, P, K]``."""
     bits = max(1, (num_categories - 1).bit_length())
-    per = 63 // bits
     B, P, V = configs.shape
+    per = min(63 // bits, V)
     K = -(-V // per)
     x = F.pad(configs, (0, K * per - V)).view(B, P, K, per)
     shifts = torch.arange(per, device=configs.device) * bits
@@ -143,7 +146,7 @@ def _dedupe(configs: Tensor, num_categories: int) -> tuple[Tensor, Tensor, Tenso
     """Distinct configurations per data point, with candidate 0 always in slot 0.
 
     Args:
-        configs: ``[P, B, V]`` int64 candidate configurations; candidate 0 is the
+        configs: ``[B, P, V]`` int64 candidate configurations; candidate 0 is the
             one whose evaluation stays attached to the graph (the true sample).
 
     Returns:
@@ -152,8 +155,8 @@ def _dedupe(configs: Tensor, num_categories: int) -> tuple[Tensor, Tensor, Tenso
         rep: ``[B, M]`` for each slot, a candidate holding its configuration
             (``M = count.max()``); slots past ``count`` repeat candidate 0.
     """
-    P, B, _ = configs.shape
-    keys = _pack(configs.permute(1, 0, 2), num_categories)  # [B, P, K]
+    B, P, _ = configs.shape
+    keys = _pack(configs, num_categories)  # [B, P, K]
     perm = torch.arange(P, device=configs.device).expand(B, P)
     # Lexicographic order by stable sorts, last key word first (K = ceil(V / per) words).
     for k in reversed(range(keys.shape[-1])):
@@ -186,7 +189,7 @@ def evaluate_unique(
     Args:
         latent: the parsed distribution (``B`` flattened data points, ``V`` variables).
         f: the cost.
-        configs: ``[P, B, V]`` int64 candidate configurations (category indices,
+        configs: ``[B, P, V]`` int64 candidate configurations (category indices,
             or 0/1 for Bernoulli); candidate 0 is the true sample.
         max_per_call: split the slots into calls of at most this many slots
             (the leading sample dimension of each call); ``None``: one call.
@@ -194,14 +197,15 @@ def evaluate_unique(
             other chunks run under ``torch.no_grad``); ``"all"``: every slot does.
 
     Returns:
-        values: ``[P, B]`` f of every candidate (detached for ``attach="first"``).
+        values: ``[B, P]`` f of every candidate (detached for ``attach="first"``).
         f_first: ``[B]`` f of candidate 0, attached to the graph.
         count: ``[B]`` int64, the distinct configurations evaluated per data point.
     """
-    _, B, V = configs.shape
+    B, _, V = configs.shape
     slot, count, rep = _dedupe(configs, latent.num_categories)
     M = rep.shape[1]
-    X = configs.gather(0, rep.t().unsqueeze(-1).expand(M, B, V))  # padding repeats candidate 0
+    # [M, B, V]; padding slots repeat candidate 0.
+    X = configs.gather(1, rep.unsqueeze(-1).expand(B, M, V)).transpose(0, 1)
     size = M if max_per_call is None else max_per_call
     outs = []
     for start in range(0, M, size):
@@ -217,7 +221,7 @@ def evaluate_unique(
     f_first = slots[0]
     if attach == "first":
         slots = slots.detach()
-    return slots.gather(0, slot.t()), f_first, count
+    return slots.t().gather(1, slot), f_first, count
 
 
 def surrogate(f_value: Tensor, grad: Tensor, logits: Tensor, n_event: int) -> Tensor:

@@ -39,8 +39,9 @@ class _Antithetic(Estimator):
         th = theta.detach().to(compute_dtype(latent))
         u = uniform((B, V), th.dtype, latent.device, generator)
         b1, b2 = self._pair(th, u)
-        configs = torch.stack([b1, b2]).long()
+        configs = torch.stack([b1, b2], 1).long()  # [B, 2, V]
         values, _, count = evaluate_unique(latent, f, configs, attach="all")
+        values = values.t()
         df = (values[0] - values[1]).detach().to(th.dtype).unsqueeze(-1)
         grad = self._grad(th, u, b1, b2, df)
         grad = torch.where(torch.isfinite(theta), grad, 0.0)

@@ -171,11 +171,11 @@ class _ReferenceSwap(_WithEvals):
             ref = torch.full((B,), self.reference, dtype=torch.long, device=latent.device)
         z = (th + gumbel).argmax(-1)  # [B, V]
         pseudo = swap_argmax(th, gumbel, ref)  # [B, V, C]: swap (ref, m)
-        configs = torch.cat([z.unsqueeze(0), pseudo.permute(2, 0, 1)])  # [1 + C, B, V]
+        configs = torch.cat([z.unsqueeze(-1), pseudo], -1).transpose(1, 2)  # [B, 1 + C, V]
         values, f_true, count = evaluate_unique(
             latent, f, configs, max_per_call=self.max_evals_per_call
         )
-        fm = values[1:].t().to(th.dtype)  # [B, C]: f(z^{ref<->m})
+        fm = values[:, 1:].to(th.dtype)  # [B, C]: f(z^{ref<->m})
         df = fm - fm.mean(-1, keepdim=True)
         if self.plus:
             w_ref = rao_blackwell_reference(th, log_w, ref, pseudo)  # [B, V]
@@ -252,9 +252,10 @@ class _Merge(_WithEvals):
         theta, th, gumbel, log_w = self._setup(latent, generator)
         C = th.shape[-1]
         table = swap_argmax(th, gumbel)  # [B, V, C(j), C(m)], symmetric
-        z = (th + gumbel).argmax(-1)
         ju, mu = torch.triu_indices(C, C, 1, device=latent.device)
-        configs = torch.cat([z.unsqueeze(0), table[:, :, ju, mu].permute(2, 0, 1)])
+        zero = ju.new_zeros(1)
+        # Candidates: (0, 0) (the true sample: the diagonal is z), then every j < m.
+        configs = table[:, :, torch.cat([zero, ju]), torch.cat([zero, mu])].transpose(1, 2)
         values, f_true, count = evaluate_unique(
             latent, f, configs, max_per_call=self.max_evals_per_call
         )
@@ -263,7 +264,7 @@ class _Merge(_WithEvals):
         k = torch.arange(1, ju.numel() + 1, device=latent.device)
         pair[ju, mu] = k
         pair[mu, ju] = k
-        fjm = values.t()[:, pair].to(th.dtype)  # [B, C(j), C(m)]
+        fjm = values[:, pair].to(th.dtype)  # [B, C(j), C(m)]
         df = fjm - fjm.mean(-1, keepdim=True)
         coef = 1 - C * log_w.exp()  # [B, V, C(j)]
         if self.plus:
