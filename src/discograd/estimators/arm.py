@@ -67,7 +67,7 @@ class ARM(_Antithetic):
     Two evaluations of ``f`` per data point (one when the samples coincide).
 
     Yin & Zhou 2019, "ARM: Augment-REINFORCE-Merge Gradient for Stochastic
-    Binary Networks" (ICLR), Theorem 1.
+    Binary Networks" (ICLR).
     """
 
     def _pair(self, theta, u):
@@ -91,7 +91,7 @@ class DisARM(_Antithetic):
     :math:`b = \tilde b`, which also makes the gradient zero).
 
     Dong, Mnih & Tucker 2020, "DisARM: An Antithetic Gradient Estimator for
-    Binary Latent Variables" (NeurIPS), eq. (5); also Yin et al. 2020 ("U2G").
+    Binary Latent Variables" (NeurIPS); also Yin et al. 2020 ("U2G").
     """
 
     def _pair(self, theta, u):

@@ -104,7 +104,7 @@ class AR(_AugmentREINFORCE):
     One evaluation of ``f`` per data point. High variance: it has no baseline.
 
     Yin, Yue & Zhou 2019, "ARSM: Augment-REINFORCE-Swap-Merge Estimator for
-    Gradient Backpropagation Through Categorical Variables", eq. (5).
+    Gradient Backpropagation Through Categorical Variables" (ICML), the AR estimator.
     """
 
     def estimate(self, f: CostFn, latent: Latent, generator: torch.Generator | None) -> Estimate:
@@ -208,7 +208,7 @@ class ARS(_ReferenceSwap):
             one call of ``f`` (bounds memory); ``None``: one call.
         generator: a ``torch.Generator`` for the noise.
 
-    Yin, Yue & Zhou 2019, "ARSM", eq. (8).
+    Yin, Yue & Zhou 2019, "ARSM" (ICML), the ARS estimator.
     """
 
 
@@ -296,7 +296,7 @@ class ARSM(_Merge):
         generator: a ``torch.Generator`` for the noise.
 
     Yin, Yue & Zhou 2019, "ARSM: Augment-REINFORCE-Swap-Merge Estimator for
-    Gradient Backpropagation Through Categorical Variables", eq. (11)-(12).
+    Gradient Backpropagation Through Categorical Variables" (ICML).
     """
 
 

@@ -183,7 +183,7 @@ class REBAR(_RelaxedControl):
     :math:`f(\sigma_\lambda(z))`, :math:`f(\sigma_\lambda(\tilde z))`.
 
     Tucker, Mnih, Maddison, Lawson & Sohl-Dickstein 2017, "REBAR: Low-variance,
-    unbiased gradient estimates for discrete latent variable models" (NeurIPS), eq. (7).
+    unbiased gradient estimates for discrete latent variable models" (NeurIPS).
     """
 
     def __init__(
@@ -255,7 +255,7 @@ class RELAX(_RelaxedControl):
 
     Grathwohl, Choi, Wu, Roeder & Duvenaud 2018, "Backpropagation through the
     Void: Optimizing control variates for black-box gradient estimation" (ICLR),
-    Algorithm 2 (discrete RELAX).
+    the discrete-variable RELAX estimator.
     """
 
     def __init__(
