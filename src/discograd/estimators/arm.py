@@ -91,7 +91,7 @@ class DisARM(_Antithetic):
     :math:`b = \tilde b`, which also makes the gradient zero).
 
     Dong, Mnih & Tucker 2020, "DisARM: An Antithetic Gradient Estimator for
-    Binary Latent Variables" (NeurIPS); also Yin et al. 2020 ("U2G").
+    Binary Latent Variables" (NeurIPS); the same estimator appears in Yin et al. 2020.
     """
 
     def _pair(self, theta, u):

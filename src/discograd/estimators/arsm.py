@@ -118,7 +118,7 @@ class AR(_AugmentREINFORCE):
 
 
 def _check_reference(reference) -> int | str:
-    if reference == "random":
+    if isinstance(reference, str) and reference == "random":
         return "random"
     if isinstance(reference, bool) or not isinstance(reference, int) or reference < 0:
         raise ValueError(
@@ -237,7 +237,7 @@ class ARSPlus(_ReferenceSwap):
     Same evaluations as :class:`ARS` (at most :math:`C`); arguments as :class:`ARS`.
 
     Seed slides (Rakitin) "ARS+ and ARSM+"; Dong, Mnih & Tucker 2021, "Coupled
-    Gradient Estimators for Discrete Latent Variables", Appendix (ARS+).
+    Gradient Estimators for Discrete Latent Variables" (NeurIPS), which Rao-Blackwellises ARS.
     """
 
     plus = True
