@@ -1,0 +1,83 @@
+"""Pieces every experiment shares: devices, seeds, one optimisation step with control variates."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from discograd.estimators.base import Estimate, Estimator
+
+__all__ = ["cv_optimizer", "cv_step", "estimator_step", "resolve_device"]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``; ``ValueError`` if unavailable."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device!r}; use cpu, cuda, cuda:N or auto")
+    return dev
+
+
+def cv_optimizer(estimator: Estimator, lr: float) -> torch.optim.Optimizer | None:
+    """Adam over the estimator's trainable control-variate parameters, if it has any."""
+    params = [p for p in estimator.parameters() if p.requires_grad]
+    return torch.optim.Adam(params, lr=lr) if params else None
+
+
+def estimator_step(
+    out: Estimate,
+    params: Sequence[Tensor],
+    cv_opt: torch.optim.Optimizer | None,
+) -> tuple[list[Tensor], bool]:
+    """Gradients of ``out.loss.sum()`` w.r.t. ``params``, and one control-variate step.
+
+    Returns the gradients and whether they are all finite. The control
+    variates (baselines, REBAR/RELAX) learn from ``out.cv_loss``; the graph is
+    kept for that second backward pass.
+    """
+    has_cv = cv_opt is not None and out.cv_loss is not None and out.cv_loss.requires_grad
+    grads = torch.autograd.grad(
+        out.loss.sum(), list(params), retain_graph=has_cv, allow_unused=True
+    )
+    grads_l = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
+    if has_cv:
+        assert cv_opt is not None and out.cv_loss is not None
+        cv_step(out.cv_loss, cv_opt)
+    finite = all(bool(torch.isfinite(g).all()) for g in grads_l)
+    return grads_l, finite
+
+
+def cv_step(cv_loss: Tensor, cv_opt: torch.optim.Optimizer) -> None:
+    """One step of ``cv_opt`` on ``cv_loss``, touching only that optimiser's parameters.
+
+    ``cv_loss.backward()`` would also accumulate into the model's ``.grad``
+    where the loss depends on them; ``autograd.grad`` keeps the two apart.
+    """
+    params = [p for group in cv_opt.param_groups for p in group["params"]]
+    grads = torch.autograd.grad(cv_loss, params, allow_unused=True)
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g
+    cv_opt.step()
+
+
+def mean_or_nan(values: Sequence[float]) -> float:
+    vals = [v for v in values if math.isfinite(v)]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
+def summary_line(name: str, fields: dict[str, Any]) -> str:
+    parts = []
+    for k, v in fields.items():
+        parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
+    return f"{name}: " + " ".join(parts)
