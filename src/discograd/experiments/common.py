@@ -29,8 +29,28 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def cv_optimizer(estimator: Estimator, lr: float) -> torch.optim.Optimizer | None:
-    """Adam over the estimator's trainable control-variate parameters, if it has any."""
+def cv_optimizer(
+    estimator: Estimator, lr: float, f: Any = None, q: Any = None
+) -> torch.optim.Optimizer | None:
+    """Adam over the estimator's trainable control-variate parameters, if it has any.
+
+    Lazily sized layers (RELAX's default network) get their shapes from one
+    throw-away call on ``(f, q)`` first, made in eval mode under ``no_grad``
+    with its own generator, so it moves no schedule, baseline or random stream.
+    """
+    if (
+        f is not None
+        and q is not None
+        and any(
+            isinstance(p, torch.nn.parameter.UninitializedParameter) for p in estimator.parameters()
+        )
+    ):
+        was_training = estimator.training
+        estimator.eval()
+        with torch.no_grad():
+            device = next(iter(estimator.parameters())).device
+            estimator(f, q, generator=torch.Generator(device=device).manual_seed(0))
+        estimator.train(was_training)
     params = [p for p in estimator.parameters() if p.requires_grad]
     return torch.optim.Adam(params, lr=lr) if params else None
 
@@ -46,14 +66,10 @@ def estimator_step(
     variates (baselines, REBAR/RELAX) learn from ``out.cv_loss``; the graph is
     kept for that second backward pass.
     """
-    has_cv = cv_opt is not None and out.cv_loss is not None and out.cv_loss.requires_grad
-    grads = torch.autograd.grad(
-        out.loss.sum(), list(params), retain_graph=has_cv, allow_unused=True
-    )
-    grads_l = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
-    if has_cv:
-        assert cv_opt is not None and out.cv_loss is not None
+    if cv_opt is not None and out.cv_loss is not None and out.cv_loss.requires_grad:
         cv_step(out.cv_loss, cv_opt)
+    grads = torch.autograd.grad(out.loss.sum(), list(params), allow_unused=True)
+    grads_l = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
     finite = all(bool(torch.isfinite(g).all()) for g in grads_l)
     return grads_l, finite
 
@@ -65,7 +81,9 @@ def cv_step(cv_loss: Tensor, cv_opt: torch.optim.Optimizer) -> None:
     where the loss depends on them; ``autograd.grad`` keeps the two apart.
     """
     params = [p for group in cv_opt.param_groups for p in group["params"]]
-    grads = torch.autograd.grad(cv_loss, params, allow_unused=True)
+    # retain_graph: the caller may still back-propagate the estimator's loss,
+    # which can share part of this graph.
+    grads = torch.autograd.grad(cv_loss, params, allow_unused=True, retain_graph=True)
     for p, g in zip(params, grads, strict=True):
         p.grad = g
     cv_opt.step()

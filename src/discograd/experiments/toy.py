@@ -73,7 +73,15 @@ class ToyConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        for name in ("C", "R", "steps", "record_every", "var_every", "var_draws", "checkpoint_every"):
+        for name in (
+            "C",
+            "R",
+            "steps",
+            "record_every",
+            "var_every",
+            "var_draws",
+            "checkpoint_every",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {name}={value!r}")
@@ -118,7 +126,8 @@ def run_toy(cfg: ToyConfig, run: RunDir, *, quiet: bool = False) -> dict[str, An
 
 def _run_one(cfg, run, phase, spec, f, F, device, quiet) -> dict[str, Any]:
     est = make(spec).to(device)
-    cv_opt = cv_optimizer(est, cfg.cv_lr)
+    probe = torch.zeros(cfg.C, dtype=torch.float64, device=device)
+    cv_opt = cv_optimizer(est, cfg.cv_lr, f, Categorical(logits=probe))
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     var_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     theta = torch.zeros(cfg.C, dtype=torch.float64, device=device)
@@ -205,7 +214,9 @@ def _variance(cfg: ToyConfig, est, f, theta: Tensor, gen: torch.Generator) -> fl
     est.eval()  # no schedule steps, no baseline updates from diagnostic draws
     try:
         leaf = theta.clone().requires_grad_()
-        draws, _ = gradient_draws(est, f, Categorical(logits=leaf), leaf, cfg.var_draws, generator=gen)
+        draws, _ = gradient_draws(
+            est, f, Categorical(logits=leaf), leaf, cfg.var_draws, generator=gen
+        )
         return float(draws.double().var(0).sum())
     finally:
         est.train(was_training)

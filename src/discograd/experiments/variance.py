@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, Independent, OneHotCategorical
 from torch.distributions import Bernoulli as TorchBernoulli
+from torch.distributions import Distribution, Independent, OneHotCategorical
 
 from discograd.diagnostics import exact_gradient, gradient_stats
 from discograd.estimators import registry
@@ -136,7 +136,8 @@ def make_problem(name: str, device: torch.device, seed: int) -> Problem:
             logits,
             lambda t: Independent(OneHotCategorical(logits=t), 1),
             f_cat,
-            f"B=4 data points, D=3 variables, C=4, f=(w·z−0.5)²+sin(2w·z){' + 100' if offset else ''}",
+            "B=4 data points, D=3 variables, C=4, f=(w·z−0.5)²+sin(2w·z)"
+            + (" + 100" if offset else ""),
         )
     if name == "bernoulli":
         B, D = 4, 8
@@ -211,7 +212,7 @@ def _measure(cfg, problem: Problem, spec: str, exact, device) -> dict[str, Any] 
         return None
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 7)
     leaf = problem.logits.clone().requires_grad_()
-    cv_opt = cv_optimizer(est, cfg.cv_lr)
+    cv_opt = cv_optimizer(est, cfg.cv_lr, problem.f, problem.build(leaf))
     est.train()
     for _ in range(cfg.warmup if (cv_opt is not None or _has_state(est)) else 0):
         out = est(problem.f, problem.build(leaf), generator=gen)

@@ -1,0 +1,332 @@
+r"""Train discrete VAEs with any estimator; test −ELBO and an importance-weighted bound.
+
+Protocols (../LITERATURE): the categorical VAE of Jang et al. 2017 and the ARSM
+code (20×10 latents, encoder 784-512-256, decoder mirrored, LeakyReLU(0.2),
+Adam 3e-4, batch 200, MNIST thresholded at 0.5, 55k/5k/10k) and the Bernoulli
+VAE of the ARM / REBAR papers (200 latents, linear or nonlinear). Every
+estimator trains from the same initial weights and sees the same batches.
+
+Logged per estimator: train −ELBO (the estimator's own Monte-Carlo estimate,
+averaged over ``log_every`` steps), f-evaluations and seconds per step, the
+temperature; validation −ELBO every ``eval_every`` steps; at the end the test
+single-sample −ELBO (discrete sample, analytic KL) and the importance-weighted
+bound with ``eval_samples`` samples on the first ``iw_examples`` test images.
+
+Resuming: a checkpoint every ``checkpoint_every`` steps holds the model,
+optimisers, estimator state and random streams; the batch order and the
+dynamic binarisation are functions of (seed, step), so a resumed run logs the
+same metrics as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from discograd.data import binarize, load
+from discograd.data.datasets import ImageData
+from discograd.estimators.registry import canonical, make
+from discograd.experiments.common import cv_optimizer, cv_step, resolve_device
+from discograd.experiments.runner import RunDir, progress
+from discograd.models import BernoulliVAE, CategoricalVAE, DiscreteVAE
+from discograd.schedules import ExponentialDecay
+
+__all__ = ["VAE_ESTIMATORS", "VAEConfig", "build_model", "run_vae"]
+
+VAE_ESTIMATORS: tuple[str, ...] = (
+    "gumbel_softmax:tau=1.0",
+    "st_gumbel_softmax:tau=1.0",
+    "reinforce_ema",
+    "rloo:n_samples=4",
+    "arsm",
+    "relax",
+)
+
+
+class Interrupted(RuntimeError):
+    """Raised by the test hook that simulates a kill after a checkpoint."""
+
+
+@dataclass
+class VAEConfig:
+    """A VAE run: data, model, estimators, optimisation and evaluation settings."""
+
+    dataset: str = "digits"
+    dataset_path: str | None = None
+    data_dir: str | None = None
+    binarization: str = "threshold"
+    latent: str = "categorical"
+    n_latent: int = 20
+    n_categories: int = 10
+    hidden: tuple[int, ...] = (512, 256)
+    activation: str = "leaky_relu"
+    prior: str = "uniform"
+    kl: str = "analytic"
+    estimators: tuple[str, ...] = VAE_ESTIMATORS
+    anneal_rate: float = 0.0
+    anneal_every: int = 1000
+    tau_floor: float = 0.5
+    lr: float = 3e-4
+    cv_lr: float = 1e-3
+    batch_size: int = 200
+    steps: int = 2000
+    log_every: int = 50
+    eval_every: int = 500
+    eval_samples: int = 1000
+    iw_examples: int = 1000
+    checkpoint_every: int = 500
+    seed: int = 0
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        ints = ("n_latent", "batch_size", "steps", "log_every", "eval_every", "eval_samples")
+        for name in (*ints, "iw_examples", "checkpoint_every", "anneal_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {name}={v!r}")
+        if self.latent not in ("categorical", "bernoulli"):
+            raise ValueError(f"latent must be 'categorical' or 'bernoulli', got {self.latent!r}")
+        if self.latent == "categorical" and self.n_categories < 2:
+            raise ValueError(f"n_categories must be >= 2, got {self.n_categories}")
+        if self.kl not in ("analytic", "relaxed"):
+            raise ValueError(f"kl must be 'analytic' or 'relaxed', got {self.kl!r}")
+        if self.binarization not in ("threshold", "fixed", "dynamic"):
+            raise ValueError(
+                f"binarization must be threshold, fixed or dynamic, got {self.binarization!r}"
+            )
+        for name in ("lr", "cv_lr", "tau_floor"):
+            v = getattr(self, name)
+            if not (v > 0 and math.isfinite(v)):
+                raise ValueError(f"{name} must be positive, got {name}={v}")
+        if self.anneal_rate < 0:
+            raise ValueError(f"anneal_rate must be >= 0, got {self.anneal_rate}")
+        if not self.estimators:
+            raise ValueError("estimators must name at least one estimator")
+        for spec in self.estimators:
+            est = make(spec)
+            if self.latent not in est.supports:
+                raise ValueError(f"{spec} does not support {self.latent} latents")
+            if self.kl == "relaxed" and not hasattr(est, "schedule"):
+                raise ValueError(
+                    f"kl='relaxed' needs a relaxed estimator with a temperature; {spec} has none"
+                )
+
+
+def build_model(cfg: VAEConfig, x_dim: int) -> DiscreteVAE:
+    if cfg.latent == "categorical":
+        return CategoricalVAE(
+            x_dim,
+            cfg.n_latent,
+            cfg.n_categories,
+            cfg.hidden,
+            cfg.activation,
+            cfg.prior,  # type: ignore[arg-type]
+        )
+    return BernoulliVAE(x_dim, cfg.n_latent, cfg.hidden, cfg.activation, cfg.prior)  # type: ignore[arg-type]
+
+
+def _make_estimator(cfg: VAEConfig, spec: str):
+    est = make(spec)
+    if cfg.anneal_rate > 0 and hasattr(est, "schedule"):
+        tau0 = est.schedule(0)
+        est.schedule = ExponentialDecay(
+            tau0=tau0, rate=cfg.anneal_rate, floor=min(cfg.tau_floor, tau0), every=cfg.anneal_every
+        )
+    return est
+
+
+def _batches(data: Tensor, cfg: VAEConfig, step: int, device) -> Tensor:
+    """The training batch of ``step``: a function of (seed, step) alone."""
+    n = len(data)
+    per_epoch = max(1, n // cfg.batch_size)
+    epoch, k = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+    idx = perm[k * cfg.batch_size : (k + 1) * cfg.batch_size]
+    x = data[idx]
+    if cfg.binarization == "dynamic":
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        x = binarize(x, "dynamic", generator=gen)
+    return x.to(device)
+
+
+def _prepare(data: ImageData, cfg: VAEConfig) -> dict[str, Tensor]:
+    out = {}
+    for split in ("train", "valid", "test"):
+        x = getattr(data, split)
+        if cfg.binarization == "threshold":
+            x = binarize(x, "threshold")
+        elif cfg.binarization == "fixed" or split != "train":
+            # evaluation sets use one fixed draw also under dynamic binarisation
+            x = binarize(x, "fixed", generator=torch.Generator().manual_seed(cfg.seed + 17))
+        out[split] = x
+    return out
+
+
+@torch.no_grad()
+def _neg_elbo(model: DiscreteVAE, x: Tensor, device, seed: int, chunk: int = 1000) -> float:
+    gen = torch.Generator(device=device).manual_seed(seed)
+    total = 0.0
+    for i in range(0, len(x), chunk):
+        total += float(model.neg_elbo(x[i : i + chunk].to(device), generator=gen).sum())
+    return total / len(x)
+
+
+@torch.no_grad()
+def _iw(model: DiscreteVAE, x: Tensor, m: int, device, seed: int, chunk: int = 100) -> float:
+    gen = torch.Generator(device=device).manual_seed(seed)
+    total = 0.0
+    for i in range(0, len(x), chunk):
+        total += float(model.iw_bound(x[i : i + chunk].to(device), m, generator=gen).sum())
+    return total / len(x)
+
+
+def run_vae(
+    cfg: VAEConfig,
+    run: RunDir,
+    *,
+    quiet: bool = False,
+    data: ImageData | None = None,
+    _interrupt_at: int | None = None,
+) -> dict[str, Any]:
+    """Train one model per estimator (or resume); returns ``{spec: summary}``."""
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    if data is None:
+        data = load(cfg.dataset, path=cfg.dataset_path, data_dir=cfg.data_dir, quiet=quiet)
+    if len(data.train) < cfg.batch_size:
+        raise ValueError(
+            f"batch_size={cfg.batch_size} exceeds the {len(data.train)} training images"
+        )
+    sets = _prepare(data, cfg)
+    results: dict[str, Any] = {}
+    for spec in cfg.estimators:
+        phase = f"vae/{canonical(spec)}"
+        if not run.is_done(phase):
+            run.finish(
+                phase, _train(cfg, run, phase, spec, sets, data, device, quiet, _interrupt_at)
+            )
+        results[canonical(spec)] = run.result(phase)
+    return results
+
+
+def _train(cfg, run, phase, spec, sets, data, device, quiet, interrupt_at) -> dict[str, Any]:
+    torch.manual_seed(cfg.seed)  # the same initial weights for every estimator
+    model = build_model(cfg, data.dim).to(device)
+    est = _make_estimator(cfg, spec).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    probe = sets["train"][: cfg.batch_size].to(device)
+    cv_opt = cv_optimizer(
+        est, cfg.cv_lr, lambda z: -model.log_likelihood(probe, z), model.posterior(probe)
+    )
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    start, seconds, evals = 0, 0.0, 0.0
+    ckpt = run.load_checkpoint(phase)
+    if ckpt is not None:
+        start, seconds, evals = ckpt["step"], ckpt["seconds"], ckpt["evals"]
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        est.load_state_dict(ckpt["estimator"])
+        if cv_opt is not None and ckpt["cv_opt"] is not None:
+            cv_opt.load_state_dict(ckpt["cv_opt"])
+        gen.set_state(ckpt["gen"])
+    run.truncate(phase, start - 1)
+    window: list[float] = []
+    with progress(cfg.steps, f"vae {canonical(spec)}", quiet=quiet, initial=start) as bar:
+        for step in range(start, cfg.steps):
+            if step % cfg.checkpoint_every == 0 and step > start:
+                run.save_checkpoint(
+                    phase,
+                    {
+                        "step": step,
+                        "seconds": seconds,
+                        "evals": evals,
+                        "model": model.state_dict(),
+                        "opt": opt.state_dict(),
+                        "estimator": est.state_dict(),
+                        "cv_opt": cv_opt.state_dict() if cv_opt is not None else None,
+                        "gen": gen.get_state(),
+                    },
+                )
+                if interrupt_at is not None and step >= interrupt_at:
+                    raise Interrupted(f"simulated interruption at step {step}")
+            if step % cfg.eval_every == 0:
+                model.eval()
+                run.log(
+                    {
+                        "phase": phase,
+                        "step": step,
+                        "valid_neg_elbo": _neg_elbo(model, sets["valid"], device, cfg.seed + 2),
+                    }
+                )
+                model.train()
+            x = _batches(sets["train"], cfg, step, device)
+            # The relaxed estimators' scheduled temperature (REBAR/RELAX learn theirs).
+            tau = float(est.tau) if hasattr(est, "schedule") else None
+            t0 = time.perf_counter()
+            obj = model.objective(x, est, kl=cfg.kl, tau=tau, generator=gen)  # type: ignore[arg-type]
+            if cv_opt is not None and obj.cv_loss is not None and obj.cv_loss.requires_grad:
+                cv_step(obj.cv_loss, cv_opt)
+            opt.zero_grad(set_to_none=True)
+            obj.loss.backward()
+            if not all(
+                p.grad is None or bool(torch.isfinite(p.grad).all()) for p in model.parameters()
+            ):
+                run.log({"phase": phase, "step": step, "diverged": True})
+                raise FloatingPointError(f"{spec}: non-finite gradients at step {step}")
+            opt.step()
+            seconds += time.perf_counter() - t0
+            evals += obj.n_evals
+            window.append(float(obj.neg_elbo.mean()))
+            if (step + 1) % cfg.log_every == 0:
+                run.log(
+                    {
+                        "phase": phase,
+                        "step": step + 1,
+                        "train_neg_elbo": sum(window) / len(window),
+                        "seconds_per_step": seconds / (step + 1),
+                        "evals_per_step": evals / (step + 1),
+                        "tau": tau,
+                    }
+                )
+                window.clear()
+            bar.update()
+    model.eval()
+    test = sets["test"]
+    summary = {
+        "test_neg_elbo": _neg_elbo(model, test, device, cfg.seed + 3),
+        "valid_neg_elbo": _neg_elbo(model, sets["valid"], device, cfg.seed + 2),
+        "test_iw_bound": _iw(
+            model, test[: cfg.iw_examples], cfg.eval_samples, device, cfg.seed + 4
+        ),
+        "iw_samples": cfg.eval_samples,
+        "iw_examples": min(cfg.iw_examples, len(test)),
+        "seconds_per_step": seconds / cfg.steps,
+        "evals_per_step": evals / cfg.steps,
+        "steps": cfg.steps,
+    }
+    run.log({"phase": phase, "step": cfg.steps, **{f"final_{k}": v for k, v in summary.items()}})
+    _save_images(run, phase, model, test, device, cfg, data.image_shape)
+    return summary
+
+
+def _save_images(run, phase, model, test, device, cfg, shape) -> None:
+    """Test images, their reconstructions and prior samples, for the report's PNG grids."""
+    with torch.no_grad():
+        x = test[:16].to(device)
+        z = model.posterior(x).sample()
+        recon = torch.sigmoid(model.decoder(model.decoder_input(z)))
+        prior_z = model.prior().sample((16,))
+        samples = torch.sigmoid(model.decoder(model.decoder_input(prior_z)))
+    torch.save(
+        {"shape": tuple(shape), "test": x.cpu(), "recon": recon.cpu(), "samples": samples.cpu()},
+        run.path / f"images-{_slug(phase)}.pt",
+    )
+
+
+def _slug(phase: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in phase)

@@ -1,0 +1,466 @@
+"""The markdown report: tables, embedded plots, and a summary derived from the numbers."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from discograd.experiments.runner import RunDir, atomic_write_text
+
+__all__ = [
+    "fmt",
+    "toy_section",
+    "vae_section",
+    "variance_section",
+    "write_report",
+]
+
+
+def fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, int):
+        return str(v)
+    if not math.isfinite(v):
+        return str(v)
+    if v == 0:
+        return "0"
+    if abs(v) >= 1e4 or abs(v) < 1e-3:
+        return f"{v:.{digits - 1}e}"
+    return f"{v:.{digits}g}"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _plots_available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _img(name: str, alt: str) -> str:
+    return f"![{alt}]({name})"
+
+
+# ------------------------------------------------------------------------ toy
+def toy_section(run: RunDir, results: dict[str, Any], cfg: Any) -> tuple[str, list[str]]:
+    """The toy's table and plots; returns (markdown, summary sentences)."""
+    rows = []
+    for label, r in results.items():
+        evals_to = (
+            r["steps_to_p_last_0.99"] * r["evals_per_step"]
+            if r.get("steps_to_p_last_0.99") is not None
+            else None
+        )
+        rows.append(
+            [
+                label,
+                r["expected_reward"],
+                r["optimum"] - r["expected_reward"],
+                r["p_last"],
+                r.get("steps_to_p_last_0.99"),
+                evals_to,
+                r["mean_grad_variance"],
+                r["evals_per_step"],
+                1000 * r["seconds_per_step"],
+                r["diverged"],
+            ]
+        )
+    text = [
+        "## The ARSM toy",
+        "",
+        f"Maximise E[f(z)], f(z) = 0.5 + (z+1)/(C·R), C = {cfg.C}, R = {cfg.R}, from θ = 0 with "
+        f"gradient ascent (step {cfg.lr:g}) for {cfg.steps} iterations (Yin, Yue & Zhou 2019). "
+        f"Optimum {0.5 + 1 / cfg.R:.4f}. `exact` is the true gradient π⊙F − π(π·F). Gradient "
+        f"variance: trace of the covariance of {cfg.var_draws} draws every {cfg.var_every} "
+        "iterations, averaged over the run.",
+        "",
+        table(
+            [
+                "estimator",
+                "final E[f]",
+                "gap to optimum",
+                "p(last)",
+                "steps to p(last) > 0.99",
+                "evaluations to p(last) > 0.99",
+                "mean grad. variance",
+                "f-evals / step",
+                "ms / step",
+                "diverged",
+            ],
+            rows,
+        ),
+        "",
+    ]
+    if _plots_available():
+        from discograd.report import plots
+
+        rec = run.records()
+        series_r, series_p, series_v = {}, {}, {}
+        for label in results:
+            phase = f"toy/{label}"
+            pts = [r for r in rec if r.get("phase") == phase and "expected_reward" in r]
+            var = [r for r in rec if r.get("phase") == phase and "grad_variance" in r]
+            series_r[label] = ([r["step"] for r in pts], [r["expected_reward"] for r in pts])
+            series_p[label] = ([r["step"] for r in pts], [max(r["p_last"], 1e-12) for r in pts])
+            series_v[label] = (
+                [r["step"] for r in var],
+                [max(r["grad_variance"], 1e-30) for r in var],
+            )
+        plots.curves(
+            run.path / "toy_reward.png",
+            series_r,
+            xlabel="iteration",
+            ylabel="E[f(z)]",
+            title="expected reward",
+            logx=True,
+            hline=0.5 + 1 / cfg.R,
+        )
+        plots.curves(
+            run.path / "toy_p_last.png",
+            series_p,
+            xlabel="iteration",
+            ylabel="probability of the last category",
+            title="probability of the best category",
+            logx=True,
+            logy=True,
+        )
+        plots.curves(
+            run.path / "toy_grad_variance.png",
+            series_v,
+            xlabel="iteration",
+            ylabel="trace of gradient covariance",
+            title="gradient variance",
+            logy=True,
+        )
+        text += [
+            _img("toy_reward.png", "expected reward vs iteration"),
+            "",
+            _img("toy_p_last.png", "probability of the last category vs iteration"),
+            "",
+            _img("toy_grad_variance.png", "gradient variance vs iteration"),
+            "",
+        ]
+    return "\n".join(text), _toy_summary(results)
+
+
+def _toy_summary(results: dict[str, Any]) -> list[str]:
+    out = []
+    sampled = {k: v for k, v in results.items() if k != "exact" and not v["diverged"]}
+    reached = {k: v for k, v in sampled.items() if v.get("steps_to_p_last_0.99") is not None}
+    if reached:
+
+        def evals_needed(k: str) -> float:
+            return reached[k]["steps_to_p_last_0.99"] * reached[k]["evals_per_step"]
+
+        by_evals = min(reached, key=evals_needed)
+        by_steps = min(reached, key=lambda k: reached[k]["steps_to_p_last_0.99"])
+        out.append(
+            f"On the toy, `{by_steps}` reached p(last) > 0.99 in the fewest iterations "
+            f"({reached[by_steps]['steps_to_p_last_0.99']}) and `{by_evals}` with the fewest "
+            f"evaluations of f ({fmt(evals_needed(by_evals))})."
+        )
+    elif sampled:
+        best = max(sampled, key=lambda k: sampled[k]["p_last"])
+        out.append(
+            f"On the toy no sampling estimator reached p(last) > 0.99 in the run; "
+            f"`{best}` got furthest (p(last) = {fmt(sampled[best]['p_last'])})."
+        )
+    diverged = [k for k, v in results.items() if v["diverged"]]
+    if diverged:
+        out.append(
+            "Diverged (non-finite gradients) on the toy: "
+            + ", ".join(f"`{k}`" for k in diverged)
+            + "."
+        )
+    return out
+
+
+# ------------------------------------------------------------------- variance
+def variance_section(run: RunDir, results: dict[str, Any], cfg: Any) -> tuple[str, list[str]]:
+    text = [
+        "## Bias and variance against the exact gradient",
+        "",
+        f"{cfg.n_draws} vectorised draws per estimator and problem, compared with the exact "
+        "gradient by enumeration (`discograd.diagnostics.gradient_stats`). Estimators with state "
+        f"(EMA baselines, REBAR/RELAX control variates) first get {cfg.warmup} training calls. "
+        "*bias* is ‖mean − exact‖ (its Monte-Carlo floor is *noise*: an unbiased estimator's bias "
+        "is of that size); *var × evals* is the variance at equal cost (averaging k draws divides "
+        "the variance by k and multiplies the cost by k); *cosine* is the mean cosine between a "
+        "single draw and the exact gradient.",
+        "",
+    ]
+    summary: list[str] = []
+    for pname, res in results.items():
+        ests = res["estimators"]
+        unbiased = {k: v for k, v in ests.items() if v["unbiased"] and k != "exact"}
+        biased = {k: v for k, v in ests.items() if not v["unbiased"]}
+        text += [f"### Problem `{pname}`: {res['description']}", ""]
+        rows = [
+            [
+                k,
+                v["variance_x_evals"],
+                v["variance"],
+                v["n_evals"],
+                v["bias"],
+                v["bias_noise"],
+                v["snr"],
+                v["cosine"],
+                1e6 * v["seconds_per_draw"],
+            ]
+            for k, v in sorted(unbiased.items(), key=lambda kv: kv[1]["variance_x_evals"])
+        ]
+        text += [
+            "Unbiased estimators, best first (variance at equal cost):",
+            "",
+            table(
+                [
+                    "estimator",
+                    "var × evals",
+                    "variance",
+                    "f-evals",
+                    "bias",
+                    "noise",
+                    "SNR",
+                    "cosine",
+                    "µs / draw",
+                ],
+                rows,
+            ),
+            "",
+        ]
+        if biased:
+            rows = [
+                [
+                    k,
+                    v["mse"],
+                    v["bias"],
+                    v["variance"],
+                    v["n_evals"],
+                    v["snr"],
+                    v["cosine"],
+                    1e6 * v["seconds_per_draw"],
+                ]
+                for k, v in sorted(biased.items(), key=lambda kv: kv[1]["mse"])
+            ]
+            text += [
+                "Biased (relaxed / straight-through) estimators, best first (mean squared error):",
+                "",
+                table(
+                    [
+                        "estimator",
+                        "MSE",
+                        "bias",
+                        "variance",
+                        "f-evals",
+                        "SNR",
+                        "cosine",
+                        "µs / draw",
+                    ],
+                    rows,
+                ),
+                "",
+            ]
+        if _plots_available():
+            from discograd.report import plots
+
+            name = f"variance_{pname}.png"
+            plots.variance_vs_evals(
+                run.path / name,
+                [{"label": k, **v} for k, v in ests.items() if k != "exact"],
+                title=f"{pname}: variance vs evaluations (filled: unbiased, hollow: biased)",
+            )
+            text += [_img(name, f"variance vs evaluations on {pname}"), ""]
+        summary += _variance_summary(pname, unbiased, biased)
+    return "\n".join(text), summary
+
+
+def _variance_summary(pname: str, unbiased: dict, biased: dict) -> list[str]:
+    out = []
+    if unbiased:
+        order = sorted(unbiased, key=lambda k: unbiased[k]["variance_x_evals"])
+        best = order[0]
+        runner = order[1] if len(order) > 1 else None
+        s = (
+            f"`{pname}`: at equal cost the lowest-variance unbiased estimator was `{best}` "
+            f"(variance × evals {fmt(unbiased[best]['variance_x_evals'])}"
+        )
+        if runner:
+            ratio = unbiased[runner]["variance_x_evals"] / max(
+                unbiased[best]["variance_x_evals"], 1e-300
+            )
+            s += f"; next `{runner}`, {fmt(ratio)}× higher"
+        out.append(s + ").")
+    if biased:
+        best_b = min(biased, key=lambda k: biased[k]["mse"])
+        b = biased[best_b]
+        share = (b["bias"] ** 2) / b["mse"] if b["mse"] > 0 else 0.0
+        best_u_mse = min((v["mse"] for v in unbiased.values()), default=math.inf)
+        verdict = "below" if b["mse"] < best_u_mse else "above"
+        out.append(
+            f"`{pname}`: among biased estimators `{best_b}` had the lowest error "
+            f"(MSE {fmt(b['mse'])}, {fmt(100 * share)}% of it bias), {verdict} the best "
+            "single-call "
+            f"unbiased MSE ({fmt(best_u_mse)})."
+        )
+    return out
+
+
+# ------------------------------------------------------------------------ vae
+def vae_section(
+    run: RunDir, results: dict[str, Any], cfg: Any, dataset: str
+) -> tuple[str, list[str]]:
+    text = [
+        "## Categorical VAE" if cfg.latent == "categorical" else "## Bernoulli VAE",
+        "",
+        f"{dataset}, {cfg.binarization} binarisation; "
+        + (
+            f"{cfg.n_latent}×{cfg.n_categories} categorical latents"
+            if cfg.latent == "categorical"
+            else f"{cfg.n_latent} Bernoulli latents"
+        )
+        + f", hidden layers {list(cfg.hidden)}, {cfg.prior} prior, {cfg.kl} KL; Adam {cfg.lr:g}, "
+        f"batch {cfg.batch_size}, {cfg.steps} steps for every estimator from the same initial "
+        f"weights and batches. Test −ELBO: one discrete sample, analytic KL; IW bound: "
+        f"{cfg.eval_samples} importance samples on the first {cfg.iw_examples} test images. "
+        "Lower is better (nats).",
+        "",
+    ]
+    rows = [
+        [
+            k,
+            r["test_neg_elbo"],
+            r["test_iw_bound"],
+            r["valid_neg_elbo"],
+            r["evals_per_step"],
+            1000 * r["seconds_per_step"],
+        ]
+        for k, r in sorted(results.items(), key=lambda kv: kv[1]["test_neg_elbo"])
+    ]
+    text += [
+        table(
+            [
+                "estimator",
+                "test −ELBO",
+                "test IW bound",
+                "valid −ELBO",
+                "f-evals / step",
+                "ms / step",
+            ],
+            rows,
+        ),
+        "",
+    ]
+    if _plots_available():
+        from discograd.report import plots
+
+        rec = run.records()
+        train, by_time = {}, {}
+        for label in results:
+            pts = [r for r in rec if r.get("phase") == f"vae/{label}" and "train_neg_elbo" in r]
+            train[label] = ([r["step"] for r in pts], [r["train_neg_elbo"] for r in pts])
+            by_time[label] = (
+                [r["step"] * r["seconds_per_step"] for r in pts],
+                [r["train_neg_elbo"] for r in pts],
+            )
+        plots.curves(
+            run.path / "vae_train.png",
+            train,
+            xlabel="step",
+            ylabel="train −ELBO (nats)",
+            title="training curves",
+        )
+        plots.curves(
+            run.path / "vae_train_time.png",
+            by_time,
+            xlabel="seconds",
+            ylabel="train −ELBO (nats)",
+            title="training curves against wall time",
+        )
+        text += [
+            _img("vae_train.png", "VAE training curves"),
+            "",
+            _img("vae_train_time.png", "VAE training against wall time"),
+            "",
+        ]
+        for label in list(results)[:3]:
+            text += _vae_images(run, label)
+    summary = []
+    if results:
+        best = min(results, key=lambda k: results[k]["test_neg_elbo"])
+        fastest = min(results, key=lambda k: results[k]["seconds_per_step"])
+        summary.append(
+            f"VAE on {dataset}: `{best}` reached the lowest test −ELBO after {cfg.steps} steps "
+            f"({fmt(results[best]['test_neg_elbo'])} nats); `{fastest}` was the cheapest per step "
+            f"({fmt(1000 * results[fastest]['seconds_per_step'])} ms)."
+        )
+    return "\n".join(text), summary
+
+
+def _vae_images(run: RunDir, label: str) -> list[str]:
+    from discograd.report import plots
+
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"vae/{label}")
+    src = run.path / f"images-{slug}.pt"
+    if not src.exists():
+        return []
+    saved = torch.load(src, weights_only=False)
+    name = f"vae_{slug}.png"
+    grid = torch.cat([saved["test"][:8], saved["recon"][:8], saved["samples"][:8]])
+    plots.image_grid(
+        grid,
+        saved["shape"],
+        run.path / name,
+        rows=3,
+        title=f"{label}: test images, reconstructions, prior samples",
+    )
+    return [_img(name, f"{label} reconstructions and samples"), ""]
+
+
+# --------------------------------------------------------------------- report
+def machine() -> str:
+    cpu = os.cpu_count()
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
+    py = platform.python_version()
+    return f"{platform.platform()}, Python {py}, torch {torch.__version__}, {cpu} CPUs, {dev}"
+
+
+def write_report(
+    run: RunDir,
+    title: str,
+    command: str,
+    sections: Sequence[str],
+    summary: Sequence[str],
+    extra_top: Sequence[str] = (),
+) -> Path:
+    """``report.md`` in the run folder: summary first, then the sections."""
+    lines = [
+        f"# {title}",
+        "",
+        f"`{command}` — {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}, {machine()}.",
+        "",
+        "## Which estimator when (from these numbers)",
+        "",
+    ]
+    lines += [f"* {s}" for s in summary] or ["* (no results)"]
+    lines += ["", *extra_top, *sections]
+    path = run.path / "report.md"
+    atomic_write_text(path, "\n".join(lines).rstrip() + "\n")
+    return path
