@@ -9,7 +9,14 @@ contract (:mod:`discograd.estimators`) and exact-gradient diagnostics
 
 from discograd import baselines, diagnostics, distributions, estimators, functional, schedules
 from discograd.estimators import Estimate, Estimator, Exact
-from discograd.functional import gumbel_max, gumbel_softmax, sample_gumbel, straight_through
+from discograd.functional import (
+    conditional_gumbel,
+    conditional_logistic,
+    gumbel_max,
+    gumbel_softmax,
+    sample_gumbel,
+    straight_through,
+)
 
 __version__ = "0.1.0.dev0"
 
@@ -19,6 +26,8 @@ __all__ = [
     "Exact",
     "__version__",
     "baselines",
+    "conditional_gumbel",
+    "conditional_logistic",
     "diagnostics",
     "distributions",
     "estimators",

@@ -186,11 +186,12 @@ def _run_one(cfg, run, phase, spec, f, F, device, quiet) -> dict[str, Any]:
         "expected_reward": float(pi @ F),
         "optimum": optimum,
         "p_last": float(pi[-1]),
-        "steps_to_p_last_0.99": _first_step(run.records(phase), cfg.steps),
+        "steps_to_p_last_0.9": _first_step(run.records(phase), cfg.steps),
         "evals_per_step": evals / max(1, cfg.steps),
         "seconds_per_step": seconds / max(1, cfg.steps),
         "mean_grad_variance": _mean([v for v in variances if isinstance(v, float)]),
         "diverged": diverged,
+        "unbiased": bool(getattr(est, "unbiased", True)),
     }
     run.finish(phase, summary)
     return summary
@@ -198,7 +199,7 @@ def _run_one(cfg, run, phase, spec, f, F, device, quiet) -> dict[str, Any]:
 
 def _first_step(records: list[dict[str, Any]], steps: int) -> int | None:
     for r in records:
-        if r.get("p_last", 0.0) > 0.99:
+        if r.get("p_last", 0.0) > 0.9:
             return int(r["step"])
     return None
 

@@ -225,6 +225,7 @@ def _train(cfg, run, phase, spec, sets, data, device, quiet, interrupt_at) -> di
     )
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     start, seconds, evals = 0, 0.0, 0.0
+    window: list[float] = []
     ckpt = run.load_checkpoint(phase)
     if ckpt is not None:
         start, seconds, evals = ckpt["step"], ckpt["seconds"], ckpt["evals"]
@@ -234,36 +235,22 @@ def _train(cfg, run, phase, spec, sets, data, device, quiet, interrupt_at) -> di
         if cv_opt is not None and ckpt["cv_opt"] is not None:
             cv_opt.load_state_dict(ckpt["cv_opt"])
         gen.set_state(ckpt["gen"])
-    run.truncate(phase, start - 1)
-    window: list[float] = []
+        window = list(ckpt["window"])
+    # Every record carries the number of completed steps and is logged before
+    # the checkpoint of that step count: records up to ``start`` belong to the
+    # checkpointed state, later ones are replayed. (A fresh start drops all.)
+    run.truncate(phase, start if ckpt is not None else -1)
+
+    def validate(done: int) -> None:
+        model.eval()
+        nelbo = _neg_elbo(model, sets["valid"], device, cfg.seed + 2)
+        run.log({"phase": phase, "step": done, "valid_neg_elbo": nelbo})
+        model.train()
+
+    if start == 0:
+        validate(0)
     with progress(cfg.steps, f"vae {canonical(spec)}", quiet=quiet, initial=start) as bar:
         for step in range(start, cfg.steps):
-            if step % cfg.checkpoint_every == 0 and step > start:
-                run.save_checkpoint(
-                    phase,
-                    {
-                        "step": step,
-                        "seconds": seconds,
-                        "evals": evals,
-                        "model": model.state_dict(),
-                        "opt": opt.state_dict(),
-                        "estimator": est.state_dict(),
-                        "cv_opt": cv_opt.state_dict() if cv_opt is not None else None,
-                        "gen": gen.get_state(),
-                    },
-                )
-                if interrupt_at is not None and step >= interrupt_at:
-                    raise Interrupted(f"simulated interruption at step {step}")
-            if step % cfg.eval_every == 0:
-                model.eval()
-                run.log(
-                    {
-                        "phase": phase,
-                        "step": step,
-                        "valid_neg_elbo": _neg_elbo(model, sets["valid"], device, cfg.seed + 2),
-                    }
-                )
-                model.train()
             x = _batches(sets["train"], cfg, step, device)
             # The relaxed estimators' scheduled temperature (REBAR/RELAX learn theirs).
             tau = float(est.tau) if hasattr(est, "schedule") else None
@@ -282,19 +269,39 @@ def _train(cfg, run, phase, spec, sets, data, device, quiet, interrupt_at) -> di
             seconds += time.perf_counter() - t0
             evals += obj.n_evals
             window.append(float(obj.neg_elbo.mean()))
-            if (step + 1) % cfg.log_every == 0:
+            done = step + 1
+            bar.update()
+            if done % cfg.log_every == 0:
                 run.log(
                     {
                         "phase": phase,
-                        "step": step + 1,
+                        "step": done,
                         "train_neg_elbo": sum(window) / len(window),
-                        "seconds_per_step": seconds / (step + 1),
-                        "evals_per_step": evals / (step + 1),
+                        "seconds_per_step": seconds / done,
+                        "evals_per_step": evals / done,
                         "tau": tau,
                     }
                 )
                 window.clear()
-            bar.update()
+            if done % cfg.eval_every == 0:
+                validate(done)
+            if done % cfg.checkpoint_every == 0 and done < cfg.steps:
+                run.save_checkpoint(
+                    phase,
+                    {
+                        "step": done,
+                        "seconds": seconds,
+                        "evals": evals,
+                        "window": list(window),
+                        "model": model.state_dict(),
+                        "opt": opt.state_dict(),
+                        "estimator": est.state_dict(),
+                        "cv_opt": cv_opt.state_dict() if cv_opt is not None else None,
+                        "gen": gen.get_state(),
+                    },
+                )
+                if interrupt_at is not None and done >= interrupt_at:
+                    raise Interrupted(f"simulated interruption after step {done}")
     model.eval()
     test = sets["test"]
     summary = {

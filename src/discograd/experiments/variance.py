@@ -190,12 +190,19 @@ def run_variance(cfg: VarianceConfig, run: RunDir, *, quiet: bool = False) -> di
             problem = make_problem(pname, device, cfg.seed)
             leaf = problem.logits.clone().requires_grad_()
             exact = exact_gradient(problem.f, problem.build(leaf), leaf)
-            results[pname] = {"description": problem.description, "estimators": {}}
+            results[pname] = {
+                "description": problem.description,
+                "exact_norm": float(torch.cat([g.reshape(-1) for g in exact]).norm()),
+                "estimators": {},
+            }
             for spec in specs:
                 label = canonical(spec)
                 phase = f"variance/{pname}/{label}"
                 if not run.is_done(phase):
-                    run.finish(phase, _measure(cfg, problem, spec, exact, device))
+                    stats = _measure(cfg, problem, spec, exact, device)
+                    if stats is not None:
+                        run.log({"phase": phase, **stats})
+                    run.finish(phase, stats)
                 res = run.result(phase)
                 if res is not None:
                     results[pname]["estimators"][label] = res

@@ -90,26 +90,33 @@ def curves(
     logx: bool = False,
     logy: bool = False,
     hline: float | None = None,
+    groups: Mapping[str, Sequence[str]] | None = None,
 ) -> Path:
-    """One line per label: ``{label: (x, y)}``."""
-    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    """One line per label, ``{label: (x, y)}``; ``groups`` splits labels into panels."""
+    panels = dict(groups) if groups else {title: list(series)}
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(6.2 * len(panels), 4.2), squeeze=False, sharey=True
+    )
     styles = ["-", "--", "-.", ":"]
-    for i, (label, (x, y)) in enumerate(series.items()):
-        if len(x) == 0:
-            continue
-        ax.plot(x, y, styles[(i // 10) % len(styles)], label=label, lw=1.2)
-    if hline is not None:
-        ax.axhline(hline, color="black", lw=0.8, ls=":", label="optimum")
-    if logx:
-        ax.set_xscale("symlog", linthresh=1)
-    if logy:
-        ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="best")
+    for ax, (panel, labels) in zip(axes[0], panels.items(), strict=True):
+        for i, label in enumerate(labels):
+            x, y = series.get(label, ((), ()))
+            if len(x) == 0:
+                continue
+            ax.plot(x, y, styles[(i // 10) % len(styles)], label=label, lw=1.2)
+        if hline is not None:
+            ax.axhline(hline, color="black", lw=0.8, ls=":", label="optimum")
+        if logx:
+            ax.set_xscale("log")
+        if logy:
+            ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_title(panel if groups else title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=1 if len(labels) < 8 else 2, loc="best")
+    axes[0][0].set_ylabel(ylabel)
+    if groups and title:
+        fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
 

@@ -1,0 +1,207 @@
+"""The command line: smoke runs with tiny settings, reports, resume, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import discograd.cli as cli
+from discograd.experiments import RunDir
+from discograd.experiments.toy import ToyConfig
+from discograd.experiments.vae import VAEConfig
+from discograd.experiments.variance import VarianceConfig
+
+TOY = [
+    "toy", "--C", "5", "--R", "1", "--steps", "40", "--record-every", "5", "--var-every", "20",
+    "--var-draws", "5", "--checkpoint-every", "10", "--quiet",
+]  # fmt: skip
+
+
+def run_cli(*argv: str) -> int:
+    return cli.main(list(argv))
+
+
+def assert_outputs(out: Path, pngs: int) -> None:
+    for name in ("config.json", "metrics.jsonl", "results.json", "report.md"):
+        assert (out / name).stat().st_size > 0, name
+    assert len(list(out.glob("*.png"))) >= pngs
+
+
+def test_toy_smoke_and_the_optimum_is_reached(tmp_path, capsys):
+    out = tmp_path / "toy"
+    rc = run_cli(*TOY, "--steps", "150", "--out", str(out), "--estimators", "exact", "arsm")
+    assert rc == 0
+    assert_outputs(out, pngs=3)
+    res = json.loads((out / "results.json").read_text())["toy"]
+    for name in ("exact", "arsm"):  # an easy toy (C=5, R=1): both reach the best category
+        assert res[name]["p_last"] > 0.9, res[name]
+        assert res[name]["optimum"] - res[name]["expected_reward"] < 0.02
+    report = (out / "report.md").read_text()
+    assert "## The ARSM toy" in report and "![expected reward" in report
+    assert "report:" in capsys.readouterr().out
+
+
+def _strip_timing(records: list[dict]) -> list[dict]:
+    drop = {"seconds", "seconds_per_step"}
+    return [{k: v for k, v in r.items() if k not in drop} for r in records]
+
+
+def test_toy_resumes_after_an_interruption(tmp_path, monkeypatch, capsys):
+    args = [*TOY, "--estimators", "exact", "rloo:n_samples=3", "reinforce_ema"]
+    straight = tmp_path / "straight"
+    assert run_cli(*args, "--out", str(straight)) == 0
+
+    # Kill the run at its 6th checkpoint: exact has finished, rloo is mid-way.
+    interrupted = tmp_path / "interrupted"
+    calls = {"n": 0}
+    original = RunDir.save_checkpoint
+
+    def flaky(self, phase, state):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return original(self, phase, state)
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", flaky)
+    assert run_cli(*args, "--out", str(interrupted)) == cli.EXIT_INTERRUPTED
+    assert "run the same command again to resume" in capsys.readouterr().err
+    state = json.loads((interrupted / "state.json").read_text())
+    assert list(state["done"]) == ["toy/exact"]
+    exact_records = RunDir(interrupted, json.loads((interrupted / "config.json").read_text()))
+    n_exact = len(exact_records.records("toy/exact"))
+    monkeypatch.setattr(RunDir, "save_checkpoint", original)
+
+    assert run_cli(*args, "--out", str(interrupted)) == 0
+    a = RunDir(straight, json.loads((straight / "config.json").read_text()))
+    b = RunDir(interrupted, json.loads((interrupted / "config.json").read_text()))
+    assert len(b.records("toy/exact")) == n_exact  # finished work was not redone
+    for phase in ("toy/exact", "toy/rloo:n_samples=3", "toy/reinforce_ema"):
+        assert _strip_timing(a.records(phase)) == _strip_timing(b.records(phase)), phase
+    ra = json.loads((straight / "results.json").read_text())["toy"]
+    rb = json.loads((interrupted / "results.json").read_text())["toy"]
+    for k in ra:
+        assert _strip_timing([ra[k]]) == _strip_timing([rb[k]])
+
+
+def test_variance_smoke(tmp_path):
+    out = tmp_path / "var"
+    rc = run_cli(
+        "variance", "--problems", "toy", "bernoulli", "--draws", "20", "--warmup", "2",
+        "--temperatures", "0.5", "--estimators", "exact", "rloo:n_samples=2", "gumbel_softmax",
+        "arm", "--out", str(out), "--quiet",
+    )  # fmt: skip
+    assert rc == 0
+    assert_outputs(out, pngs=2)
+    res = json.loads((out / "results.json").read_text())["variance"]
+    assert set(res["toy"]["estimators"]) == {"exact", "rloo:n_samples=2", "gumbel_softmax:tau=0.5"}
+    assert "arm" in res["bernoulli"]["estimators"]  # ARM applies to the Bernoulli problem only
+    assert res["toy"]["estimators"]["exact"]["variance"] < 1e-20
+
+
+VAE = [
+    "vae", "--n-latent", "2", "--n-categories", "3", "--hidden", "16", "--steps", "12",
+    "--batch-size", "50", "--eval-every", "6", "--log-every", "3", "--eval-samples", "4",
+    "--iw-examples", "20", "--checkpoint-every", "6", "--quiet",
+]  # fmt: skip
+
+
+def test_vae_smoke(tmp_path):
+    out = tmp_path / "vae"
+    rc = run_cli(*VAE, "--out", str(out), "--estimators", "gumbel_softmax:tau=1.0", "arsm")
+    assert rc == 0
+    assert_outputs(out, pngs=3)
+    res = json.loads((out / "results.json").read_text())["vae"]
+    for v in res.values():
+        assert v["test_neg_elbo"] > 0 and v["test_iw_bound"] > 0
+    assert res["arsm"]["evals_per_step"] > 1
+
+
+def test_bench_wiring_with_tiny_studies(tmp_path, monkeypatch):
+    def tiny(args):
+        return (
+            ToyConfig(C=4, R=1, steps=20, var_every=10, var_draws=4, record_every=5,
+                      estimators=("exact", "rloo:n_samples=2", "gumbel_softmax:tau=0.5")),
+            VarianceConfig(problems=("toy", "bernoulli"), n_draws=10, warmup=1,
+                           temperatures=(0.5, 1.0),
+                           estimators=("exact", "reinforce_ema", "rloo:n_samples=2",
+                                       "gumbel_softmax", "straight_through", "disarm")),
+            VAEConfig(n_latent=2, n_categories=3, hidden=(16,), steps=6, batch_size=50,
+                      eval_every=3, log_every=3, eval_samples=2, iw_examples=10,
+                      estimators=("gumbel_softmax:tau=1.0", "rloo:n_samples=2")),
+        )  # fmt: skip
+
+    monkeypatch.setattr(cli, "bench_configs", tiny)
+    out = tmp_path / "bench"
+    assert run_cli("bench", "--out", str(out), "--quiet") == 0
+    assert_outputs(out, pngs=6)
+    report = (out / "report.md").read_text()
+    for heading in (
+        "Which estimator when",
+        "Concrete samples",
+        "ARSM toy",
+        "Bias and variance",
+        "VAE",
+    ):
+        assert heading in report
+    assert "Need unbiased gradients?" in report  # the summary is derived from the numbers
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"toy", "variance", "vae"}
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["toy", "--estimators", "nonsense"], "unknown estimator 'nonsense'"),
+        (["toy", "--estimators", "gumbel_softmax:tau=-0.5"], "tau"),
+        (["variance", "--temperatures", "-1"], "temperatures must be positive"),
+        (["vae", "--dataset", "/no/such/folder"], "neither a known dataset"),
+        (["toy", "--estimators", "arm"], "does not support categorical"),
+        (["vae", "--latent", "bernoulli", "--estimators", "arsm"], "does not support bernoulli"),
+        (["toy", "--steps", "0"], "steps must be a positive integer"),
+        (
+            ["toy", "--device", "cuda:7" if not __import__("torch").cuda.is_available() else "tpu"],
+            "device",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
+    assert run_cli(*argv, "--out", str(tmp_path / "x"), "--quiet") == cli.EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err and "Traceback" not in err
+    assert err.startswith(f"discograd {argv[0]}: error:")
+
+
+def test_unwritable_out_is_a_clear_error(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    rc = run_cli(*TOY, "--estimators", "exact", "--out", str(blocker / "run"))
+    assert rc == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "cannot write to output folder" in err and "Traceback" not in err
+
+
+def test_changed_config_in_the_same_out_is_refused(tmp_path, capsys):
+    out = str(tmp_path / "t")
+    assert run_cli(*TOY, "--steps", "10", "--estimators", "exact", "--out", out) == 0
+    assert run_cli(*TOY, "--steps", "20", "--estimators", "exact", "--out", out) == cli.EXIT_USAGE
+    assert "different configuration" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["bench", "toy", "variance", "vae", "demo"])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run_cli(command, "--help")
+    assert exc.value.code == 0
+    assert "example:" in capsys.readouterr().out
+
+
+def test_python_dash_m_and_console_script():
+    res = subprocess.run(
+        [sys.executable, "-m", "discograd", "--help"], capture_output=True, text=True, check=True
+    )
+    for command in ("bench", "toy", "variance", "vae", "demo"):
+        assert command in res.stdout
