@@ -89,3 +89,25 @@ def test_batch_larger_than_the_data_is_refused(tmp_path):
     cfg = dataclasses.replace(CFG, batch_size=500, estimators=("rloo:n_samples=2",))
     with pytest.raises(ValueError, match="batch_size=500 exceeds"):
         run_vae(cfg, RunDir(tmp_path, dataclasses.asdict(cfg)), quiet=True, data=tiny_data())
+
+
+def test_gradient_checks_against_the_exact_encoder_gradient(tmp_path):
+    cfg = dataclasses.replace(
+        CFG, n_latent=1, n_categories=5, grad_check_every=8, grad_check_draws=20,
+        binarization="threshold", anneal_rate=0.0,
+        estimators=("exact", "rloo:n_samples=3", "gumbel_softmax:tau=1.0"),
+    )  # fmt: skip
+    run = RunDir(tmp_path, dataclasses.asdict(cfg))
+    run_vae(cfg, run, quiet=True, data=tiny_data())
+    checks = {
+        phase: [r for r in run.records(phase) if "grad_cosine" in r]
+        for phase in ("vae/exact", "vae/rloo:n_samples=3", "vae/gumbel_softmax:tau=1.0")
+    }
+    assert all(len(v) == 4 for v in checks.values())  # steps 0, 8, 16, 24
+    for r in checks["vae/exact"]:
+        assert r["grad_variance"] == 0 and r["grad_cosine"] > 0.999999
+    for r in checks["vae/rloo:n_samples=3"]:
+        # unbiased: the bias is of the size of its Monte-Carlo noise floor
+        assert r["grad_variance"] > 0 and r["grad_bias"] < 5 * r["grad_bias_noise"]
+    with pytest.raises(ValueError, match="enumerable posterior"):
+        dataclasses.replace(cfg, n_latent=20, n_categories=10).validate()

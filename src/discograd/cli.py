@@ -172,6 +172,8 @@ def _vae_config(args: argparse.Namespace, **overrides: Any):
         eval_samples=args.eval_samples,
         iw_examples=args.iw_examples,
         checkpoint_every=args.checkpoint_every,
+        grad_check_every=args.grad_check_every,
+        grad_check_draws=args.grad_check_draws,
         seed=args.seed,
         device=args.device,
     )
@@ -485,6 +487,14 @@ def build_parser() -> argparse.ArgumentParser:
     vae.add_argument("--eval-samples", type=int, default=1000, help="importance samples m")
     vae.add_argument("--iw-examples", type=int, default=1000, help="test images for the IW bound")
     vae.add_argument("--checkpoint-every", type=int, default=500)
+    vae.add_argument(
+        "--grad-check-every",
+        type=int,
+        default=0,
+        help="every N steps compare each estimator's encoder gradient with the exact one "
+        "(needs an enumerable posterior, e.g. --n-latent 1 --n-categories 10; seed 000's toy)",
+    )
+    vae.add_argument("--grad-check-draws", type=int, default=100)
     _estimators_arg(vae, VAE_ESTIMATORS)
     vae.set_defaults(func=_vae)
 

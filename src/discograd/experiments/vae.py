@@ -80,6 +80,8 @@ class VAEConfig:
     eval_samples: int = 1000
     iw_examples: int = 1000
     checkpoint_every: int = 500
+    grad_check_every: int = 0
+    grad_check_draws: int = 100
     seed: int = 0
     device: str = "cpu"
 
@@ -105,6 +107,18 @@ class VAEConfig:
                 raise ValueError(f"{name} must be positive, got {name}={v}")
         if self.anneal_rate < 0:
             raise ValueError(f"anneal_rate must be >= 0, got {self.anneal_rate}")
+        if self.grad_check_every < 0 or self.grad_check_draws < 2:
+            raise ValueError(
+                "grad_check_every must be >= 0 and grad_check_draws >= 2, got "
+                f"{self.grad_check_every}, {self.grad_check_draws}"
+            )
+        if self.grad_check_every:
+            k = self.n_categories if self.latent == "categorical" else 2
+            if k**self.n_latent > 2**16:
+                raise ValueError(
+                    f"grad_check_every needs an enumerable posterior ({k}^{self.n_latent} "
+                    "configurations is above 65536); use e.g. --n-latent 1 --n-categories 10"
+                )
         if not self.estimators:
             raise ValueError("estimators must name at least one estimator")
         for spec in self.estimators:
@@ -185,6 +199,36 @@ def _iw(model: DiscreteVAE, x: Tensor, m: int, device, seed: int, chunk: int = 1
     return total / len(x)
 
 
+def encoder_gradient_stats(
+    model: DiscreteVAE, est, x: Tensor, n_draws: int, seed: int
+) -> dict[str, float | None]:
+    """Bias, variance, SNR and cosine of ``est``'s gradient w.r.t. the encoder, on batch ``x``.
+
+    The cost is the reconstruction term :math:`-\\log p(x\\mid z)` (the analytic KL
+    is exact for every estimator); the truth is :class:`~discograd.estimators.Exact`.
+    The estimator runs in eval mode: no schedule step, no baseline update.
+    """
+    from discograd.diagnostics import gradient_stats
+
+    was_training = est.training
+    est.eval()
+    try:
+        params = [p for p in model.encoder.parameters()]
+        gen = torch.Generator(device=x.device).manual_seed(seed)
+        stats = gradient_stats(
+            est,
+            lambda z: -model.log_likelihood(x, z),
+            model.posterior(x),
+            params,
+            n_draws,
+            generator=gen,
+        )
+    finally:
+        est.train(was_training)
+    keep = ("bias", "bias_noise", "variance", "snr", "cosine", "mse")
+    return {k: getattr(stats, k) for k in keep}
+
+
 def run_vae(
     cfg: VAEConfig,
     run: RunDir,
@@ -247,6 +291,15 @@ def _train(cfg, run, phase, spec, sets, data, device, quiet, interrupt_at) -> di
         run.log({"phase": phase, "step": done, "valid_neg_elbo": nelbo})
         model.train()
 
+    def grad_check(done: int) -> None:
+        """The estimator's encoder gradient on this step's batch against the exact one."""
+        x = _batches(sets["train"], cfg, done, device)
+        stats = encoder_gradient_stats(model, est, x, cfg.grad_check_draws, cfg.seed + done)
+        run.log({"phase": phase, "step": done, **{f"grad_{k}": v for k, v in stats.items()}})
+
+    if start == 0 and cfg.grad_check_every:
+        grad_check(0)
+
     if start == 0:
         validate(0)
     with progress(cfg.steps, f"vae {canonical(spec)}", quiet=quiet, initial=start) as bar:
@@ -285,6 +338,8 @@ def _train(cfg, run, phase, spec, sets, data, device, quiet, interrupt_at) -> di
                 window.clear()
             if done % cfg.eval_every == 0:
                 validate(done)
+            if cfg.grad_check_every and done % cfg.grad_check_every == 0:
+                grad_check(done)
             if done % cfg.checkpoint_every == 0 and done < cfg.steps:
                 run.save_checkpoint(
                     phase,

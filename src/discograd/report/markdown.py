@@ -413,6 +413,7 @@ def vae_section(
         ]
         for label in list(results)[:3]:
             text += _vae_images(run, label)
+    text += _grad_check_table(run, results)
     summary = []
     if results:
         best = min(results, key=lambda k: results[k]["test_neg_elbo"])
@@ -423,6 +424,54 @@ def vae_section(
             f"({fmt(1000 * results[fastest]['seconds_per_step'])} ms)."
         )
     return "\n".join(text), summary
+
+
+def _grad_check_table(run: RunDir, results: dict[str, Any]) -> list[str]:
+    """Encoder-gradient quality against the exact gradient during training, if measured."""
+    rec = run.records()
+    rows, series = [], {}
+    for label in results:
+        pts = [r for r in rec if r.get("phase") == f"vae/{label}" and "grad_cosine" in r]
+        if not pts:
+            continue
+
+        def mean(key: str, pts=pts) -> float:
+            vals = [float(r[key]) for r in pts if isinstance(r.get(key), (int, float))]
+            return sum(vals) / len(vals) if vals else math.nan
+
+        rows.append(
+            [
+                label,
+                mean("grad_cosine"),
+                mean("grad_bias"),
+                mean("grad_bias_noise"),
+                mean("grad_variance"),
+                mean("grad_mse"),
+                len(pts),
+            ]
+        )
+        series[label] = ([r["step"] for r in pts], [r["grad_cosine"] for r in pts])
+    if not rows:
+        return []
+    out = [
+        "Encoder gradient against the exact gradient (enumeration over the latent), on the "
+        "training batch, during training (means over the checks):",
+        "",
+        table(["estimator", "cosine", "bias", "noise", "variance", "MSE", "checks"], rows),
+        "",
+    ]
+    if _plots_available():
+        from discograd.report import plots
+
+        plots.curves(
+            run.path / "vae_grad_cosine.png",
+            series,
+            xlabel="step",
+            ylabel="mean cosine with the exact gradient",
+            title="encoder gradient quality during training",
+        )
+        out += [_img("vae_grad_cosine.png", "gradient cosine during training"), ""]
+    return out
 
 
 def _vae_images(run: RunDir, label: str) -> list[str]:
