@@ -182,17 +182,22 @@ def _vae_config(args: argparse.Namespace, **overrides: Any):
 
 
 # ---------------------------------------------------------------- commands
+def _single_study(args: argparse.Namespace, key: str, cfg: Any, runner, section, *extra) -> dict:
+    """Validate, run (or resume) one study, write its results and report."""
+    cfg.validate()
+    run = _run_dir(args, dataclasses.asdict(cfg))
+    results = runner(cfg, run, quiet=args.quiet)
+    run.write_results({key: results})
+    text, summary = section(run, results, cfg, *extra)
+    _finish(run, f"discograd {key}", args.command_line, [text], summary)
+    return results
+
+
 def _toy(args: argparse.Namespace) -> int:
     from discograd.experiments.toy import run_toy
     from discograd.report import toy_section
 
-    cfg = _toy_config(args)
-    cfg.validate()
-    run = _run_dir(args, dataclasses.asdict(cfg))
-    results = run_toy(cfg, run, quiet=args.quiet)
-    run.write_results({"toy": results})
-    text, summary = toy_section(run, results, cfg)
-    _finish(run, "discograd toy", args.command_line, [text], summary)
+    _single_study(args, "toy", _toy_config(args), run_toy, toy_section)
     return 0
 
 
@@ -200,13 +205,7 @@ def _variance(args: argparse.Namespace) -> int:
     from discograd.experiments.variance import run_variance
     from discograd.report import variance_section
 
-    cfg = _variance_config(args)
-    cfg.validate()
-    run = _run_dir(args, dataclasses.asdict(cfg))
-    results = run_variance(cfg, run, quiet=args.quiet)
-    run.write_results({"variance": results})
-    text, summary = variance_section(run, results, cfg)
-    _finish(run, "discograd variance", args.command_line, [text], summary)
+    _single_study(args, "variance", _variance_config(args), run_variance, variance_section)
     return 0
 
 
@@ -215,10 +214,7 @@ def _vae(args: argparse.Namespace) -> int:
     from discograd.report import vae_section
 
     cfg = _vae_config(args)
-    cfg.validate()
-    run = _run_dir(args, dataclasses.asdict(cfg))
-    results = run_vae(cfg, run, quiet=args.quiet)
-    run.write_results({"vae": results})
+    results = _single_study(args, "vae", cfg, run_vae, vae_section, cfg.dataset)
     rows = [
         (
             k,
@@ -228,8 +224,6 @@ def _vae(args: argparse.Namespace) -> int:
         for k, v in results.items()
     ]
     _print_table("VAE results", rows)
-    text, summary = vae_section(run, results, cfg, cfg.dataset)
-    _finish(run, "discograd vae", args.command_line, [text], summary)
     return 0
 
 

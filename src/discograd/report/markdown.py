@@ -205,6 +205,37 @@ def _toy_summary(results: dict[str, Any]) -> list[str]:
 
 
 # ------------------------------------------------------------------- variance
+_COLUMN = {
+    "var × evals": lambda v: v["variance_x_evals"],
+    "MSE": lambda v: v["mse"],
+    "variance": lambda v: v["variance"],
+    "f-evals": lambda v: v["n_evals"],
+    "bias": lambda v: v["bias"],
+    "noise": lambda v: v["bias_noise"],
+    "SNR": lambda v: v["snr"],
+    "cosine": lambda v: v["cosine"],
+    "µs / draw": lambda v: 1e6 * v["seconds_per_draw"],
+}
+UNBIASED_COLUMNS = (
+    "var × evals",
+    "variance",
+    "f-evals",
+    "bias",
+    "noise",
+    "SNR",
+    "cosine",
+    "µs / draw",
+)
+BIASED_COLUMNS = ("MSE", "bias", "variance", "f-evals", "SNR", "cosine", "µs / draw")
+
+
+def _stats_table(stats: dict[str, dict[str, Any]], columns: Sequence[str], sort_key: str) -> str:
+    """One row per estimator, best (lowest ``sort_key``) first."""
+    order = sorted(stats.items(), key=lambda kv: kv[1][sort_key])
+    rows = [[label, *(_COLUMN[c](v) for c in columns)] for label, v in order]
+    return table(["estimator", *columns], rows)
+
+
 def variance_section(run: RunDir, results: dict[str, Any], cfg: Any) -> tuple[str, list[str]]:
     text = [
         "## Bias and variance against the exact gradient",
@@ -224,69 +255,17 @@ def variance_section(run: RunDir, results: dict[str, Any], cfg: Any) -> tuple[st
         unbiased = {k: v for k, v in ests.items() if v["unbiased"] and k != "exact"}
         biased = {k: v for k, v in ests.items() if not v["unbiased"]}
         text += [f"### Problem `{pname}`: {res['description']}", ""]
-        rows = [
-            [
-                k,
-                v["variance_x_evals"],
-                v["variance"],
-                v["n_evals"],
-                v["bias"],
-                v["bias_noise"],
-                v["snr"],
-                v["cosine"],
-                1e6 * v["seconds_per_draw"],
-            ]
-            for k, v in sorted(unbiased.items(), key=lambda kv: kv[1]["variance_x_evals"])
-        ]
         text += [
             "Unbiased estimators, best first (variance at equal cost):",
             "",
-            table(
-                [
-                    "estimator",
-                    "var × evals",
-                    "variance",
-                    "f-evals",
-                    "bias",
-                    "noise",
-                    "SNR",
-                    "cosine",
-                    "µs / draw",
-                ],
-                rows,
-            ),
+            _stats_table(unbiased, UNBIASED_COLUMNS, "variance_x_evals"),
             "",
         ]
         if biased:
-            rows = [
-                [
-                    k,
-                    v["mse"],
-                    v["bias"],
-                    v["variance"],
-                    v["n_evals"],
-                    v["snr"],
-                    v["cosine"],
-                    1e6 * v["seconds_per_draw"],
-                ]
-                for k, v in sorted(biased.items(), key=lambda kv: kv[1]["mse"])
-            ]
             text += [
                 "Biased (relaxed / straight-through) estimators, best first (mean squared error):",
                 "",
-                table(
-                    [
-                        "estimator",
-                        "MSE",
-                        "bias",
-                        "variance",
-                        "f-evals",
-                        "SNR",
-                        "cosine",
-                        "µs / draw",
-                    ],
-                    rows,
-                ),
+                _stats_table(biased, BIASED_COLUMNS, "mse"),
                 "",
             ]
         if _plots_available():
