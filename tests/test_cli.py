@@ -162,6 +162,7 @@ def test_bench_wiring_with_tiny_studies(tmp_path, monkeypatch):
         (["toy", "--estimators", "arm"], "does not support categorical"),
         (["vae", "--latent", "bernoulli", "--estimators", "arsm"], "does not support bernoulli"),
         (["toy", "--steps", "0"], "steps must be a positive integer"),
+        (["toy", "--threads", "0"], "--threads must be >= 1"),
         (
             ["toy", "--device", "cuda:7" if not __import__("torch").cuda.is_available() else "tpu"],
             "device",

@@ -362,6 +362,13 @@ def _common(p: argparse.ArgumentParser, out_default: str) -> None:
         help=f"output folder; re-running with the same folder resumes (default: {out_default})",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars (for CI and logs)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's choice; 1 avoids oversubscription "
+        "when several runs share a machine)",
+    )
 
 
 def _estimators_arg(p: argparse.ArgumentParser, default: Sequence[str]) -> None:
@@ -510,6 +517,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.command_line = _command_line(argv)
+    threads = getattr(args, "threads", None)
+    if threads is not None:
+        if threads < 1:
+            print(
+                f"discograd {args.command}: error: --threads must be >= 1, got {threads}",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        torch.set_num_threads(threads)
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
