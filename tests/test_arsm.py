@@ -75,8 +75,11 @@ def test_onehot_and_plain_categorical_and_batch_shapes():
     assert out.loss.shape == () and out.n_evals.shape == ()
     # Two variable dimensions: var_shape (2, 3).
     q = Independent(Categorical(logits=theta), 2)
+    seen.clear()
     out = ARSPlus()(lambda x: f(x).sum((-1, -2)), q, generator=gen)
-    assert out.loss.shape == () and seen[-1] == (int(out.n_evals), 2, 3, 5)
+    # the true sample's call (with gradient), then the pseudo-actions' (without)
+    assert out.loss.shape == () and all(s[1:] == (2, 3, 5) for s in seen)
+    assert sum(s[0] for s in seen) == int(out.n_evals)
 
 
 # ------------------------------------------------------------- the ARSM toy
@@ -220,8 +223,10 @@ def test_n_evals_counts_distinct_configurations(est):
     )
     f, calls = recording(lambda x: (x * torch.arange(C, dtype=D64)).sum((-1, -2)) ** 2)
     out = est(f, Independent(Categorical(logits=theta.requires_grad_()), 1), generator=gen)
-    assert len(calls) == 1  # one call of f
-    x = calls[0]  # [M, 400, 2, C]
+    # Two calls: the true samples (gradient attached), then all pseudo-actions
+    # (no gradient: f's backward would otherwise run over every slot).
+    assert len(calls) == 2 and calls[0].shape[0] == 1
+    x = torch.cat(calls)  # [M, 400, 2, C]
     bound = C * (C - 1) // 2 + 1 if isinstance(est, (ARSM, ARSMPlus)) else C
     assert x.shape[0] == int(out.n_evals.max()) <= bound
     distinct = torch.tensor([torch.unique(x[:, b].flatten(1), dim=0).shape[0] for b in range(400)])
@@ -284,11 +289,13 @@ def test_chunking_gives_identical_results():
             generator=torch.Generator().manual_seed(16),
         )
         out.loss.sum().backward()
+        M = int(out.n_evals.max())
+        assert calls[0].shape[0] == 1  # the true sample, with gradient
         if chunk is not None:
             assert max(c.shape[0] for c in calls) <= chunk
-            assert len(calls) == math.ceil(int(out.n_evals.max()) / chunk)
+            assert len(calls) == 1 + math.ceil((M - 1) / chunk)
         else:
-            assert len(calls) == 1
+            assert len(calls) == 2
         results.append((out.loss.detach(), out.n_evals, theta.grad.clone(), w.grad.clone()))
     for r in results[1:]:
         for a, b in zip(results[0], r, strict=True):

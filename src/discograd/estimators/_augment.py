@@ -14,6 +14,7 @@ Everything here works on flattened tensors: ``B`` data points, ``V`` variables,
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -192,9 +193,10 @@ def evaluate_unique(
         configs: ``[B, P, V]`` int64 candidate configurations (category indices,
             or 0/1 for Bernoulli); candidate 0 is the true sample.
         max_per_call: split the slots into calls of at most this many slots
-            (the leading sample dimension of each call); ``None``: one call.
-        attach: ``"first"``: only slot 0 (candidate 0) keeps its graph (the
-            other chunks run under ``torch.no_grad``); ``"all"``: every slot does.
+            (the leading sample dimension of each call); ``None``: no split.
+        attach: ``"first"``: slot 0 (candidate 0) is evaluated alone and keeps
+            its graph, the other slots run under ``torch.no_grad`` (two calls
+            when not split); ``"all"``: every slot keeps its graph (one call).
 
     Returns:
         values: ``[B, P]`` f of every candidate (detached for ``attach="first"``).
@@ -207,10 +209,16 @@ def evaluate_unique(
     # [M, B, V]; padding slots repeat candidate 0.
     X = configs.gather(1, rep.unsqueeze(-1).expand(B, M, V)).transpose(0, 1)
     size = M if max_per_call is None else max_per_call
+    # With attach="first" slot 0 gets a call of its own and the rest run under
+    # no_grad: one attached call over all M slots would make f's backward pass
+    # (a decoder's, say) M times as expensive for slots whose gradient is zero.
+    first = 1 if attach == "first" else 0
+    bounds = [0, *range(first, M, size)] if first else list(range(0, M, size))
+    bounds.append(M)
     outs = []
-    for start in range(0, M, size):
-        k = min(size, M - start)
-        x = latent.encode(X[start : start + k].reshape(latent.index_shape((k,))))
+    for start, stop in itertools.pairwise(bounds):
+        k = stop - start
+        x = latent.encode(X[start:stop].reshape(latent.index_shape((k,))))
         if start == 0 or attach == "all":
             out = latent.call_f(f, x, (k,))
         else:

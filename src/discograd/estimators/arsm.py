@@ -23,7 +23,8 @@ variable at once (each with its own :math:`\varpi_d`) and
 All are unbiased for :math:`\nabla_\theta \mathbb E[f]` (the gradient with respect
 to the logits; it sums to zero over categories). The pseudo-actions of every
 swap pair, variable and data point are computed as tensors; the distinct joint
-configurations of each data point are evaluated in one call of ``f`` (see
+configurations of each data point are evaluated in two calls of ``f``: the true
+sample with gradient, every other configuration at once without (see
 :func:`discograd.estimators._augment.evaluate_unique`).
 
 Contract details shared by the family:
@@ -205,7 +206,7 @@ class ARS(_ReferenceSwap):
         reference: ``"random"`` (a uniform category per data point and call) or
             a fixed category index.
         max_evals_per_call: at most this many configurations per data point in
-            one call of ``f`` (bounds memory); ``None``: one call.
+            call of ``f`` (bounds memory); ``None``: all pseudo-actions in one call.
         generator: a ``torch.Generator`` for the noise.
 
     Yin, Yue & Zhou 2019, "ARSM" (ICML), the ARS estimator.
@@ -292,7 +293,7 @@ class ARSM(_Merge):
 
     Args:
         max_evals_per_call: at most this many configurations per data point in
-            one call of ``f`` (bounds memory); ``None``: one call.
+            call of ``f`` (bounds memory); ``None``: all pseudo-actions in one call.
         generator: a ``torch.Generator`` for the noise.
 
     Yin, Yue & Zhou 2019, "ARSM: Augment-REINFORCE-Swap-Merge Estimator for
