@@ -35,8 +35,9 @@ def cv_optimizer(
     """Adam over the estimator's trainable control-variate parameters, if it has any.
 
     Lazily sized layers (RELAX's default network) get their shapes from one
-    throw-away call on ``(f, q)`` first, made in eval mode under ``no_grad``
-    with its own generator, so it moves no schedule, baseline or random stream.
+    throw-away call on ``(f, q)`` first, made in eval mode (so it moves no
+    schedule or baseline) with its own generator (so it moves no random
+    stream) and with autograd on (RELAX skips its control variate without it).
     """
     if (
         f is not None
@@ -47,9 +48,8 @@ def cv_optimizer(
     ):
         was_training = estimator.training
         estimator.eval()
-        with torch.no_grad():
-            device = next(iter(estimator.parameters())).device
-            estimator(f, q, generator=torch.Generator(device=device).manual_seed(0))
+        device = next(iter(estimator.parameters())).device
+        estimator(f, q, generator=torch.Generator(device=device).manual_seed(0))
         estimator.train(was_training)
     params = [p for p in estimator.parameters() if p.requires_grad]
     return torch.optim.Adam(params, lr=lr) if params else None

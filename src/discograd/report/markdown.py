@@ -336,9 +336,9 @@ def vae_section(
     rows = [
         [
             k,
-            r["test_neg_elbo"],
-            r["test_iw_bound"],
-            r["valid_neg_elbo"],
+            f"{r['test_neg_elbo']:.2f}",  # nats: two decimals, whatever the magnitude
+            f"{r['test_iw_bound']:.2f}",
+            f"{r['valid_neg_elbo']:.2f}",
             r["evals_per_step"],
             1000 * r["seconds_per_step"],
         ]
