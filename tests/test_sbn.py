@@ -254,7 +254,7 @@ def test_run_sbn_smoke_and_resume_equivalence(tmp_path):
 
 def test_run_sbn_categorical_defaults(tmp_path):
     cfg = small_cfg(latent="categorical", units=(3, 2), n_categories=4, estimators=(), steps=2)
-    assert cfg.estimator_specs()[-1] == "arsm"
+    assert cfg.estimator_specs()[-1] == "ars"
     cfg = dataclasses.replace(cfg, estimators=("arsm", "gumbel_softmax:tau=1.0"))
     res = run_sbn(cfg, RunDir(tmp_path, dataclasses.asdict(cfg)), quiet=True, data=tiny_data())
     assert res["arsm"]["layer_evals_per_step"] >= 1.0
