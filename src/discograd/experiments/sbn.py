@@ -160,9 +160,13 @@ class SBNConfig:
             if self.latent not in est.supports:
                 raise ValueError(f"estimators: {spec} does not support {self.latent} latents")
             if canonical(spec).split(":")[0] == "exact":
-                raise ValueError(
-                    "estimators: exact enumerates 2^200 configurations; use a sampling estimator"
-                )
+                units = self.units or ((200, 200) if self.latent == "bernoulli" else (20, 20))
+                base = 2 if self.latent == "bernoulli" else self.n_categories
+                if max(units) * math.log2(base) > 16:
+                    raise ValueError(
+                        f"estimators: exact would enumerate {base}^{max(units)} configurations "
+                        "per layer (at most 2^16); use a sampling estimator or smaller units"
+                    )
 
 
 def build_model(cfg: SBNConfig, image_shape: tuple[int, int]) -> StochasticBinaryNetwork:

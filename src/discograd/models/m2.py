@@ -6,14 +6,14 @@ model :math:`q_\phi(y \mid x)` (the classifier) and a Gaussian
 :math:`q_\phi(z \mid x, y) = \mathcal N(\mu(x, y), \mathrm{diag}\,\sigma^2(x, y))`,
 reparameterised.
 
-Labelled examples (Kingma et al. eq. 6):
+Labelled examples (Kingma et al. 2014, the labelled bound):
 
 .. math:: -\mathcal L(x, y) = \mathbb E_{q(z|x,y)}\big[-\log p(x \mid y, z)\big]
           + \mathrm{KL}\big(q(z \mid x, y)\,\|\,p(z)\big) - \log p(y),
 
 one reparameterised :math:`z` and the analytic Gaussian KL.
 
-Unlabelled examples (eq. 7), :math:`y` is a latent variable:
+Unlabelled examples, :math:`y` a latent variable (the unlabelled bound):
 
 .. math:: \mathcal U(x) = \sum_y q(y \mid x)\,\big[-\mathcal L(x, y)\big]
           - \mathcal H\big(q(y \mid x)\big)
@@ -28,18 +28,19 @@ Unlabelled examples (eq. 7), :math:`y` is a latent variable:
   straight-through Gumbel-Softmax in Jang et al. 2017 §4.3; RLOO, REINFORCE,
   ARSM, ... all through the same contract) — the estimator handles
   :math:`\mathbb E_{q(y|x)}[f(y)]` with :math:`f(y) = -\mathcal L(x, y)` for
-  one-hot or relaxed :math:`y` (relaxed :math:`y` enters the encoder and decoder
-  as a point of the simplex, as in Jang et al.).
+  one-hot or relaxed :math:`y` (a relaxed :math:`y` enters the encoder and
+  decoder as a point of the simplex).
 
   The entropy term is ``entropy="analytic"`` (default): :math:`-\mathcal H(q)`
   computed exactly, so only :math:`\mathbb E_q[-\mathcal L]` is estimated and
   its exact gradient is added; or ``"sampled"``: :math:`f(y) = -\mathcal L(x, y)
   + \log q(y \mid x)` with :math:`\log q(y|x) = \sum_k y_k \log \pi_k` (also
   for relaxed :math:`y`), the whole of :math:`\mathcal U` through the estimator.
-  Both have the same expectation; the analytic form has less variance.
+  Both have the same expectation; the analytic form leaves less to chance
+  (the entropy and its gradient are exact), so it usually has less variance.
 
-Training objective (eq. 9), per data point of a training set with
-:math:`N_l` labelled and :math:`N_u` unlabelled examples,
+Training objective: Kingma et al.'s :math:`\mathcal J^\alpha` per data point of a
+training set with :math:`N_l` labelled and :math:`N_u` unlabelled examples,
 :math:`N = N_l + N_u`:
 
 .. math:: \frac{\mathcal J^\alpha}{N} = \frac{N_l}{N}\,\overline{-\mathcal L(x, y)}_{\,l}
@@ -49,9 +50,11 @@ Training objective (eq. 9), per data point of a training set with
 bars denoting means over the labelled / unlabelled batches (an unbiased
 estimate of Kingma's summed :math:`\mathcal J^\alpha` divided by :math:`N`,
 whatever the batch sizes). Kingma et al. use :math:`\alpha = 0.1 \cdot N`,
-i.e. ``alpha`` :math:`= \alpha / N = 0.1` here; their code draws labelled and
-unlabelled examples into every minibatch in proportion to :math:`N_l : N_u`,
-which gives the same weights.
+i.e. ``alpha`` :math:`= \alpha / N = 0.1` here. (A public TensorFlow
+replication of their code draws labelled and unlabelled examples into every
+minibatch in proportion :math:`N_l : N_u` and scales the classification loss
+by :math:`\alpha` times the batch size over the labelled examples per batch,
+which gives these same weights.)
 
 Kingma et al. 2014, "Semi-supervised Learning with Deep Generative Models"
 (NeurIPS); Jang, Gu & Poole 2017, "Categorical Reparameterization with
