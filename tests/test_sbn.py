@@ -16,7 +16,13 @@ from discograd.experiments.runner import RunDir
 from discograd.experiments.sbn import SBNConfig, run_sbn
 from discograd.experiments.vae import Interrupted
 from discograd.models import StochasticBinaryNetwork
-from model_helpers import flat, per_draw_grads, tiny_data, without_timing
+from model_helpers import (
+    flat,
+    one_thread,  # noqa: F401  (autouse fixture: one thread per test)
+    per_draw_grads,
+    tiny_data,
+    without_timing,
+)
 
 from conftest import assert_mean_matches
 
