@@ -14,6 +14,7 @@ ACTIVATIONS = {
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
     "elu": nn.ELU,
+    "softplus": nn.Softplus,  # M2's nonlinearity (Kingma et al. 2014)
 }
 
 

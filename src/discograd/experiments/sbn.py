@@ -1,0 +1,418 @@
+r"""Structured output prediction with stochastic binary networks; any estimator, nested.
+
+Protocol (Jang et al. 2017 §4.2, after Raiko et al. 2015 and MuProp): predict
+the lower half of a binarised digit from its upper half with two stochastic
+layers, 392-200-200-392 Bernoulli or 392-(20×10)-(20×10)-392 categorical on
+28×28 MNIST, affine maps between them, temperature τ = 1 for the relaxed
+estimators, trained on the single-sample bound
+:math:`\mathbb E[-\log p(x_b \mid h_2)]` and evaluated by the importance-sampled
+:math:`-\log \frac1m \sum_i p(x_b \mid h^{(i)})` with m = 1000 samples (nats,
+lower is better). Jang et al. report (MNIST test, Bernoulli / categorical):
+SF 72.0 / 73.1, DARN 59.7 / 67.9, MuProp 58.9 / 63.0, ST 58.9 / 61.8,
+annealed ST 58.7 / 61.1, Gumbel-Softmax 58.5 / 59.0, ST Gumbel-Softmax
+59.3 / 59.7; the ARM paper reports 57.9 for ARM (Bernoulli). The
+literature-faithful settings are ``dataset="mnist"``, ``units=()`` (the
+defaults 200 / 20×10), ``hidden=()``, ``eval_samples=1000``,
+``iw_examples=10000`` and a learning rate picked on the validation set; the
+defaults here are sized for the offline 8×8 ``digits`` (32 input and 32 output
+pixels), where absolute numbers are not comparable with MNIST.
+
+Validation uses the first ``iw_examples`` validation images. Each stochastic
+layer gets its own instance of the estimator (see
+:mod:`discograd.models.sbn` for the nesting and why it stays unbiased). Every
+estimator trains from the same initial weights and sees the same batches.
+
+Logged per estimator: the training bound (the estimators' Monte-Carlo
+estimate, averaged over ``log_every`` steps), decoder evaluations and
+second-layer evaluations per step, seconds per step; validation
+``-log p(x_b | x_t)`` with ``valid_samples`` samples every ``eval_every``
+steps. Results: test ``-log p(x_b | x_t)`` with ``eval_samples`` samples on the
+first ``iw_examples`` test images, the single-sample bound on them, and the
+costs per step.
+
+Resuming: a checkpoint every ``checkpoint_every`` steps holds the model, the
+optimisers, both estimators' states and the random stream; batches and
+dynamic binarisation are functions of (seed, step), so a resumed run logs the
+same metrics as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from discograd.data import binarize, load
+from discograd.data.datasets import ImageData
+from discograd.estimators.registry import canonical, make
+from discograd.experiments.common import cv_step, resolve_device
+from discograd.experiments.runner import RunDir, progress
+from discograd.experiments.vae import Interrupted
+from discograd.models import StochasticBinaryNetwork
+
+__all__ = ["SBN_ESTIMATORS", "SBNConfig", "build_model", "run_sbn"]
+
+#: Default estimators per latent kind (``SBNConfig.estimators = ()`` picks these).
+SBN_ESTIMATORS: dict[str, tuple[str, ...]] = {
+    "bernoulli": (
+        "gumbel_softmax:tau=1.0",
+        "st_gumbel_softmax:tau=1.0",
+        "reinforce_ema",
+        "rloo:n_samples=4",
+        "disarm",
+    ),
+    "categorical": (
+        "gumbel_softmax:tau=1.0",
+        "st_gumbel_softmax:tau=1.0",
+        "reinforce_ema",
+        "rloo:n_samples=4",
+        # ARS, not ARSM: nested, ARSM evaluates the decoder on up to
+        # (C(C-1)/2 + 1)^2 = 2,116 configurations per example and step at
+        # C = 10 (about 1.4 s per step for digits on one CPU thread); ARS on
+        # at most C^2 = 100. "arsm" works; name it explicitly to run it.
+        "ars",
+    ),
+}
+
+
+@dataclass
+class SBNConfig:
+    """A structured-prediction run: data, network, estimators, optimisation, evaluation.
+
+    ``units=()`` means the paper's sizes for the latent kind (200 binary units
+    or 20 categorical variables per layer); ``estimators=()`` means
+    :data:`SBN_ESTIMATORS` for the latent kind.
+    """
+
+    dataset: str = "digits"
+    dataset_path: str | None = None
+    data_dir: str | None = None
+    binarization: str = "threshold"
+    latent: str = "bernoulli"
+    units: tuple[int, ...] = ()
+    n_categories: int = 10
+    hidden: tuple[int, ...] = ()
+    activation: str = "tanh"
+    estimators: tuple[str, ...] = ()
+    lr: float = 1e-3
+    cv_lr: float = 1e-3
+    batch_size: int = 100
+    steps: int = 2000
+    log_every: int = 50
+    eval_every: int = 500
+    valid_samples: int = 100
+    eval_samples: int = 1000
+    iw_examples: int = 1000
+    checkpoint_every: int = 500
+    seed: int = 0
+    device: str = "cpu"
+
+    def estimator_specs(self) -> tuple[str, ...]:
+        """The estimators this run trains (the per-kind defaults when ``estimators`` is empty)."""
+        return tuple(self.estimators) or SBN_ESTIMATORS.get(self.latent, ())
+
+    def validate(self) -> None:
+        ints = ("batch_size", "steps", "log_every", "eval_every", "valid_samples", "eval_samples")
+        for name in (*ints, "iw_examples", "checkpoint_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {name}={v!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got seed={self.seed!r}")
+        if self.latent not in ("categorical", "bernoulli"):
+            raise ValueError(f"latent must be 'categorical' or 'bernoulli', got {self.latent!r}")
+        if self.units and (
+            len(self.units) != 2
+            or any(isinstance(u, bool) or not isinstance(u, int) or u < 1 for u in self.units)
+        ):
+            raise ValueError(f"units must be () or two positive ints, got units={self.units!r}")
+        if self.latent == "categorical" and (
+            isinstance(self.n_categories, bool)
+            or not isinstance(self.n_categories, int)
+            or self.n_categories < 2
+        ):
+            raise ValueError(f"n_categories must be an int >= 2, got {self.n_categories!r}")
+        if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
+            raise ValueError(f"hidden must hold positive ints, got hidden={self.hidden!r}")
+        if self.binarization not in ("threshold", "fixed", "dynamic"):
+            raise ValueError(
+                f"binarization must be threshold, fixed or dynamic, got {self.binarization!r}"
+            )
+        for name in ("lr", "cv_lr"):
+            v = getattr(self, name)
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, (int, float))
+                or not (v > 0 and math.isfinite(v))
+            ):
+                raise ValueError(f"{name} must be positive, got {name}={v!r}")
+        specs = self.estimator_specs()
+        if not specs:
+            raise ValueError("estimators must name at least one estimator")
+        if len({canonical(s) for s in specs}) != len(specs):
+            raise ValueError(f"estimators must not repeat an estimator, got {specs}")
+        for spec in specs:
+            est = make(spec)
+            if self.latent not in est.supports:
+                raise ValueError(f"estimators: {spec} does not support {self.latent} latents")
+            if canonical(spec).split(":")[0] == "exact":
+                units = self.units or ((200, 200) if self.latent == "bernoulli" else (20, 20))
+                base = 2 if self.latent == "bernoulli" else self.n_categories
+                if max(units) * math.log2(base) > 16:
+                    raise ValueError(
+                        f"estimators: exact would enumerate {base}^{max(units)} configurations "
+                        "per layer (at most 2^16); use a sampling estimator or smaller units"
+                    )
+
+
+def build_model(cfg: SBNConfig, image_shape: tuple[int, int]) -> StochasticBinaryNetwork:
+    """The network of ``cfg`` for images of ``image_shape``."""
+    return StochasticBinaryNetwork(
+        image_shape,
+        cfg.latent,  # type: ignore[arg-type]
+        tuple(cfg.units) or None,
+        cfg.n_categories,
+        cfg.hidden,
+        cfg.activation,
+    )
+
+
+def _prepare(data: ImageData, cfg: SBNConfig) -> dict[str, Tensor]:
+    out = {}
+    for split in ("train", "valid", "test"):
+        x = getattr(data, split)
+        if cfg.binarization == "threshold":
+            x = binarize(x, "threshold")
+        elif cfg.binarization == "fixed" or split != "train":
+            # evaluation sets use one fixed draw also under dynamic binarisation
+            x = binarize(x, "fixed", generator=torch.Generator().manual_seed(cfg.seed + 17))
+        out[split] = x
+    return out
+
+
+def _batch(data: Tensor, cfg: SBNConfig, step: int, device: torch.device) -> Tensor:
+    """The training batch of ``step``: a function of (seed, step) alone."""
+    n = len(data)
+    per_epoch = max(1, n // cfg.batch_size)
+    epoch, k = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+    x = data[perm[k * cfg.batch_size : (k + 1) * cfg.batch_size]]
+    if cfg.binarization == "dynamic":
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        x = binarize(x, "dynamic", generator=gen)
+    return x.to(device)
+
+
+@torch.no_grad()
+def _nll(
+    model: StochasticBinaryNetwork, x: Tensor, m: int, device, seed: int, chunk: int = 100
+) -> float:
+    """Mean importance-sampled −log p(x_b | x_t) with ``m`` samples, over ``x`` in chunks."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    total = 0.0
+    for i in range(0, len(x), chunk):
+        total += float(model.nll(x[i : i + chunk].to(device), m, generator=gen).sum())
+    return total / len(x)
+
+
+def run_sbn(
+    cfg: SBNConfig,
+    run: RunDir,
+    *,
+    quiet: bool = False,
+    data: ImageData | None = None,
+    _interrupt_at: int | None = None,
+) -> dict[str, Any]:
+    """Train one network per estimator (or resume); returns ``{canonical spec: summary}``.
+
+    Each summary holds ``test_nll`` (importance-sampled with ``iw_samples``
+    samples on ``iw_examples`` test images), ``test_nll_1`` (the single-sample
+    bound on the same images), ``valid_nll``, ``seconds_per_step``,
+    ``evals_per_step`` (decoder evaluations per example), ``layer_evals_per_step``
+    (second-layer evaluations per example), and the settings behind them.
+    """
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    if data is None:
+        data = load(cfg.dataset, path=cfg.dataset_path, data_dir=cfg.data_dir, quiet=quiet)
+    if len(data.train) < cfg.batch_size:
+        raise ValueError(
+            f"batch_size={cfg.batch_size} exceeds the {len(data.train)} training images"
+        )
+    if data.image_shape[0] < 2:
+        raise ValueError(f"images need at least 2 rows to split, got {data.image_shape}")
+    sets = _prepare(data, cfg)
+    results: dict[str, Any] = {}
+    for spec in cfg.estimator_specs():
+        phase = f"sbn/{canonical(spec)}"
+        if not run.is_done(phase):
+            run.finish(
+                phase, _train(cfg, run, phase, spec, sets, data, device, quiet, _interrupt_at)
+            )
+        results[canonical(spec)] = run.result(phase)
+    return results
+
+
+def _estimators(spec: str, device) -> nn.ModuleDict:
+    """Two instances of ``spec``: ``outer`` on p(h1 | x_t), ``inner`` on p(h2 | h1)."""
+    return nn.ModuleDict({"outer": make(spec), "inner": make(spec)}).to(device)
+
+
+def _cv_optimizer(model, ests: nn.ModuleDict, probe: Tensor, lr: float, device):
+    """Adam over both estimators' control-variate parameters, if any.
+
+    Lazily sized parameters (RELAX's default network) get their shapes from one
+    throw-away nested call with autograd on (RELAX sizes them only there), in
+    eval mode (frozen baselines and schedules) with its own generator, so no
+    state or random stream moves.
+    """
+    if any(isinstance(p, nn.parameter.UninitializedParameter) for p in ests.parameters()):
+        ests.eval()
+        model.objective(
+            probe,
+            ests["outer"],
+            ests["inner"],
+            generator=torch.Generator(device=device).manual_seed(0),
+        )
+        ests.train()
+    params = [p for p in ests.parameters() if p.requires_grad]
+    return torch.optim.Adam(params, lr=lr) if params else None
+
+
+def _train(cfg, run, phase, spec, sets, data, device, quiet, interrupt_at) -> dict[str, Any]:
+    torch.manual_seed(cfg.seed)  # the same initial weights for every estimator
+    model = build_model(cfg, data.image_shape).to(device)
+    ests = _estimators(spec, device)
+    outer, inner = ests["outer"], ests["inner"]
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    cv_opt = _cv_optimizer(
+        model, ests, sets["train"][: cfg.batch_size].to(device), cfg.cv_lr, device
+    )
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    start, seconds, evals, layer_evals = 0, 0.0, 0.0, 0.0
+    ckpt = run.load_checkpoint(phase)
+    if ckpt is not None:
+        start, seconds = ckpt["step"], ckpt["seconds"]
+        evals, layer_evals = ckpt["evals"], ckpt["layer_evals"]
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        ests.load_state_dict(ckpt["estimators"])
+        if cv_opt is not None and ckpt["cv_opt"] is not None:
+            cv_opt.load_state_dict(ckpt["cv_opt"])
+        gen.set_state(ckpt["gen"])
+    # Every record logged in loop iteration i has step i + 1 (step 0: the
+    # untrained model), and the checkpoint of iteration c is saved before it
+    # logs anything: the records of steps <= c predate the checkpoint.
+    run.truncate(phase, start)
+    valid = sets["valid"][: cfg.iw_examples]
+
+    def log_valid(step: int) -> None:
+        nll = _nll(model, valid, cfg.valid_samples, device, cfg.seed + 2)
+        run.log({"phase": phase, "step": step, "valid_nll": nll})
+
+    if start == 0:
+        log_valid(0)
+    window: list[float] = []
+    with progress(cfg.steps, f"sbn {canonical(spec)}", quiet=quiet, initial=start) as bar:
+        for step in range(start, cfg.steps):
+            if step % cfg.checkpoint_every == 0 and step > start:
+                run.save_checkpoint(
+                    phase,
+                    {
+                        "step": step,
+                        "seconds": seconds,
+                        "evals": evals,
+                        "layer_evals": layer_evals,
+                        "model": model.state_dict(),
+                        "opt": opt.state_dict(),
+                        "estimators": ests.state_dict(),
+                        "cv_opt": cv_opt.state_dict() if cv_opt is not None else None,
+                        "gen": gen.get_state(),
+                    },
+                )
+                if interrupt_at is not None and step >= interrupt_at:
+                    raise Interrupted(f"simulated interruption at step {step}")
+            x = _batch(sets["train"], cfg, step, device)
+            t0 = time.perf_counter()
+            obj = model.objective(x, outer, inner, generator=gen)
+            if cv_opt is not None and obj.cv_loss is not None and obj.cv_loss.requires_grad:
+                cv_step(obj.cv_loss, cv_opt)
+            opt.zero_grad(set_to_none=True)
+            obj.loss.backward()
+            if not all(
+                p.grad is None or bool(torch.isfinite(p.grad).all()) for p in model.parameters()
+            ):
+                run.log({"phase": phase, "step": step, "diverged": True})
+                raise FloatingPointError(f"{spec}: non-finite gradients at step {step}")
+            opt.step()
+            seconds += time.perf_counter() - t0
+            evals += obj.n_evals
+            layer_evals += obj.layer_evals
+            window.append(float(obj.nll.mean()))
+            if (step + 1) % cfg.log_every == 0:
+                run.log(
+                    {
+                        "phase": phase,
+                        "step": step + 1,
+                        "train_nll_bound": sum(window) / len(window),
+                        "seconds_per_step": seconds / (step + 1),
+                        "evals_per_step": evals / (step + 1),
+                        "layer_evals_per_step": layer_evals / (step + 1),
+                    }
+                )
+                window.clear()
+            if (step + 1) % cfg.eval_every == 0:
+                log_valid(step + 1)
+            bar.update()
+    test = sets["test"][: cfg.iw_examples]
+    summary = {
+        "test_nll": _nll(model, test, cfg.eval_samples, device, cfg.seed + 4),
+        "test_nll_1": _nll(model, test, 1, device, cfg.seed + 3),
+        "valid_nll": _nll(model, valid, cfg.valid_samples, device, cfg.seed + 2),
+        "iw_samples": cfg.eval_samples,
+        "iw_examples": len(test),
+        "valid_samples": cfg.valid_samples,
+        "seconds_per_step": seconds / cfg.steps,
+        "evals_per_step": evals / cfg.steps,
+        "layer_evals_per_step": layer_evals / cfg.steps,
+        "steps": cfg.steps,
+        "latent": cfg.latent,
+        "units": list(model.units),
+    }
+    run.log({"phase": phase, "step": cfg.steps, **{f"final_{k}": v for k, v in summary.items()}})
+    _save_images(run, phase, model, sets["test"], device, cfg, data.image_shape)
+    return summary
+
+
+def _save_images(run, phase, model, test, device, cfg, shape) -> None:
+    """Test digits, their completions (predictive mean) and one sampled completion each.
+
+    Saved as ``images-<phase>.pt`` with the keys of the VAE experiment's image
+    files: ``test`` (true images), ``recon`` (top half + the predictive mean
+    of the bottom half over 100 samples) and ``samples`` (top half + the
+    bottom pixel probabilities of one sample of the hidden layers).
+    """
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + 5)
+    with torch.no_grad():
+        x = test[:16].to(device)
+        top, _ = model.split(x)
+        mean = model.predict_bottom(top, 100, generator=gen)
+        _, h2 = model.sample_codes(top, 1, generator=gen)
+        one = torch.sigmoid(model.bottom_logits(h2[0]))
+    torch.save(
+        {
+            "shape": tuple(shape),
+            "test": x.cpu(),
+            "recon": torch.cat([top, mean], -1).cpu(),
+            "samples": torch.cat([top, one], -1).cpu(),
+        },
+        run.path / f"images-{_slug(phase)}.pt",
+    )
+
+
+def _slug(phase: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in phase)

@@ -1,0 +1,96 @@
+"""Helpers of the SBN and M2 tests: per-draw gradients, tiny datasets, timing-free records."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+import torch
+
+from discograd.data.datasets import ImageData
+
+TIMING_KEYS = ("seconds_per_step", "speedup_vs_marginal")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Run each test on one intra-op thread, then restore the setting.
+
+    These models are tiny: a second thread buys nothing, and on a shared
+    machine whose other core is busy, OpenMP's spinning threads made these
+    tests 10x slower (218 s instead of 15 s).
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def per_draw_grads(
+    losses: Callable[[int], torch.Tensor],
+    params: Sequence[torch.Tensor],
+    n_draws: int,
+    chunk: int = 100,
+) -> torch.Tensor:
+    """``[n_draws, P]`` independent gradient draws of a model's loss w.r.t. ``params``.
+
+    ``losses(k)`` must return ``[k]`` losses of ``k`` independent replicas
+    computed in one batched forward pass (the batch repeated ``k`` times, each
+    replica summed over its data points); a batched backward pass with the
+    identity as ``grad_outputs`` separates the replicas' gradients exactly.
+    """
+    rows = []
+    for start in range(0, n_draws, chunk):
+        k = min(chunk, n_draws - start)
+        per = losses(k)
+        assert per.shape == (k,)
+        eye = torch.eye(k, dtype=per.dtype, device=per.device)
+        grads = torch.autograd.grad(
+            per, list(params), grad_outputs=eye, is_grads_batched=True, allow_unused=True
+        )
+        rows.append(
+            torch.cat(
+                [
+                    (torch.zeros((k, *p.shape), dtype=p.dtype) if g is None else g).reshape(k, -1)
+                    for g, p in zip(grads, params, strict=True)
+                ],
+                1,
+            )
+        )
+    return torch.cat(rows)
+
+
+def flat(grads: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+def tiny_data(
+    shape: tuple[int, int] = (4, 4),
+    n: tuple[int, int, int] = (60, 20, 20),
+    n_classes: int = 3,
+    seed: int = 0,
+) -> ImageData:
+    """Random images in [0, 1] whose class shifts the pixel means (so labels carry signal)."""
+    gen = torch.Generator().manual_seed(seed)
+    dim = shape[0] * shape[1]
+    protos = torch.rand(n_classes, dim, generator=gen)
+    parts = []
+    for size in n:
+        y = torch.arange(size) % n_classes
+        x = (0.7 * protos[y] + 0.3 * torch.rand(size, dim, generator=gen)).clamp(0, 1)
+        parts += [x, y]
+    return ImageData("tiny", shape, *parts, source="tests")
+
+
+def without_timing(value: Any) -> Any:
+    """``value`` with every wall-clock entry removed (they differ between runs)."""
+    if isinstance(value, dict):
+        return {
+            k: without_timing(v)
+            for k, v in value.items()
+            if not any(k.endswith(t) for t in TIMING_KEYS)
+        }
+    if isinstance(value, list):
+        return [without_timing(v) for v in value]
+    return value
