@@ -49,6 +49,20 @@ def chi_square_pvalue(counts: np.ndarray, probs: np.ndarray) -> float:
     return float(stats.chisquare(counts[keep], expected).pvalue)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread per test, then restore the setting.
+
+    The tensors here are small: a second thread buys nothing, and on a
+    machine whose other core is busy OpenMP's spinning threads made the suite
+    up to 10x slower.
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def gen() -> torch.Generator:
     return torch.Generator().manual_seed(1234)

@@ -5,26 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import pytest
 import torch
 
 from discograd.data.datasets import ImageData
 
 TIMING_KEYS = ("seconds_per_step", "speedup_vs_marginal")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Run each test on one intra-op thread, then restore the setting.
-
-    These models are tiny: a second thread buys nothing, and on a shared
-    machine whose other core is busy, OpenMP's spinning threads made these
-    tests 10x slower (218 s instead of 15 s).
-    """
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def per_draw_grads(

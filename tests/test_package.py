@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -71,10 +69,3 @@ def test_cli_errors_are_one_line(capsys):
     assert "Traceback" not in err
     with pytest.raises(SystemExit):
         main(["no-such-command"])
-
-
-def test_python_dash_m_help():
-    res = subprocess.run(
-        [sys.executable, "-m", "discograd", "--help"], capture_output=True, text=True, check=True
-    )
-    assert "demo" in res.stdout

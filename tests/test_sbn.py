@@ -18,7 +18,6 @@ from discograd.experiments.vae import Interrupted
 from discograd.models import StochasticBinaryNetwork
 from model_helpers import (
     flat,
-    one_thread,  # noqa: F401  (autouse fixture: one thread per test)
     per_draw_grads,
     tiny_data,
     without_timing,
