@@ -192,7 +192,7 @@ def test_changed_config_in_the_same_out_is_refused(tmp_path, capsys):
     assert "different configuration" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["bench", "toy", "variance", "vae", "demo"])
+@pytest.mark.parametrize("command", ["bench", "toy", "variance", "vae", "sbn", "ssl", "demo"])
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as exc:
         run_cli(command, "--help")
@@ -204,5 +204,38 @@ def test_python_dash_m_and_console_script():
     res = subprocess.run(
         [sys.executable, "-m", "discograd", "--help"], capture_output=True, text=True, check=True
     )
-    for command in ("bench", "toy", "variance", "vae", "demo"):
+    for command in ("bench", "toy", "variance", "vae", "sbn", "ssl", "demo"):
         assert command in res.stdout
+
+
+def test_sbn_smoke(tmp_path):
+    out = tmp_path / "sbn"
+    rc = run_cli(
+        "sbn", "--units", "4", "3", "--steps", "8", "--batch-size", "50", "--eval-every", "4",
+        "--log-every", "4", "--valid-samples", "3", "--eval-samples", "5", "--iw-examples", "20",
+        "--checkpoint-every", "4", "--estimators", "gumbel_softmax:tau=1.0", "disarm",
+        "--out", str(out), "--quiet",
+    )  # fmt: skip
+    assert rc == 0
+    assert_outputs(out, pngs=2)
+    res = json.loads((out / "results.json").read_text())["sbn"]
+    assert set(res) == {"gumbel_softmax:tau=1.0", "disarm"}
+    assert res["disarm"]["evals_per_step"] > res["gumbel_softmax:tau=1.0"]["evals_per_step"]
+    assert "Structured output prediction" in (out / "report.md").read_text()
+
+
+def test_ssl_smoke_with_a_timing_run(tmp_path):
+    out = tmp_path / "ssl"
+    rc = run_cli(
+        "ssl", "--steps", "6", "--eval-every", "3", "--log-every", "3", "--checkpoint-every", "3",
+        "--hidden", "16", "--z-dim", "2", "--timing-classes", "20", "--timing-steps", "3",
+        "--methods", "marginal", "gumbel_softmax:tau=1.0", "--out", str(out), "--quiet",
+    )  # fmt: skip
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["ssl"]) == {"marginal", "gumbel_softmax:tau=1.0"}
+    assert 0 <= results["ssl"]["marginal"]["test_accuracy"] <= 1
+    assert results["timing"]["gumbel_softmax:tau=1.0"]["speedup_vs_marginal"] > 0
+    report = (out / "report.md").read_text()
+    assert "Semi-supervised" in report and "Speed with 20 classes" in report
+    assert (out / "timing-20" / "config.json").exists()  # the timing run's own folder

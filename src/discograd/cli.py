@@ -1,7 +1,7 @@
 """The ``discograd`` command (also ``python -m discograd``).
 
 Subcommands: ``bench`` (the main job: toy + variance + a short VAE, one
-report), ``toy``, ``variance``, ``vae``, ``demo``. Each writes
+report), ``toy``, ``variance``, ``vae``, ``sbn``, ``ssl``, ``demo``. Each writes
 ``config.json``, ``metrics.jsonl``, ``results.json``, PNG plots and
 ``report.md`` into ``--out`` and resumes when re-run with the same ``--out``.
 Errors in the input end the command with one line on stderr and exit status 2.
@@ -227,6 +227,106 @@ def _vae(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sbn(args: argparse.Namespace) -> int:
+    from discograd.experiments.sbn import SBNConfig, run_sbn
+    from discograd.report import sbn_section
+
+    cfg = SBNConfig(
+        **_dataset_fields(args.dataset),
+        data_dir=args.data_dir,
+        binarization=args.binarization,
+        latent=args.latent,
+        units=tuple(args.units),
+        n_categories=args.n_categories,
+        hidden=tuple(args.hidden),
+        activation=args.activation,
+        estimators=tuple(args.estimators or ()),
+        lr=args.lr,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        log_every=args.log_every,
+        eval_every=args.eval_every,
+        valid_samples=args.valid_samples,
+        eval_samples=args.eval_samples,
+        iw_examples=args.iw_examples,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+        device=args.device,
+    )
+    results = _single_study(args, "sbn", cfg, run_sbn, sbn_section, cfg.dataset)
+    _print_table(
+        "SBN results",
+        [
+            (
+                k,
+                f"test NLL {v['test_nll']:.2f}  {1000 * v['seconds_per_step']:.1f} ms/step  "
+                f"{v['evals_per_step']:.1f} decoder passes/step",
+            )
+            for k, v in results.items()
+        ],
+    )
+    return 0
+
+
+def _ssl(args: argparse.Namespace) -> int:
+    from discograd.experiments.ssl import SSLConfig, run_ssl
+    from discograd.report import ssl_section
+
+    cfg = SSLConfig(
+        **_dataset_fields(args.dataset),
+        data_dir=args.data_dir,
+        binarization=args.binarization,
+        n_classes=args.n_classes,
+        n_labels=args.n_labels,
+        z_dim=args.z_dim,
+        hidden=tuple(args.hidden),
+        activation=args.activation,
+        methods=tuple(args.methods),
+        entropy=args.entropy,
+        alpha=args.alpha,
+        anneal_rate=args.anneal_rate,
+        anneal_every=args.anneal_every,
+        tau_floor=args.tau_floor,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        labelled_batch=args.labelled_batch,
+        steps=args.steps,
+        log_every=args.log_every,
+        eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+        device=args.device,
+    )
+    timing_cfg = None
+    if args.timing_classes:
+        timing_cfg = dataclasses.replace(
+            cfg,
+            n_classes=args.timing_classes,
+            n_labels=args.timing_classes,
+            steps=args.timing_steps,
+            log_every=min(cfg.log_every, args.timing_steps),
+            eval_every=args.timing_steps,
+            checkpoint_every=args.timing_steps,
+        )
+        timing_cfg.validate()
+    cfg.validate()
+    config = {"main": dataclasses.asdict(cfg)}
+    if timing_cfg is not None:
+        config["timing"] = dataclasses.asdict(timing_cfg)
+    run = _run_dir(args, config)
+    results = run_ssl(cfg, run, quiet=args.quiet)
+    timing = None
+    if timing_cfg is not None:
+        from discograd.experiments import RunDir
+
+        sub_run = RunDir(run.path / f"timing-{args.timing_classes}", dataclasses.asdict(timing_cfg))
+        timing = run_ssl(timing_cfg, sub_run, quiet=args.quiet)
+    run.write_results({"ssl": results, "timing": timing})
+    text, summary = ssl_section(run, results, cfg, cfg.dataset, timing, args.timing_classes)
+    _finish(run, "discograd ssl", args.command_line, [text], summary)
+    return 0
+
+
 BENCH_VAE = dict(
     n_latent=8,
     n_categories=4,
@@ -382,6 +482,20 @@ def _estimators_arg(p: argparse.ArgumentParser, default: Sequence[str]) -> None:
     )
 
 
+def _activations() -> list[str]:
+    from discograd.models.nets import ACTIVATIONS
+
+    return list(ACTIVATIONS)
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dataset", default="digits", help="digits, mnist, fashion-mnist, kmnist or a folder"
+    )
+    p.add_argument("--data-dir", default=None, help="dataset cache (default: $DISCOGRAD_DATA)")
+    p.add_argument("--binarization", default="threshold", choices=["threshold", "fixed", "dynamic"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     from discograd.estimators.registry import ESTIMATORS
     from discograd.experiments.toy import TOY_ESTIMATORS
@@ -459,20 +573,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--estimators gumbel_softmax:tau=1.0 rloo:n_samples=4 arsm",
     )
     _common(vae, "runs/vae")
-    vae.add_argument(
-        "--dataset", default="digits", help="digits, mnist, fashion-mnist, kmnist or a folder"
-    )
-    vae.add_argument("--data-dir", default=None, help="dataset cache (default: $DISCOGRAD_DATA)")
-    vae.add_argument(
-        "--binarization", default="threshold", choices=["threshold", "fixed", "dynamic"]
-    )
+    _data_args(vae)
     vae.add_argument("--latent", default="categorical", choices=["categorical", "bernoulli"])
     vae.add_argument("--n-latent", type=int, default=20)
     vae.add_argument("--n-categories", type=int, default=10)
     vae.add_argument("--hidden", type=int, nargs="*", default=[512, 256])
-    vae.add_argument(
-        "--activation", default="leaky_relu", choices=["leaky_relu", "relu", "tanh", "elu"]
-    )
+    vae.add_argument("--activation", default="leaky_relu", choices=sorted(_activations()))
     vae.add_argument("--prior", default="uniform", choices=["uniform", "learned"])
     vae.add_argument("--kl", default="analytic", choices=["analytic", "relaxed"])
     vae.add_argument(
@@ -498,6 +604,88 @@ def build_parser() -> argparse.ArgumentParser:
     vae.add_argument("--grad-check-draws", type=int, default=100)
     _estimators_arg(vae, VAE_ESTIMATORS)
     vae.set_defaults(func=_vae)
+
+    sbn = sub.add_parser(
+        "sbn",
+        help="structured output prediction: the bottom half of a digit from its top half",
+        description="A two-layer stochastic binary network trained with each estimator "
+        "(nested: one estimator per layer); importance-sampled test -log-likelihood.",
+        epilog="example: discograd sbn --latent categorical --steps 1000 "
+        "--estimators gumbel_softmax:tau=1.0 rloo:n_samples=4",
+    )
+    _common(sbn, "runs/sbn")
+    _data_args(sbn)
+    sbn.add_argument("--latent", default="bernoulli", choices=["bernoulli", "categorical"])
+    sbn.add_argument(
+        "--units",
+        type=int,
+        nargs="*",
+        default=[],
+        help="units per stochastic layer (default: 200 200 binary, or 20 20 categorical)",
+    )
+    sbn.add_argument("--n-categories", type=int, default=10)
+    sbn.add_argument("--hidden", type=int, nargs="*", default=[])
+    sbn.add_argument("--activation", default="tanh", choices=sorted(_activations()))
+    sbn.add_argument(
+        "--estimators",
+        nargs="+",
+        default=None,
+        metavar="SPEC",
+        help="estimator specs (default: gumbel_softmax, st_gumbel_softmax, reinforce_ema, "
+        "rloo:n_samples=4, and disarm (Bernoulli) or ars (categorical))",
+    )
+    sbn.add_argument("--lr", type=float, default=1e-3)
+    sbn.add_argument("--batch-size", type=int, default=100)
+    sbn.add_argument("--steps", type=int, default=2000)
+    sbn.add_argument("--log-every", type=int, default=50)
+    sbn.add_argument("--eval-every", type=int, default=500)
+    sbn.add_argument("--valid-samples", type=int, default=100)
+    sbn.add_argument("--eval-samples", type=int, default=1000, help="importance samples m")
+    sbn.add_argument("--iw-examples", type=int, default=1000)
+    sbn.add_argument("--checkpoint-every", type=int, default=500)
+    sbn.set_defaults(func=_sbn)
+
+    ssl = sub.add_parser(
+        "ssl",
+        help="semi-supervised M2: estimators vs exact marginalisation over labels",
+        description="M2 with few labels; Gumbel-Softmax / ST-GS / any estimator against exact "
+        "marginalisation: accuracy, -ELBO and time per step, plus a timing run with many classes.",
+        epilog="example: discograd ssl --steps 2000 --methods marginal gumbel_softmax:tau=1.0",
+    )
+    _common(ssl, "runs/ssl")
+    _data_args(ssl)
+    ssl.add_argument("--n-classes", type=int, default=10)
+    ssl.add_argument("--n-labels", type=int, default=100)
+    ssl.add_argument("--z-dim", type=int, default=16)
+    ssl.add_argument("--hidden", type=int, nargs="*", default=[256])
+    ssl.add_argument("--activation", default="softplus", choices=sorted(_activations()))
+    ssl.add_argument(
+        "--methods",
+        nargs="+",
+        default=["marginal", "gumbel_softmax:tau=1.0", "st_gumbel_softmax:tau=1.0"],
+        metavar="METHOD",
+        help="'marginal' and/or estimator specs (default: %(default)s)",
+    )
+    ssl.add_argument("--entropy", default="analytic", choices=["analytic", "sampled"])
+    ssl.add_argument("--alpha", type=float, default=0.1)
+    ssl.add_argument("--anneal-rate", type=float, default=0.0)
+    ssl.add_argument("--anneal-every", type=int, default=1000)
+    ssl.add_argument("--tau-floor", type=float, default=0.5)
+    ssl.add_argument("--lr", type=float, default=1e-3)
+    ssl.add_argument("--batch-size", type=int, default=100)
+    ssl.add_argument("--labelled-batch", type=int, default=100)
+    ssl.add_argument("--steps", type=int, default=2000)
+    ssl.add_argument("--log-every", type=int, default=50)
+    ssl.add_argument("--eval-every", type=int, default=500)
+    ssl.add_argument("--checkpoint-every", type=int, default=500)
+    ssl.add_argument(
+        "--timing-classes",
+        type=int,
+        default=100,
+        help="also time every method with this many (random) classes; 0 skips (default: 100)",
+    )
+    ssl.add_argument("--timing-steps", type=int, default=200)
+    ssl.set_defaults(func=_ssl)
 
     demo = sub.add_parser(
         "demo",
