@@ -123,9 +123,11 @@ def toy_section(run: RunDir, results: dict[str, Any], cfg: Any) -> tuple[str, li
             var = [r for r in rec if r.get("phase") == phase and "grad_variance" in r]
             series_r[label] = ([r["step"] for r in pts], [r["expected_reward"] for r in pts])
             series_p[label] = ([r["step"] for r in pts], [max(r["p_last"], 1e-12) for r in pts])
+            # Zero variance (exact gradients, a collapsed policy) has no place on a
+            # log axis: leave a gap instead of squashing the scale.
             series_v[label] = (
                 [r["step"] for r in var],
-                [max(r["grad_variance"], 1e-30) for r in var],
+                [r["grad_variance"] if r["grad_variance"] > 0 else math.nan for r in var],
             )
         groups = {
             "unbiased (and the exact gradient)": [
