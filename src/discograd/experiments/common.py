@@ -11,7 +11,16 @@ from torch import Tensor
 
 from discograd.estimators.base import Estimate, Estimator
 
-__all__ = ["cv_optimizer", "cv_step", "estimator_step", "resolve_device"]
+__all__ = [
+    "check_choice",
+    "check_floats",
+    "check_ints",
+    "check_sizes",
+    "cv_optimizer",
+    "cv_step",
+    "estimator_step",
+    "resolve_device",
+]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -99,3 +108,56 @@ def summary_line(name: str, fields: dict[str, Any]) -> str:
     for k, v in fields.items():
         parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
     return f"{name}: " + " ".join(parts)
+
+
+# ------------------------------------------------------------ config checks
+BINARIZATIONS = ("threshold", "fixed", "dynamic")
+
+
+def check_ints(cfg: Any, names: Sequence[str], minimum: int = 1) -> None:
+    """Each named field is an int (not a bool) >= ``minimum``; ``ValueError`` naming it."""
+    for name in names:
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+            raise ValueError(f"{name} must be {kind}, got {name}={v!r}")
+
+
+def check_floats(cfg: Any, names: Sequence[str], *, allow_zero: bool = False) -> None:
+    """Each named field is a finite number > 0 (>= 0 with ``allow_zero``)."""
+    for name in names:
+        v = getattr(cfg, name)
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if not ok or v < 0 or (v == 0 and not allow_zero):
+            kind = "a finite number >= 0" if allow_zero else "positive"
+            raise ValueError(f"{name} must be {kind}, got {name}={v!r}")
+
+
+def check_choice(cfg: Any, name: str, choices: Sequence[str]) -> None:
+    v = getattr(cfg, name)
+    if v not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {name}={v!r}")
+
+
+def check_sizes(name: str, sizes: Sequence[int]) -> None:
+    if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in sizes):
+        raise ValueError(f"{name} must hold positive ints, got {name}={tuple(sizes)!r}")
+
+
+def check_estimators(
+    specs: Sequence[str], kind: str | None = None, field: str = "estimators"
+) -> list[Estimator]:
+    """Build each spec (``ValueError`` for unknown ones); none repeated; all support ``kind``."""
+    from discograd.estimators.registry import canonical, make
+
+    if not specs:
+        raise ValueError(f"{field} must name at least one estimator")
+    if len({canonical(s) for s in specs}) != len(specs):
+        raise ValueError(f"{field} must not repeat an estimator, got {tuple(specs)}")
+    built = []
+    for spec in specs:
+        est = make(spec)
+        if kind is not None and kind not in est.supports:
+            raise ValueError(f"{field}: {spec} does not support {kind} variables")
+        built.append(est)
+    return built

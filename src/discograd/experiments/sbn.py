@@ -49,7 +49,16 @@ from torch import Tensor, nn
 from discograd.data import binarize, load
 from discograd.data.datasets import ImageData
 from discograd.estimators.registry import canonical, make
-from discograd.experiments.common import cv_step, resolve_device
+from discograd.experiments.common import (
+    BINARIZATIONS,
+    check_choice,
+    check_estimators,
+    check_floats,
+    check_ints,
+    check_sizes,
+    cv_step,
+    resolve_device,
+)
 from discograd.experiments.runner import RunDir, progress
 from discograd.experiments.vae import Interrupted
 from discograd.models import StochasticBinaryNetwork
@@ -116,49 +125,21 @@ class SBNConfig:
         return tuple(self.estimators) or SBN_ESTIMATORS.get(self.latent, ())
 
     def validate(self) -> None:
-        ints = ("batch_size", "steps", "log_every", "eval_every", "valid_samples", "eval_samples")
-        for name in (*ints, "iw_examples", "checkpoint_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {name}={v!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got seed={self.seed!r}")
-        if self.latent not in ("categorical", "bernoulli"):
-            raise ValueError(f"latent must be 'categorical' or 'bernoulli', got {self.latent!r}")
-        if self.units and (
-            len(self.units) != 2
-            or any(isinstance(u, bool) or not isinstance(u, int) or u < 1 for u in self.units)
-        ):
+        check_ints(self, ("batch_size", "steps", "log_every", "eval_every", "valid_samples"))
+        check_ints(self, ("eval_samples", "iw_examples", "checkpoint_every"))
+        check_ints(self, ("seed",), minimum=0)
+        check_choice(self, "latent", ("categorical", "bernoulli"))
+        if self.units and len(self.units) != 2:
             raise ValueError(f"units must be () or two positive ints, got units={self.units!r}")
-        if self.latent == "categorical" and (
-            isinstance(self.n_categories, bool)
-            or not isinstance(self.n_categories, int)
-            or self.n_categories < 2
-        ):
-            raise ValueError(f"n_categories must be an int >= 2, got {self.n_categories!r}")
-        if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
-            raise ValueError(f"hidden must hold positive ints, got hidden={self.hidden!r}")
-        if self.binarization not in ("threshold", "fixed", "dynamic"):
-            raise ValueError(
-                f"binarization must be threshold, fixed or dynamic, got {self.binarization!r}"
-            )
-        for name in ("lr", "cv_lr"):
-            v = getattr(self, name)
-            if (
-                isinstance(v, bool)
-                or not isinstance(v, (int, float))
-                or not (v > 0 and math.isfinite(v))
-            ):
-                raise ValueError(f"{name} must be positive, got {name}={v!r}")
+        check_sizes("units", self.units)
+        if self.latent == "categorical":
+            check_ints(self, ("n_categories",), minimum=2)
+        check_sizes("hidden", self.hidden)
+        check_choice(self, "binarization", BINARIZATIONS)
+        check_floats(self, ("lr", "cv_lr"))
         specs = self.estimator_specs()
-        if not specs:
-            raise ValueError("estimators must name at least one estimator")
-        if len({canonical(s) for s in specs}) != len(specs):
-            raise ValueError(f"estimators must not repeat an estimator, got {specs}")
+        check_estimators(specs, self.latent)
         for spec in specs:
-            est = make(spec)
-            if self.latent not in est.supports:
-                raise ValueError(f"estimators: {spec} does not support {self.latent} latents")
             if canonical(spec).split(":")[0] == "exact":
                 units = self.units or ((200, 200) if self.latent == "bernoulli" else (20, 20))
                 base = 2 if self.latent == "bernoulli" else self.n_categories

@@ -43,7 +43,6 @@ Resuming works as in :mod:`discograd.experiments.vae`: checkpoints every
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -55,7 +54,16 @@ from discograd.data import binarize, load
 from discograd.data.datasets import ImageData
 from discograd.estimators.base import Estimator
 from discograd.estimators.registry import canonical, make
-from discograd.experiments.common import cv_step, resolve_device
+from discograd.experiments.common import (
+    BINARIZATIONS,
+    check_choice,
+    check_estimators,
+    check_floats,
+    check_ints,
+    check_sizes,
+    cv_step,
+    resolve_device,
+)
 from discograd.experiments.runner import RunDir, progress
 from discograd.experiments.vae import Interrupted
 from discograd.models import M2
@@ -101,58 +109,27 @@ class SSLConfig:
     device: str = "cpu"
 
     def validate(self) -> None:
-        ints = ("n_labels", "z_dim", "batch_size", "labelled_batch", "steps", "log_every")
-        for name in (*ints, "eval_every", "checkpoint_every", "anneal_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {name}={v!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got seed={self.seed!r}")
-        if (
-            isinstance(self.n_classes, bool)
-            or not isinstance(self.n_classes, int)
-            or (self.n_classes < 2)
-        ):
-            raise ValueError(f"n_classes must be an int >= 2, got n_classes={self.n_classes!r}")
+        check_ints(self, ("n_labels", "z_dim", "batch_size", "labelled_batch", "steps"))
+        check_ints(self, ("log_every", "eval_every", "checkpoint_every", "anneal_every"))
+        check_ints(self, ("seed",), minimum=0)
+        check_ints(self, ("n_classes",), minimum=2)
         if self.n_labels % self.n_classes:
             raise ValueError(
                 f"n_labels={self.n_labels} must be a multiple of n_classes={self.n_classes} "
                 "(the labelled set is balanced over the classes)"
             )
-        if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden):
-            raise ValueError(f"hidden must hold positive ints, got hidden={self.hidden!r}")
-        if self.binarization not in ("threshold", "fixed", "dynamic"):
-            raise ValueError(
-                f"binarization must be threshold, fixed or dynamic, got {self.binarization!r}"
-            )
-        if self.entropy not in ("analytic", "sampled"):
-            raise ValueError(f"entropy must be 'analytic' or 'sampled', got {self.entropy!r}")
-        for name in ("lr", "cv_lr", "tau_floor"):
-            v = getattr(self, name)
-            if (
-                isinstance(v, bool)
-                or not isinstance(v, (int, float))
-                or not (v > 0 and math.isfinite(v))
-            ):
-                raise ValueError(f"{name} must be positive, got {name}={v!r}")
-        for name in ("alpha", "anneal_rate"):
-            v = getattr(self, name)
-            if (
-                isinstance(v, bool)
-                or not isinstance(v, (int, float))
-                or not (v >= 0 and math.isfinite(v))
-            ):
-                raise ValueError(f"{name} must be a finite number >= 0, got {name}={v!r}")
+        check_sizes("hidden", self.hidden)
+        check_choice(self, "binarization", BINARIZATIONS)
+        check_choice(self, "entropy", ("analytic", "sampled"))
+        check_floats(self, ("lr", "cv_lr", "tau_floor"))
+        check_floats(self, ("alpha", "anneal_rate"), allow_zero=True)
         if not self.methods:
             raise ValueError("methods must name at least one method")
         if len({canonical(m) for m in self.methods}) != len(self.methods):
             raise ValueError(f"methods must not repeat a method, got {self.methods}")
-        for spec in self.methods:
-            if canonical(spec) == "marginal":
-                continue
-            est = make(spec)  # ValueError for unknown names / arguments
-            if "categorical" not in est.supports:
-                raise ValueError(f"methods: {spec} does not support categorical labels")
+        specs = [m for m in self.methods if canonical(m) != "marginal"]
+        if specs:
+            check_estimators(specs, "categorical", field="methods")
 
 
 def build_model(cfg: SSLConfig, x_dim: int) -> M2:

@@ -27,7 +27,14 @@ from torch.distributions import Categorical
 
 from discograd.diagnostics import gradient_draws
 from discograd.estimators.registry import canonical, make
-from discograd.experiments.common import cv_optimizer, estimator_step, resolve_device
+from discograd.experiments.common import (
+    check_estimators,
+    check_floats,
+    check_ints,
+    cv_optimizer,
+    estimator_step,
+    resolve_device,
+)
 from discograd.experiments.runner import RunDir, progress
 
 __all__ = ["TOY_ESTIMATORS", "ToyConfig", "run_toy", "toy_rewards"]
@@ -73,30 +80,11 @@ class ToyConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        for name in (
-            "C",
-            "R",
-            "steps",
-            "record_every",
-            "var_every",
-            "var_draws",
-            "checkpoint_every",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {name}={value!r}")
-        if self.C < 2:
-            raise ValueError(f"C must be >= 2, got C={self.C}")
-        if self.var_draws < 2:
-            raise ValueError(f"var_draws must be >= 2, got var_draws={self.var_draws}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be positive, got lr={self.lr}")
-        if not self.estimators:
-            raise ValueError("estimators must name at least one estimator")
-        for spec in self.estimators:
-            est = make(spec)  # raises ValueError for unknown names / arguments
-            if "categorical" not in est.supports:
-                raise ValueError(f"{spec} does not support categorical variables (the toy's)")
+        check_ints(self, ("R", "steps", "record_every", "var_every", "checkpoint_every"))
+        check_ints(self, ("seed",), minimum=0)
+        check_ints(self, ("C", "var_draws"), minimum=2)
+        check_floats(self, ("lr", "cv_lr"))
+        check_estimators(self.estimators, "categorical")
 
 
 def toy_rewards(C: int, R: int, device: torch.device | str = "cpu") -> Tensor:

@@ -20,7 +20,6 @@ same metrics as an uninterrupted one.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +30,17 @@ from torch import Tensor
 from discograd.data import binarize, load
 from discograd.data.datasets import ImageData
 from discograd.estimators.registry import canonical, make
-from discograd.experiments.common import cv_optimizer, cv_step, resolve_device
+from discograd.experiments.common import (
+    BINARIZATIONS,
+    check_choice,
+    check_estimators,
+    check_floats,
+    check_ints,
+    check_sizes,
+    cv_optimizer,
+    cv_step,
+    resolve_device,
+)
 from discograd.experiments.runner import RunDir, progress
 from discograd.models import BernoulliVAE, CategoricalVAE, DiscreteVAE
 from discograd.schedules import ExponentialDecay
@@ -86,32 +95,18 @@ class VAEConfig:
     device: str = "cpu"
 
     def validate(self) -> None:
-        ints = ("n_latent", "batch_size", "steps", "log_every", "eval_every", "eval_samples")
-        for name in (*ints, "iw_examples", "checkpoint_every", "anneal_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {name}={v!r}")
-        if self.latent not in ("categorical", "bernoulli"):
-            raise ValueError(f"latent must be 'categorical' or 'bernoulli', got {self.latent!r}")
-        if self.latent == "categorical" and self.n_categories < 2:
-            raise ValueError(f"n_categories must be >= 2, got {self.n_categories}")
-        if self.kl not in ("analytic", "relaxed"):
-            raise ValueError(f"kl must be 'analytic' or 'relaxed', got {self.kl!r}")
-        if self.binarization not in ("threshold", "fixed", "dynamic"):
-            raise ValueError(
-                f"binarization must be threshold, fixed or dynamic, got {self.binarization!r}"
-            )
-        for name in ("lr", "cv_lr", "tau_floor"):
-            v = getattr(self, name)
-            if not (v > 0 and math.isfinite(v)):
-                raise ValueError(f"{name} must be positive, got {name}={v}")
-        if self.anneal_rate < 0:
-            raise ValueError(f"anneal_rate must be >= 0, got {self.anneal_rate}")
-        if self.grad_check_every < 0 or self.grad_check_draws < 2:
-            raise ValueError(
-                "grad_check_every must be >= 0 and grad_check_draws >= 2, got "
-                f"{self.grad_check_every}, {self.grad_check_draws}"
-            )
+        check_ints(self, ("n_latent", "batch_size", "steps", "log_every", "eval_every"))
+        check_ints(self, ("eval_samples", "iw_examples", "checkpoint_every", "anneal_every"))
+        check_ints(self, ("seed", "grad_check_every"), minimum=0)
+        check_ints(self, ("grad_check_draws",), minimum=2)
+        check_choice(self, "latent", ("categorical", "bernoulli"))
+        if self.latent == "categorical":
+            check_ints(self, ("n_categories",), minimum=2)
+        check_sizes("hidden", self.hidden)
+        check_choice(self, "kl", ("analytic", "relaxed"))
+        check_choice(self, "binarization", BINARIZATIONS)
+        check_floats(self, ("lr", "cv_lr", "tau_floor"))
+        check_floats(self, ("anneal_rate",), allow_zero=True)
         if self.grad_check_every:
             k = self.n_categories if self.latent == "categorical" else 2
             if k**self.n_latent > 2**16:
@@ -119,12 +114,9 @@ class VAEConfig:
                     f"grad_check_every needs an enumerable posterior ({k}^{self.n_latent} "
                     "configurations is above 65536); use e.g. --n-latent 1 --n-categories 10"
                 )
-        if not self.estimators:
-            raise ValueError("estimators must name at least one estimator")
-        for spec in self.estimators:
-            est = make(spec)
-            if self.latent not in est.supports:
-                raise ValueError(f"{spec} does not support {self.latent} latents")
+        for spec, est in zip(
+            self.estimators, check_estimators(self.estimators, self.latent), strict=True
+        ):
             if self.kl == "relaxed" and not hasattr(est, "schedule"):
                 raise ValueError(
                     f"kl='relaxed' needs a relaxed estimator with a temperature; {spec} has none"

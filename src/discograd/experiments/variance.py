@@ -36,7 +36,14 @@ from torch.distributions import Distribution, Independent, OneHotCategorical
 from discograd.diagnostics import exact_gradient, gradient_stats
 from discograd.estimators import registry
 from discograd.estimators.registry import canonical, make, parse_spec
-from discograd.experiments.common import cv_optimizer, cv_step, resolve_device
+from discograd.experiments.common import (
+    check_estimators,
+    check_floats,
+    check_ints,
+    cv_optimizer,
+    cv_step,
+    resolve_device,
+)
 from discograd.experiments.runner import RunDir, progress
 from discograd.experiments.toy import toy_rewards
 
@@ -82,17 +89,17 @@ class VarianceConfig:
         unknown = [p for p in self.problems if p not in PROBLEMS]
         if unknown:
             raise ValueError(f"unknown problem {unknown[0]!r}; known: {', '.join(PROBLEMS)}")
-        if not self.problems or not self.estimators:
-            raise ValueError("need at least one problem and one estimator")
-        if not isinstance(self.n_draws, int) or self.n_draws < 2:
-            raise ValueError(f"n_draws must be an int >= 2, got n_draws={self.n_draws!r}")
-        if not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ValueError(f"warmup must be an int >= 0, got warmup={self.warmup!r}")
+        if not self.problems:
+            raise ValueError("problems must name at least one problem")
+        check_ints(self, ("n_draws",), minimum=2)
+        check_ints(self, ("warmup", "seed"), minimum=0)
+        check_floats(self, ("cv_lr",))
         for t in self.temperatures:
-            if not (isinstance(t, (int, float)) and t > 0 and math.isfinite(t)):
+            if isinstance(t, bool) or not (
+                isinstance(t, (int, float)) and t > 0 and math.isfinite(t)
+            ):
                 raise ValueError(f"temperatures must be positive, got {t!r}")
-        for spec in self.estimators:
-            make(spec)
+        check_estimators(self.estimators)
 
 
 @dataclass
