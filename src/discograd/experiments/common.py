@@ -161,3 +161,52 @@ def check_estimators(
             raise ValueError(f"{field}: {spec} does not support {kind} variables")
         built.append(est)
     return built
+
+
+# ------------------------------------------------------------------- data
+def binarized_splits(data: Any, binarization: str, seed: int) -> dict[str, Tensor]:
+    """The train / valid / test images of an ``ImageData``, binarised.
+
+    ``threshold``: x > 1/2. ``fixed``: one Bernoulli draw (seeded). ``dynamic``:
+    the training images stay grey (each batch is drawn afresh by
+    :func:`training_batch`); the evaluation sets use one fixed draw, so every
+    evaluation sees the same binary images.
+    """
+    from discograd.data import binarize
+
+    out = {}
+    for split in ("train", "valid", "test"):
+        x = getattr(data, split)
+        if binarization == "threshold":
+            x = binarize(x, "threshold")
+        elif binarization == "fixed" or split != "train":
+            x = binarize(x, "fixed", generator=torch.Generator().manual_seed(seed + 17))
+        out[split] = x
+    return out
+
+
+def batch_indices(n: int, size: int, step: int, seed: int) -> Tensor:
+    """Indices of training batch ``step`` out of ``n``: a function of (seed, step) alone.
+
+    Each epoch is a fresh permutation seeded by (seed, epoch), so a resumed run
+    sees exactly the batches an uninterrupted one would. ``size >= n``: all.
+    """
+    if size >= n:
+        return torch.arange(n)
+    epoch, k = divmod(step, n // size)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return perm[k * size : (k + 1) * size]
+
+
+def training_batch(x: Tensor, binarization: str, seed: int, device: Any) -> Tensor:
+    """``x`` on ``device``, re-binarised with a draw seeded by ``seed`` under ``dynamic``."""
+    if binarization == "dynamic":
+        from discograd.data import binarize
+
+        x = binarize(x, "dynamic", generator=torch.Generator().manual_seed(seed))
+    return x.to(device)
+
+
+def slug(text: str) -> str:
+    """``text`` with every character but letters, digits, ``-``, ``_``, ``.`` replaced by ``_``."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from discograd.experiments.common import slug
+
 __all__ = ["RunDir", "atomic_write_text", "progress"]
 
 
@@ -162,8 +164,7 @@ class RunDir:
 
     # ---------------------------------------------------------- checkpoints
     def _ckpt(self, phase: str) -> Path:
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in phase)
-        return self.path / f"ckpt-{safe}.pt"
+        return self.path / f"ckpt-{slug(phase)}.pt"
 
     def save_checkpoint(self, phase: str, state: dict[str, Any]) -> None:
         target = self._ckpt(phase)

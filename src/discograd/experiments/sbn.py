@@ -46,11 +46,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from discograd.data import binarize, load
+from discograd.data import load
 from discograd.data.datasets import ImageData
 from discograd.estimators.registry import canonical, make
 from discograd.experiments.common import (
     BINARIZATIONS,
+    batch_indices,
+    binarized_splits,
     check_choice,
     check_estimators,
     check_floats,
@@ -58,6 +60,8 @@ from discograd.experiments.common import (
     check_sizes,
     cv_step,
     resolve_device,
+    slug,
+    training_batch,
 )
 from discograd.experiments.runner import RunDir, progress
 from discograd.experiments.vae import Interrupted
@@ -162,30 +166,10 @@ def build_model(cfg: SBNConfig, image_shape: tuple[int, int]) -> StochasticBinar
     )
 
 
-def _prepare(data: ImageData, cfg: SBNConfig) -> dict[str, Tensor]:
-    out = {}
-    for split in ("train", "valid", "test"):
-        x = getattr(data, split)
-        if cfg.binarization == "threshold":
-            x = binarize(x, "threshold")
-        elif cfg.binarization == "fixed" or split != "train":
-            # evaluation sets use one fixed draw also under dynamic binarisation
-            x = binarize(x, "fixed", generator=torch.Generator().manual_seed(cfg.seed + 17))
-        out[split] = x
-    return out
-
-
 def _batch(data: Tensor, cfg: SBNConfig, step: int, device: torch.device) -> Tensor:
     """The training batch of ``step``: a function of (seed, step) alone."""
-    n = len(data)
-    per_epoch = max(1, n // cfg.batch_size)
-    epoch, k = divmod(step, per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-    x = data[perm[k * cfg.batch_size : (k + 1) * cfg.batch_size]]
-    if cfg.binarization == "dynamic":
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        x = binarize(x, "dynamic", generator=gen)
-    return x.to(device)
+    x = data[batch_indices(len(data), cfg.batch_size, step, cfg.seed)]
+    return training_batch(x, cfg.binarization, cfg.seed * 1_000_003 + step, device)
 
 
 @torch.no_grad()
@@ -226,7 +210,7 @@ def run_sbn(
         )
     if data.image_shape[0] < 2:
         raise ValueError(f"images need at least 2 rows to split, got {data.image_shape}")
-    sets = _prepare(data, cfg)
+    sets = binarized_splits(data, cfg.binarization, cfg.seed)
     results: dict[str, Any] = {}
     for spec in cfg.estimator_specs():
         phase = f"sbn/{canonical(spec)}"
@@ -391,9 +375,5 @@ def _save_images(run, phase, model, test, device, cfg, shape) -> None:
             "recon": torch.cat([top, mean], -1).cpu(),
             "samples": torch.cat([top, one], -1).cpu(),
         },
-        run.path / f"images-{_slug(phase)}.pt",
+        run.path / f"images-{slug(phase)}.pt",
     )
-
-
-def _slug(phase: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in phase)

@@ -50,12 +50,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from discograd.data import binarize, load
+from discograd.data import load
 from discograd.data.datasets import ImageData
 from discograd.estimators.base import Estimator
 from discograd.estimators.registry import canonical, make
 from discograd.experiments.common import (
     BINARIZATIONS,
+    batch_indices,
+    binarized_splits,
     check_choice,
     check_estimators,
     check_floats,
@@ -63,6 +65,7 @@ from discograd.experiments.common import (
     check_sizes,
     cv_step,
     resolve_device,
+    training_batch,
 )
 from discograd.experiments.runner import RunDir, progress
 from discograd.experiments.vae import Interrupted
@@ -173,34 +176,10 @@ def _labels(data: ImageData, cfg: SSLConfig) -> tuple[dict[str, Tensor], str]:
     )
 
 
-def _prepare(data: ImageData, cfg: SSLConfig) -> dict[str, Tensor]:
-    out = {}
-    for split in ("train", "valid", "test"):
-        x = getattr(data, split)
-        if cfg.binarization == "threshold":
-            x = binarize(x, "threshold")
-        elif cfg.binarization == "fixed" or split != "train":
-            x = binarize(x, "fixed", generator=torch.Generator().manual_seed(cfg.seed + 17))
-        out[split] = x
-    return out
-
-
-def _pick(n: int, size: int, step: int, seed: int) -> Tensor:
-    """Indices of batch ``step`` from a set of ``n``: epoch permutations of (seed, epoch)."""
-    if size >= n:
-        return torch.arange(n)
-    per_epoch = n // size
-    epoch, k = divmod(step, per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    return perm[k * size : (k + 1) * size]
-
-
 def _batch(x: Tensor, idx: Tensor, cfg: SSLConfig, step: int, salt: int, device) -> Tensor:
-    x = x[idx]
-    if cfg.binarization == "dynamic":
-        gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 2 + salt)
-        x = binarize(x, "dynamic", generator=gen)
-    return x.to(device)
+    return training_batch(
+        x[idx], cfg.binarization, (cfg.seed * 1_000_003 + step) * 2 + salt, device
+    )
 
 
 def _make_method(cfg: SSLConfig, spec: str) -> Estimator | None:
@@ -256,7 +235,7 @@ def run_ssl(
         raise ValueError(
             f"batch_size={cfg.batch_size} exceeds the {len(unl_idx)} unlabelled training images"
         )
-    sets = _prepare(data, cfg)
+    sets = binarized_splits(data, cfg.binarization, cfg.seed)
     split = {
         "x_l": sets["train"][lab_idx],
         "y_l": labels["train"][lab_idx],
@@ -344,8 +323,8 @@ def _train(cfg, run, phase, spec, split, x_dim, device, quiet, interrupt_at) -> 
                 )
                 if interrupt_at is not None and step >= interrupt_at:
                     raise Interrupted(f"simulated interruption at step {step}")
-            il = _pick(len(x_l), cfg.labelled_batch, step, cfg.seed * 2 + 1)
-            iu = _pick(len(x_u), cfg.batch_size, step, cfg.seed * 2)
+            il = batch_indices(len(x_l), cfg.labelled_batch, step, cfg.seed * 2 + 1)
+            iu = batch_indices(len(x_u), cfg.batch_size, step, cfg.seed * 2)
             xl = _batch(x_l, il, cfg, step, 1, device)
             xu = _batch(x_u, iu, cfg, step, 0, device)
             tau = float(est.tau) if est is not None and hasattr(est, "schedule") else None

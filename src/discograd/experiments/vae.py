@@ -27,11 +27,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from discograd.data import binarize, load
+from discograd.data import load
 from discograd.data.datasets import ImageData
 from discograd.estimators.registry import canonical, make
 from discograd.experiments.common import (
     BINARIZATIONS,
+    batch_indices,
+    binarized_splits,
     check_choice,
     check_estimators,
     check_floats,
@@ -40,6 +42,8 @@ from discograd.experiments.common import (
     cv_optimizer,
     cv_step,
     resolve_device,
+    slug,
+    training_batch,
 )
 from discograd.experiments.runner import RunDir, progress
 from discograd.models import BernoulliVAE, CategoricalVAE, DiscreteVAE
@@ -148,29 +152,8 @@ def _make_estimator(cfg: VAEConfig, spec: str):
 
 def _batches(data: Tensor, cfg: VAEConfig, step: int, device) -> Tensor:
     """The training batch of ``step``: a function of (seed, step) alone."""
-    n = len(data)
-    per_epoch = max(1, n // cfg.batch_size)
-    epoch, k = divmod(step, per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-    idx = perm[k * cfg.batch_size : (k + 1) * cfg.batch_size]
-    x = data[idx]
-    if cfg.binarization == "dynamic":
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        x = binarize(x, "dynamic", generator=gen)
-    return x.to(device)
-
-
-def _prepare(data: ImageData, cfg: VAEConfig) -> dict[str, Tensor]:
-    out = {}
-    for split in ("train", "valid", "test"):
-        x = getattr(data, split)
-        if cfg.binarization == "threshold":
-            x = binarize(x, "threshold")
-        elif cfg.binarization == "fixed" or split != "train":
-            # evaluation sets use one fixed draw also under dynamic binarisation
-            x = binarize(x, "fixed", generator=torch.Generator().manual_seed(cfg.seed + 17))
-        out[split] = x
-    return out
+    x = data[batch_indices(len(data), cfg.batch_size, step, cfg.seed)]
+    return training_batch(x, cfg.binarization, cfg.seed * 1_000_003 + step, device)
 
 
 @torch.no_grad()
@@ -238,7 +221,7 @@ def run_vae(
         raise ValueError(
             f"batch_size={cfg.batch_size} exceeds the {len(data.train)} training images"
         )
-    sets = _prepare(data, cfg)
+    sets = binarized_splits(data, cfg.binarization, cfg.seed)
     results: dict[str, Any] = {}
     for spec in cfg.estimators:
         phase = f"vae/{canonical(spec)}"
@@ -378,9 +361,5 @@ def _save_images(run, phase, model, test, device, cfg, shape) -> None:
         samples = torch.sigmoid(model.decoder(model.decoder_input(prior_z)))
     torch.save(
         {"shape": tuple(shape), "test": x.cpu(), "recon": recon.cpu(), "samples": samples.cpu()},
-        run.path / f"images-{_slug(phase)}.pt",
+        run.path / f"images-{slug(phase)}.pt",
     )
-
-
-def _slug(phase: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in phase)

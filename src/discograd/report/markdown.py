@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from discograd.experiments.common import slug
 from discograd.experiments.runner import RunDir, atomic_write_text
 
 __all__ = [
@@ -462,12 +463,12 @@ def _grad_check_table(run: RunDir, results: dict[str, Any]) -> list[str]:
 def _vae_images(run: RunDir, label: str, prefix: str = "vae", what: str = "") -> list[str]:
     from discograd.report import plots
 
-    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{prefix}/{label}")
-    src = run.path / f"images-{slug}.pt"
+    stem = slug(f"{prefix}/{label}")
+    src = run.path / f"images-{stem}.pt"
     if not src.exists():
         return []
     saved = torch.load(src, weights_only=False)
-    name = f"{prefix}_{slug}.png"
+    name = f"{prefix}_{stem}.png"
     grid = torch.cat([saved["test"][:8], saved["recon"][:8], saved["samples"][:8]])
     plots.image_grid(
         grid,
