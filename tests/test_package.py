@@ -31,29 +31,46 @@ def test_readme_quick_start_runs():
         exec(compile(block, "README.md", "exec"), {})
 
 
+# DESIGN's dependency rule, lowest first: a module may import its own level and
+# lower ones, never a higher one. data is a leaf beside functional.
+LEVELS = [
+    ("functional", ["functional.py", "data"]),
+    ("distributions", ["distributions"]),
+    ("estimators", ["estimators", "baselines.py", "schedules.py"]),
+    ("diagnostics", ["diagnostics.py"]),
+    ("models", ["models", "experiments"]),
+    ("report", ["report", "cli.py", "__main__.py"]),
+]
+MODULES = {
+    "functional": ["functional"],
+    "distributions": ["distributions"],
+    "estimators": ["estimators", "baselines", "schedules"],
+    "diagnostics": ["diagnostics"],
+    "models": ["models", "experiments"],
+    "report": ["report", "cli"],
+}
+
+
+def _files(entry: str) -> list[Path]:
+    path = ROOT / "src" / "discograd" / entry
+    return sorted(path.glob("*.py")) if path.is_dir() else [path]
+
+
 def test_dependency_rule():
-    # functional <- distributions <- estimators <- diagnostics: nothing lower imports higher.
-    order = ["functional", "distributions", "estimators", "diagnostics", "cli"]
-    src = ROOT / "src" / "discograd"
-    files = {
-        "functional": [src / "functional.py"],
-        "distributions": list((src / "distributions").glob("*.py")),
-        # baselines and schedules sit beside the estimators (same level).
-        "estimators": [
-            *(src / "estimators").glob("*.py"),
-            src / "baselines.py",
-            src / "schedules.py",
-        ],
-        "diagnostics": [src / "diagnostics.py"],
-    }
-    for level, paths in files.items():
-        higher = order[order.index(level) + 1 :]
-        for path in paths:
-            text = path.read_text()
-            for h in higher:
-                assert f"discograd.{h}" not in text and f"discograd import {h}" not in text, (
-                    f"{path.name} ({level}) imports {h}"
-                )
+    names = [level for level, _ in LEVELS]
+    for i, (level, entries) in enumerate(LEVELS):
+        higher = [m for h in names[i + 1 :] for m in MODULES[h]]
+        for entry in entries:
+            for path in _files(entry):
+                text = path.read_text()
+                for h in higher:
+                    assert f"discograd.{h}" not in text and f"discograd import {h}" not in text, (
+                        f"{path.relative_to(ROOT)} ({level}) imports {h}"
+                    )
+    # data is a leaf: it imports nothing else of discograd
+    for path in _files("data"):
+        text = path.read_text().replace("discograd.data", "")
+        assert "discograd." not in text and "from discograd import" not in text, path
 
 
 def test_cli_demo(capsys):
