@@ -113,6 +113,7 @@ def run_toy(cfg: ToyConfig, run: RunDir, *, quiet: bool = False) -> dict[str, An
 
 
 def _run_one(cfg, run, phase, spec, f, F, device, quiet) -> dict[str, Any]:
+    torch.manual_seed(cfg.seed)  # initial weights of learned control variates (RELAX's network)
     est = make(spec).to(device)
     probe = torch.zeros(cfg.C, dtype=torch.float64, device=device)
     cv_opt = cv_optimizer(est, cfg.cv_lr, f, Categorical(logits=probe))

@@ -218,6 +218,7 @@ def run_variance(cfg: VarianceConfig, run: RunDir, *, quiet: bool = False) -> di
 
 
 def _measure(cfg, problem: Problem, spec: str, exact, device) -> dict[str, Any] | None:
+    torch.manual_seed(cfg.seed)  # initial weights of learned control variates (RELAX's network)
     try:
         est = make(spec).to(device)
     except ValueError:
