@@ -130,16 +130,19 @@ class RLOO(Estimator):
     def extra_repr(self) -> str:
         return f"n_samples={self.n_samples}"
 
+    def _weights(self, fd: Tensor) -> Tensor:
+        """Score-term weights of the detached costs ``fd`` ``[S, ...]``."""
+        return (fd - fd.mean(0)) / (self.n_samples - 1)
+
     def estimate(self, f: CostFn, latent: Latent, generator: torch.Generator | None) -> Estimate:
         S = self.n_samples
         fz, log_q = _draw(f, latent, S, generator)
         fd = fz.detach()
-        weights = (fd - fd.mean(0)) / (S - 1)
-        loss = fz.mean(0) + (weights * zero_valued(log_q)).sum(0)
+        loss = fz.mean(0) + (self._weights(fd) * zero_valued(log_q)).sum(0)
         return Estimate(loss=loss, value=fd.mean(0), n_evals=S)
 
 
-class VarGrad(Estimator):
+class VarGrad(RLOO):
     r"""VarGrad: the gradient of the log-variance loss, for KL objectives.
 
     Richter, Boustati, Nüsken, Ruiz & Akyildiz 2020, "VarGrad: A Low-Variance
@@ -177,18 +180,6 @@ class VarGrad(Estimator):
         generator: default random generator.
     """
 
-    def __init__(self, n_samples: int = 2, *, generator: torch.Generator | None = None) -> None:
-        super().__init__(generator=generator)
-        self.n_samples = _check_samples(n_samples, 2)
-
-    def extra_repr(self) -> str:
-        return f"n_samples={self.n_samples}"
-
-    def estimate(self, f: CostFn, latent: Latent, generator: torch.Generator | None) -> Estimate:
-        S = self.n_samples
-        fz, log_q = _draw(f, latent, S, generator)
-        fd = fz.detach()
-        score = zero_valued(log_q)
-        weights = (fd - fd.mean(0)) / (S - 1) - 1.0 / S
-        loss = fz.mean(0) + (weights * score).sum(0)
-        return Estimate(loss=loss, value=fd.mean(0), n_evals=S)
+    def _weights(self, fd: Tensor) -> Tensor:
+        # RLOO's weights minus 1/S: cancels the score that f's own log q contributes.
+        return super()._weights(fd) - 1.0 / self.n_samples
