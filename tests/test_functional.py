@@ -265,6 +265,29 @@ def test_straight_through_broadcast_and_dtype():
         dg.straight_through(hard, torch.ones(3, 4, dtype=torch.int64))
 
 
+def test_straight_through_ops_under_vmap_and_grad_match_eager():
+    # Eager calls take the classic autograd.Function, torch.func the
+    # setup_context one: both must compute the same thing.
+    soft = torch.rand(5, 4, 3, dtype=torch.float64)
+    hard = (soft > 0.5).to(torch.float64)
+    w = torch.randn(4, 3, dtype=torch.float64)
+
+    def st_loss(s, h):
+        return (dg.straight_through(h, s.softmax(-1)) * w).sum()
+
+    def gs_loss(s):
+        return (
+            dg.gumbel_softmax(s, 0.7, hard=True, generator=torch.Generator().manual_seed(1)) * w
+        ).sum()
+
+    for loss, args in ((st_loss, (soft, hard)), (gs_loss, (soft,))):
+        batched = torch.func.vmap(torch.func.grad(loss), randomness="same")(*args)
+        for i in range(soft.shape[0]):
+            s = soft[i].clone().requires_grad_()
+            (eager,) = torch.autograd.grad(loss(s, *[a[i] for a in args[1:]]), s)
+            assert torch.allclose(batched[i], eager)
+
+
 # ------------------------------------------------------- conditional noise
 
 

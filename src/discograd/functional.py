@@ -26,6 +26,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from discograd import _rng
+
 __all__ = [
     "conditional_gumbel",
     "conditional_logistic",
@@ -54,6 +56,14 @@ def _is_compiling() -> bool:
     # torch.compiler.is_compiling appeared in torch 2.3; we support 2.2.
     check = getattr(torch.compiler, "is_compiling", None)
     return bool(check is not None and check())
+
+
+def _transformed() -> bool:
+    """True under torch.compile or a torch.func transform (vmap, grad, ...)."""
+    if _is_compiling():
+        return True
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return active is None or bool(active())
 
 
 def _check_tau(tau: float | Tensor) -> None:
@@ -95,23 +105,62 @@ def sample_gumbel(
     if not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating dtype, got dtype={dtype}")
     cdt = _compute_dtype(dtype)
-    u = torch.rand(tuple(shape), dtype=cdt, device=device, generator=generator)
+    u = _uniform(tuple(shape), cdt, device, generator)
     return _gumbel_from_uniform_(u).to(dtype)
+
+
+def _uniform(
+    shape: Sequence[int] | torch.Size,
+    dtype: torch.dtype,
+    device: torch.device | str | None,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """``torch.rand``, drawn chunk-parallel for large CPU tensors (see ``discograd._rng``)."""
+    return _rng.uniform_(torch.empty(tuple(shape), dtype=dtype, device=device), generator)
+
+
+def _open_uniform(
+    shape: Sequence[int] | torch.Size,
+    dtype: torch.dtype,
+    device: torch.device | str | None,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """Uniform draws clamped into ``[tiny, 1 - eps/2]``: ``log u`` and ``log1p(-u)`` are finite."""
+    return _clamp_open_(_uniform(shape, dtype, device, generator))
+
+
+def _clamp_open_(u: Tensor) -> Tensor:
+    finfo = torch.finfo(u.dtype)
+    # Lower clamp: rand can return exactly 0 (log 0). Upper clamp: some backends
+    # draw from (0, 1], and log(-log 1) is -log 0.
+    return u.clamp_(finfo.tiny, 1.0 - finfo.eps / 2)
 
 
 def _gumbel_from_uniform_(u: Tensor) -> Tensor:
     """In place: uniform [0, 1) draws to finite Gumbel noise."""
-    finfo = torch.finfo(u.dtype)
-    # Lower clamp: rand can return exactly 0 (log 0). Upper clamp: some backends
-    # draw from (0, 1], and log(-log 1) is -log 0.
-    return u.clamp_(finfo.tiny, 1.0 - finfo.eps / 2).log_().neg_().log_().neg_()
+    return _clamp_open_(u).log_().neg_().log_().neg_()
 
 
-def _perturbed(logits: Tensor, generator: torch.Generator | None) -> Tensor:
-    """``logits + G`` in the compute dtype (float32 for 16-bit logits)."""
+def _perturbed(
+    logits: Tensor, generator: torch.Generator | None, shape: torch.Size | None = None
+) -> Tensor:
+    """``logits + G`` in the compute dtype (float32 for 16-bit logits), in few passes.
+
+    ``shape`` (default ``logits.shape``) may add leading sample dimensions. The
+    noise buffer is reused for the result: one draw, four in-place elementwise
+    passes and the addition, no temporaries of the full size.
+    """
     cdt = _compute_dtype(logits.dtype)
-    u = torch.rand(logits.shape, dtype=cdt, device=logits.device, generator=generator)
-    return logits.to(cdt) + _gumbel_from_uniform_(u)
+    u = _uniform(logits.shape if shape is None else shape, cdt, logits.device, generator)
+    neg_g = _clamp_open_(u).log_().neg_().log_()  # log(-log u) = -G
+    x = logits.to(cdt)
+    if _transformed():
+        # Under vmap the noise may be unbatched while x is batched: no in place.
+        return x - neg_g
+    if x.requires_grad and torch.is_grad_enabled():
+        # out= refuses autograd; in place on the noise buffer keeps one allocation.
+        return neg_g.neg_().add_(x)
+    return torch.sub(x, neg_g, out=neg_g)
 
 
 def _divide_by_tau(scores: Tensor, tau: float | Tensor) -> Tensor:
@@ -123,12 +172,17 @@ def _divide_by_tau(scores: Tensor, tau: float | Tensor) -> Tensor:
             # so divide finite stand-ins and re-mask after the division.
             masked = torch.isneginf(scores)
             return (scores.masked_fill(masked, 0.0) / tau).masked_fill(masked, -math.inf)
+    elif tau == 1:
+        return scores  # skip a full pass at the default temperature
     return scores / tau
 
 
-def _one_hot_like(scores: Tensor, dim: int) -> Tensor:
+def _one_hot_like(scores: Tensor, dim: int, dtype: torch.dtype | None = None) -> Tensor:
     index = scores.argmax(dim, keepdim=True)
-    return torch.zeros_like(scores).scatter_(dim, index, 1.0)
+    out = torch.zeros_like(scores, dtype=dtype)
+    if _transformed():
+        return out.scatter(dim, index, 1.0)  # in-place scatter_ has no vmap batching rule
+    return out.scatter_(dim, index, 1.0)
 
 
 def gumbel_max(logits: Tensor, dim: int = -1, generator: torch.Generator | None = None) -> Tensor:
@@ -143,7 +197,21 @@ def gumbel_max(logits: Tensor, dim: int = -1, generator: torch.Generator | None 
     """
     _check_logits(logits)
     with torch.no_grad():
-        return _one_hot_like(_perturbed(logits.detach(), generator), dim).to(logits.dtype)
+        return _one_hot_like(_perturbed(logits.detach(), generator), dim, logits.dtype)
+
+
+def _copy_as(hard: Tensor, soft: Tensor) -> Tensor:
+    """A fresh tensor holding ``hard`` broadcast to ``soft`` in ``soft.dtype``."""
+    if hard.shape == soft.shape:  # the common case; broadcast_shapes costs ~20 µs
+        return hard.clone() if hard.dtype == soft.dtype else hard.to(soft.dtype)
+    shape = torch.broadcast_shapes(hard.shape, soft.shape)
+    return hard.to(soft.dtype).expand(shape).clone()
+
+
+# Each straight-through op comes twice. The ``setup_context`` form is what
+# vmap / torch.func / torch.compile need, but its ``apply`` binds the arguments
+# with ``inspect.signature`` on every call (~40 µs, more than the op itself on
+# small tensors); the classic form skips that. ``_pick`` chooses per call.
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -153,8 +221,7 @@ class _StraightThrough(torch.autograd.Function):
 
     @staticmethod
     def forward(hard: Tensor, soft: Tensor) -> Tensor:  # type: ignore[override]
-        shape = torch.broadcast_shapes(hard.shape, soft.shape)
-        return hard.to(soft.dtype).expand(shape).clone()
+        return _copy_as(hard, soft)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
@@ -163,6 +230,54 @@ class _StraightThrough(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[None, Tensor]:  # type: ignore[override]
         return None, grad.sum_to_size(ctx.soft_shape)
+
+
+class _StraightThroughEager(torch.autograd.Function):
+    """:class:`_StraightThrough` in the classic form, for plain eager calls."""
+
+    @staticmethod
+    def forward(ctx, hard: Tensor, soft: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.soft_shape = soft.shape
+        return _copy_as(hard, soft)
+
+    backward = _StraightThrough.backward
+
+
+class _ArgmaxStraightThrough(torch.autograd.Function):
+    """Forward: one-hot of ``scores.argmax(dim)`` as ``soft``. Backward: identity to ``soft``.
+
+    :func:`straight_through` on a one-hot made inside ``forward``, which saves
+    that function's defensive copy of ``hard`` (a full pass over the output).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(scores: Tensor, soft: Tensor, dim: int) -> Tensor:  # type: ignore[override]
+        return _one_hot_like(scores, dim, soft.dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        ctx.soft_shape = inputs[1].shape
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor, None]:  # type: ignore[override]
+        return None, grad.sum_to_size(ctx.soft_shape), None
+
+
+class _ArgmaxStraightThroughEager(torch.autograd.Function):
+    """:class:`_ArgmaxStraightThrough` in the classic form, for plain eager calls."""
+
+    @staticmethod
+    def forward(ctx, scores: Tensor, soft: Tensor, dim: int) -> Tensor:  # type: ignore[override]
+        ctx.soft_shape = soft.shape
+        return _one_hot_like(scores, dim, soft.dtype)
+
+    backward = _ArgmaxStraightThrough.backward
+
+
+def _pick(transformable: type, eager: type) -> type:
+    return transformable if _transformed() else eager
 
 
 def straight_through(hard: Tensor, soft: Tensor) -> Tensor:
@@ -181,7 +296,7 @@ def straight_through(hard: Tensor, soft: Tensor) -> Tensor:
         )
     if not soft.is_floating_point():
         raise TypeError(f"soft must have a floating dtype, got soft.dtype={soft.dtype}")
-    return _StraightThrough.apply(hard.detach(), soft)
+    return _pick(_StraightThrough, _StraightThroughEager).apply(hard.detach(), soft)
 
 
 def gumbel_softmax(
@@ -218,13 +333,20 @@ def gumbel_softmax(
     del eps  # see docstring
     _check_logits(logits)
     _check_tau(tau)
+    needs_grad = torch.is_grad_enabled() and (
+        logits.requires_grad or (isinstance(tau, Tensor) and tau.requires_grad)
+    )
     scores = _perturbed(logits, generator)
+    if hard and not needs_grad:
+        # The soft sample would only carry a gradient nobody asked for.
+        return _one_hot_like(scores, dim, logits.dtype)
     soft = torch.softmax(_divide_by_tau(scores, tau), dim)
     if hard:
-        out = straight_through(_one_hot_like(scores.detach(), dim), soft)
-    else:
-        out = soft
-    return out.to(logits.dtype)
+        # argmax of the undivided scores: tau-invariant, and exact even where
+        # a low temperature saturates the softmax.
+        st = _pick(_ArgmaxStraightThrough, _ArgmaxStraightThroughEager)
+        return st.apply(scores.detach(), soft, dim).to(logits.dtype)
+    return soft.to(logits.dtype)
 
 
 def conditional_gumbel(
@@ -268,9 +390,7 @@ def conditional_gumbel(
     finite = theta > -math.inf
     theta_c = torch.where(finite, theta, 0.0)  # finite stand-ins keep gradients clean
     lse = torch.logsumexp(torch.where(finite, theta, -math.inf), -1, keepdim=True)
-    g = _gumbel_from_uniform_(
-        torch.rand(shape, dtype=cdt, device=logits.device, generator=generator)
-    )
+    g = _gumbel_from_uniform_(_uniform(shape, cdt, logits.device, generator))
     onehot = torch.zeros(shape, dtype=torch.bool, device=logits.device).scatter_(
         -1, index.expand(shape[:-1]).unsqueeze(-1), True
     )
@@ -309,9 +429,7 @@ def conditional_logistic(
     shape = torch.broadcast_shapes(logits.shape, value.shape)
     alpha = logits.to(cdt).expand(shape)
     one = value.expand(shape) > 0.5
-    finfo = torch.finfo(cdt)
-    v = torch.rand(shape, dtype=cdt, device=logits.device, generator=generator)
-    v = v.clamp_(finfo.tiny, 1.0 - finfo.eps / 2)
+    v = _open_uniform(shape, cdt, logits.device, generator)
     log_p = -torch.nn.functional.softplus(-alpha)  # log σ(α)
     log_q = -torch.nn.functional.softplus(alpha)  # log σ(-α)
     log_v, log_1mv = v.log(), torch.log1p(-v)

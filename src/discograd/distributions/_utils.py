@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
-from discograd.functional import _compute_dtype, _gumbel_from_uniform_
+from discograd.functional import _compute_dtype, _gumbel_from_uniform_, _uniform
 
 
 def as_temperature(temperature: float | Tensor, like: Tensor) -> Tensor:
@@ -41,9 +41,7 @@ def check_params(probs: Tensor | None, logits: Tensor | None) -> Tensor:
 
 def uniform(shape: torch.Size, like: Tensor, generator: torch.Generator | None) -> Tensor:
     """Uniform draws in ``like``'s compute dtype (float32 for 16-bit)."""
-    return torch.rand(
-        shape, dtype=_compute_dtype(like.dtype), device=like.device, generator=generator
-    )
+    return _uniform(shape, _compute_dtype(like.dtype), like.device, generator)
 
 
 def gumbel(shape: torch.Size, like: Tensor, generator: torch.Generator | None) -> Tensor:

@@ -52,8 +52,8 @@ from torch.distributions import Distribution, constraints
 from torch.distributions.utils import lazy_property
 from torch.types import _size
 
-from discograd.distributions._utils import as_temperature, check_params, gumbel, simplex
-from discograd.functional import _compute_dtype, _divide_by_tau
+from discograd.distributions._utils import as_temperature, check_params, simplex
+from discograd.functional import _compute_dtype, _divide_by_tau, _perturbed
 
 __all__ = ["Concrete", "ExpConcrete"]
 
@@ -131,11 +131,14 @@ class _RelaxedCategorical(Distribution):
         tau = self.temperature
         return tau[..., 0] if tau.dim() > 0 else tau
 
+    def _tempered_scores(self, sample_shape: _size, generator: torch.Generator | None) -> Tensor:
+        """:math:`(\theta + G)/\tau` in the compute dtype."""
+        scores = _perturbed(self.logits, generator, self._extended_shape(sample_shape))
+        return _divide_by_tau(scores, self.temperature)
+
     def _log_rsample(self, sample_shape: _size, generator: torch.Generator | None) -> Tensor:
         """An ExpConcrete sample in the compute dtype."""
-        shape = self._extended_shape(sample_shape)
-        scores = self.logits + gumbel(shape, self.logits, generator)
-        return torch.log_softmax(_divide_by_tau(scores, self.temperature), -1)
+        return torch.log_softmax(self._tempered_scores(sample_shape, generator), -1)
 
     def _exp_log_prob(self, x: Tensor) -> Tensor:
         """Maddison et al.'s ExpConcrete log-density at log-coordinates ``x``."""
@@ -234,9 +237,11 @@ class Concrete(_RelaxedCategorical):
     def rsample(
         self, sample_shape: _size = torch.Size(), generator: torch.Generator | None = None
     ) -> Tensor:
-        x = self._log_rsample(sample_shape, generator)
-        y = x.exp().to(self.logits.dtype)
-        self._last = (y, x)
+        s = self._tempered_scores(sample_shape, generator)
+        y = torch.softmax(s, -1).to(self.logits.dtype)
+        # log_prob of this very sample reads its log-coordinates from the scores
+        # (exact where y underflows), computed only if asked for.
+        self._last = (y, s)
         return y
 
     def sample(
@@ -247,7 +252,7 @@ class Concrete(_RelaxedCategorical):
 
     def _log_coordinates(self, y: Tensor) -> Tensor:
         if self._last is not None and y is self._last[0]:
-            return self._last[1]
+            return torch.log_softmax(self._last[1], -1)
         finite = self.logits > -torch.inf
         tiny = torch.finfo(y.dtype).tiny
         # A zero coordinate of a category that can occur is read as "tiny": the

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from discograd.estimators.base import CostFn, Latent, zero_valued
-from discograd.functional import _compute_dtype
+from discograd.functional import _compute_dtype, _open_uniform
 
 __all__ = [
     "check_max_evals",
@@ -52,9 +52,7 @@ def check_max_evals(max_evals_per_call: int | None) -> int | None:
 
 def uniform(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, generator) -> Tensor:
     """U(0, 1) draws clamped into ``[tiny, 1 - eps/2]``: their logs and log1p are finite."""
-    finfo = torch.finfo(dtype)
-    u = torch.rand(shape, dtype=dtype, device=device, generator=generator)
-    return u.clamp_(finfo.tiny, 1.0 - finfo.eps / 2)
+    return _open_uniform(shape, dtype, device, generator)
 
 
 def dirichlet_noise(

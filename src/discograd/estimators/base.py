@@ -43,7 +43,7 @@ from torch.distributions import (
     OneHotCategorical,
 )
 
-from discograd.functional import _compute_dtype, _gumbel_from_uniform_
+from discograd.functional import _compute_dtype, _perturbed, _uniform
 
 __all__ = ["CostFn", "Estimate", "Estimator", "Latent", "zero_valued"]
 
@@ -190,10 +190,8 @@ class Latent:
         logits = self.logits.detach()
         cdt = _compute_dtype(logits.dtype)
         if self.kind == "categorical":
-            shape = shape + (self.num_categories,)
-            u = torch.rand(shape, dtype=cdt, device=self.device, generator=generator)
-            return (logits + _gumbel_from_uniform_(u)).argmax(-1)
-        u = torch.rand(shape, dtype=cdt, device=self.device, generator=generator)
+            return _perturbed(logits, generator, shape + (self.num_categories,)).argmax(-1)
+        u = _uniform(shape, cdt, self.device, generator)
         return (u < torch.sigmoid(logits.to(cdt))).to(logits.dtype)
 
     def encode(self, z: Tensor) -> Tensor:

@@ -40,6 +40,7 @@ from discograd.estimators.base import CostFn, Estimate, Estimator, Latent, zero_
 from discograd.functional import (
     _compute_dtype,
     _divide_by_tau,
+    _open_uniform,
     conditional_gumbel,
     conditional_logistic,
     gumbel_softmax,
@@ -55,9 +56,7 @@ def _logistic_noise(
     shape: torch.Size, dtype: torch.dtype, device: torch.device, generator: torch.Generator | None
 ) -> Tensor:
     """Standard logistic noise ``log u - log(1 - u)``, finite (u clamped away from 0 and 1)."""
-    u = torch.rand(shape, dtype=dtype, device=device, generator=generator)
-    finfo = torch.finfo(dtype)
-    u = u.clamp_(finfo.tiny, 1.0 - finfo.eps / 2)
+    u = _open_uniform(shape, dtype, device, generator)
     return u.log() - torch.log1p(-u)
 
 
