@@ -95,6 +95,13 @@ class _RelaxedCategorical(Distribution):
             assert logits is not None
             self.logits = (logits - logits.logsumexp(-1, keepdim=True)).expand(batch_shape + (C,))
         self.temperature = tau
+        # A number temperature is also kept as a number (rounded like the tensor):
+        # sampling then needs no tensor division at tau = 1, no device read ever.
+        self._tau_number = (
+            None
+            if isinstance(temperature, Tensor)
+            else float(torch.tensor(float(temperature), dtype=param.dtype))
+        )
         super().__init__(batch_shape, torch.Size([C]), validate_args=validate_args)
 
     @lazy_property
@@ -121,6 +128,7 @@ class _RelaxedCategorical(Distribution):
         if "logits" in self.__dict__:
             new.logits = self.logits.expand(param_shape)
         new.temperature = self.temperature
+        new._tau_number = self._tau_number
         super(_RelaxedCategorical, new).__init__(batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
@@ -134,7 +142,8 @@ class _RelaxedCategorical(Distribution):
     def _tempered_scores(self, sample_shape: _size, generator: torch.Generator | None) -> Tensor:
         """:math:`(\theta + G)/\tau` in the compute dtype."""
         scores = _perturbed(self.logits, generator, self._extended_shape(sample_shape))
-        return _divide_by_tau(scores, self.temperature)
+        tau = self.temperature if self._tau_number is None else self._tau_number
+        return _divide_by_tau(scores, tau)
 
     def _log_rsample(self, sample_shape: _size, generator: torch.Generator | None) -> Tensor:
         """An ExpConcrete sample in the compute dtype."""
