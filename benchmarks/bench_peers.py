@@ -489,8 +489,7 @@ NOTES = {
     "disarm": "storchastic's DisARM returns the antithetic cost f(b̃) as a bare control "
     "variate, without the (1 − magic_box(log p)) factor its ARM uses, so f(b̃) is added to "
     "f(b) instead of subtracted: the score weight f(b) + f(b̃) is symmetric in the pair, "
-    "and the estimator's mean is 0 (`scale` ≈ 0; checked against exact enumeration on a "
-    "3-variable problem, where discograd's DisARM matches the exact gradient).",
+    "and the estimator's mean is 0 (`scale` ≈ 0; bias/noise ≫ 1 on ber-small).",
     "cv": "Control variates untrained on both sides, η = 1 and λ = 1 (storchastic's fixed "
     "initial values). Timings are a training step: discograd's `(loss.sum() + cv_loss)"
     ".backward()`, storchastic's `storch.backward()` (which also backpropagates the "
@@ -503,11 +502,15 @@ NOTES = {
     "(storch.conditional_gumbel_rsample) computes log p + log(1 + p) + log v' + log(1 + v') "
     "where the logits log p − log(1 − p) and log v' − log(1 − v') are meant, so z̃ does "
     "not follow p(z | b) and its REBAR / RELAX are biased on Bernoulli variables "
-    "(see `scale` and Δ/noise).",
+    "(bias/noise ≫ 1 on ber-small for REBAR; RELAX's random control network is too "
+    "noisy here for the bias to show).",
     "rx_gs": "relaxit: GeneralizedGumbelSoftmax(values, logits, tau, hard=False).rsample(), "
-    "which calls torch.nn.functional.gumbel_softmax; same estimator.",
+    "which calls torch.nn.functional.gumbel_softmax; same estimator. relaxit works on the raw "
+    "logits; discograd is handed a torch.distributions object whose constructor normalises "
+    "them (logsumexp, forward and backward), which is part of discograd's time here.",
     "rx_st": "relaxit: DecoupledStraightThroughGumbelSoftmax with equal forward and backward "
-    "temperatures, i.e. straight-through Gumbel-Softmax; same estimator.",
+    "temperatures, i.e. straight-through Gumbel-Softmax; same estimator (and the same "
+    "logits-normalisation remark as for GumbelSoftmax).",
 }
 
 NOT_COMPARED = {
