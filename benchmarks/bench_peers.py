@@ -678,7 +678,8 @@ def main(argv: list[str] | None = None) -> None:
     peers = import_peers()
     print(
         f"\ntorch {torch.__version__}, discograd {discograd.__version__}, "
-        f"storchastic {version_of('storchastic')}, relaxit {version_of('relaxit')}, "
+        f"storchastic {version_of('storchastic') if peers.storch else 'not importable'}, "
+        f"relaxit {version_of('relaxit') if peers.relaxit else 'not importable'}, "
         f"Python {platform.python_version()}; CPU: {cpu_model()}; "
         f"torch threads: {torch.get_num_threads()}; draws: {args.draws}, "
         f"timing: median of {args.repeats} after {args.warmup} warm-up calls; float32"
