@@ -199,7 +199,11 @@ class Latent:
     def encode(self, z: Tensor) -> Tensor:
         """Configurations to ``f``'s input: one-hot floats (categorical), floats (Bernoulli)."""
         if self.kind == "categorical":
-            return F.one_hot(z, self.num_categories).to(self.dtype)
+            # Rows of the identity: one gather, in the target dtype. (F.one_hot
+            # fills an int64 tensor and converts it: several times slower on CPU.)
+            C = self.num_categories
+            eye = torch.eye(C, dtype=self.dtype, device=self.device)
+            return eye.index_select(0, z.reshape(-1)).view(z.shape + (C,))
         return z.to(self.dtype)
 
     def log_prob(self, z: Tensor) -> Tensor:
