@@ -61,6 +61,7 @@ from discograd.estimators._augment import (
     first_not_in,
     surrogate,
     swap_argmax,
+    swap_table,
 )
 from discograd.estimators.base import CostFn, Estimate, Estimator, Latent
 
@@ -252,11 +253,13 @@ class _Merge(_WithEvals):
     def estimate(self, f: CostFn, latent: Latent, generator: torch.Generator | None) -> Estimate:
         theta, th, gumbel, log_w = self._setup(latent, generator)
         C = th.shape[-1]
-        table = swap_argmax(th, gumbel)  # [B, V, C(j), C(m)], symmetric
+        B, V = th.shape[:2]
+        table = swap_table(th, gumbel)  # [C(j), C(m), B*V], symmetric
         ju, mu = torch.triu_indices(C, C, 1, device=latent.device)
         zero = ju.new_zeros(1)
         # Candidates: (0, 0) (the true sample: the diagonal is z), then every j < m.
-        configs = table[:, :, torch.cat([zero, ju]), torch.cat([zero, mu])].transpose(1, 2)
+        configs = table[torch.cat([zero, ju]), torch.cat([zero, mu])]  # [P, B*V]
+        configs = configs.view(-1, B, V).transpose(0, 1)  # [B, P, V]
         values, f_true, count = evaluate_unique(
             latent, f, configs, max_per_call=self.max_evals_per_call
         )
@@ -269,7 +272,8 @@ class _Merge(_WithEvals):
         df = fjm - fjm.mean(-1, keepdim=True)
         coef = 1 - C * log_w.exp()  # [B, V, C(j)]
         if self.plus:
-            coef = coef * ~(table == table[..., :1]).all(-1)
+            same = (table == table[:, :1]).all(1)  # [C(j), B*V]: z^{j<->m} equal for all m
+            coef = coef * ~same.t().view(B, V, C)
         grad = torch.einsum("bvj,bjl->bvl", coef, df) / C
         return self._finish(latent, theta, f_true, grad, count)
 

@@ -45,7 +45,7 @@ from torch.distributions import (
 
 from discograd.functional import _compute_dtype, _perturbed, _uniform
 
-__all__ = ["CostFn", "Estimate", "Estimator", "Latent", "zero_valued"]
+__all__ = ["CostFn", "Estimate", "Estimator", "Latent", "softmax_last", "zero_valued"]
 
 CostFn = Callable[[Tensor], Tensor]
 Kind = Literal["bernoulli", "categorical"]
@@ -80,6 +80,25 @@ class Estimate:
         """``n_evals`` averaged over data points."""
         n = self.n_evals
         return float(n.float().mean()) if isinstance(n, Tensor) else float(n)
+
+
+def softmax_last(x: Tensor) -> Tensor:
+    """``torch.softmax(x, -1)``, faster on CPU for a few categories; differentiable to any order.
+
+    torch's CPU softmax kernel vectorises along the softmax dimension and runs
+    several times slower (forward and backward) when it has fewer than 16
+    entries; there ``exp(x - max) / sum`` is used instead (the subtracted max is
+    a constant, so the value and every derivative are the softmax's; ``-inf``
+    entries give 0 with zero gradient). Other devices, dtypes and sizes call
+    ``torch.softmax``.
+    """
+    if x.device.type != "cpu" or x.shape[-1] >= 16 or x.dtype not in _WIDE:
+        return torch.softmax(x, -1)
+    e = (x - x.detach().amax(-1, keepdim=True)).exp()
+    return e / e.sum(-1, keepdim=True)
+
+
+_WIDE = (torch.float32, torch.float64)
 
 
 def zero_valued(x: Tensor) -> Tensor:
@@ -197,7 +216,11 @@ class Latent:
     def encode(self, z: Tensor) -> Tensor:
         """Configurations to ``f``'s input: one-hot floats (categorical), floats (Bernoulli)."""
         if self.kind == "categorical":
-            return F.one_hot(z, self.num_categories).to(self.dtype)
+            # Rows of the identity: one gather, in the target dtype. (F.one_hot
+            # fills an int64 tensor and converts it: several times slower on CPU.)
+            C = self.num_categories
+            eye = torch.eye(C, dtype=self.dtype, device=self.device)
+            return eye.index_select(0, z.reshape(-1)).view(z.shape + (C,))
         return z.to(self.dtype)
 
     def log_prob(self, z: Tensor) -> Tensor:

@@ -50,7 +50,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from discograd.estimators._augment import compute_dtype, sum_event, surrogate, uniform
-from discograd.estimators.base import CostFn, Estimate, Estimator, Latent, zero_valued
+from discograd.estimators.base import (
+    CostFn,
+    Estimate,
+    Estimator,
+    Latent,
+    softmax_last,
+    zero_valued,
+)
 from discograd.functional import (
     _divide_by_tau,
     _gumbel_from_uniform_,
@@ -110,8 +117,8 @@ class _RelaxedControl(Estimator):
             b = z.detach().argmax(-1)
             z_tilde = conditional_gumbel(th, b, generator)
             hard = F.one_hot(b, latent.num_categories).to(cdt)
-            relaxed = torch.softmax(_divide_by_tau(torch.stack([z, z_tilde]), tau), -1)
-            probs = torch.softmax(th.detach(), -1)
+            relaxed = softmax_last(_divide_by_tau(torch.stack([z, z_tilde]), tau))
+            probs = softmax_last(th.detach())
             score = hard - probs  # ∇ log p(b) w.r.t. the unnormalised logits
         else:
             z = th + (u.log() - torch.log1p(-u))

@@ -36,7 +36,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from discograd.distributions import BinaryConcrete
-from discograd.estimators.base import CostFn, Estimate, Estimator, Latent, zero_valued
+from discograd.estimators.base import (
+    CostFn,
+    Estimate,
+    Estimator,
+    Latent,
+    softmax_last,
+    zero_valued,
+)
 from discograd.functional import (
     _compute_dtype,
     _divide_by_tau,
@@ -252,7 +259,7 @@ class StraightThrough(Estimator):
         cdt = _compute_dtype(latent.dtype)
         if latent.kind == "categorical":
             _, hard = _categorical_sample(latent, generator)
-            soft = torch.softmax(latent.logits.to(cdt), -1)
+            soft = softmax_last(latent.logits.to(cdt))
         else:
             hard = latent.sample((), generator).to(cdt)
             soft = torch.sigmoid(latent.logits.to(cdt))
@@ -316,7 +323,7 @@ class GumbelRao(_Tempered):
             # theta + G with G = scores - theta held fixed; masked entries stay -inf.
             th = _finite_part(theta)
             perturbed = scores + zero_valued(th)
-            soft = torch.softmax(_divide_by_tau(perturbed, tau), -1).mean(0)
+            soft = softmax_last(_divide_by_tau(perturbed, tau)).mean(0)
         else:
             hard = latent.sample((), generator).to(cdt)
             s = conditional_logistic(theta.detach(), hard.expand((K,) + hard.shape), generator)
@@ -390,8 +397,8 @@ class ReinMax(_Tempered):
         if latent.kind == "categorical":
             _, hard = _categorical_sample(latent, generator)
             th = theta.detach()
-            pi0 = torch.softmax(th, -1)
-            pi1 = 0.5 * (hard + torch.softmax(_divide_by_tau(th, tau), -1))
+            pi0 = softmax_last(th)
+            pi1 = 0.5 * (hard + softmax_last(_divide_by_tau(th, tau)))
             soft = 2.0 * _softmax_jacobian_carrier(pi1, theta) - 0.5 * _softmax_jacobian_carrier(
                 pi0, theta
             )

@@ -1,0 +1,452 @@
+"""Estimator overhead, peak memory and profile on the 20x10 categorical VAE.
+
+Run by hand (about 2-3 minutes on 2 CPU cores; ``--quick``: well under one)::
+
+    PYTHONPATH=src python benchmarks/bench_estimators.py [--quick] [--threads N]
+        [--device cpu|cuda] [--profile]
+
+Problem: :class:`discograd.models.CategoricalVAE` as ``discograd vae`` builds it
+(20 variables x 10 categories, 784-512-256 encoder and mirrored decoder,
+LeakyReLU(0.2), uniform prior, analytic KL, Adam lr 3e-4) on one batch of 200
+binary 784-pixel images: scikit-learn's 8x8 digits upsampled to 28x28 and
+thresholded (random binary images if scikit-learn is missing). The cost handed
+to the estimator is ``f(z) = -log p(x | z)``; one training step is what
+``discograd vae`` does: encoder, estimator call, KL, ``cv_loss`` step (REBAR,
+RELAX), ``loss.backward()``, ``Adam.step()``.
+
+What it measures, per step (medians over interleaved repeats; every
+estimator trains its own copy of the same initial model on the same batch):
+
+* ``f ms``: wall time inside ``f`` (the decoder and the Bernoulli
+  log-likelihood), all calls of the step, gradient-free ones included.
+* ``model ms``: the encoder forward, the analytic KL and the loss assembly:
+  model work outside the estimator, the same for every estimator.
+* ``backward ms``: all autograd passes: ``loss.backward()``, the ``cv_loss``
+  gradient and every ``torch.autograd.grad`` an estimator makes inside its
+  call (REBAR / RELAX differentiate their control variate there).
+* ``opt ms``: ``Adam.step()`` (and the control-variate optimiser's step).
+* ``overhead ms``: the rest = step - f - model - backward - opt: the
+  estimator's own work (noise, pseudo-actions, de-duplication, surrogate
+  building) plus Python dispatch. ``overhead %`` is its share of the step
+  (the target is <= 10%); ``outside %`` also counts ``model ms`` (everything
+  outside f, autograd and the optimiser, the model's encoder included).
+
+ARSM vs RLOO at equal evaluations: RLOO's ``n_samples`` is ARSM's mean
+``n_evals`` on the batch at the initial weights (rounded), so both evaluate
+``f`` equally often; targets: ARSM's step <= 1.5x RLOO's, ARSM's peak memory
+<= 2x RLOO's. ``max_evals_per_call`` chunking is shown to bound ARSM's memory.
+
+Memory. On CPU every configuration runs in a fresh subprocess (same threads,
+same data) with ``MALLOC_MMAP_THRESHOLD_=65536`` and ``MALLOC_TRIM_THRESHOLD_=0``:
+glibc then serves every tensor above 64 KiB by ``mmap`` and returns it on free,
+so the resident set tracks live tensors instead of the allocator's free lists.
+The subprocess runs two warm-up steps (Adam state, gradients, lazy layers and
+one-off allocations now exist), frees garbage, resets the kernel's peak
+resident set (writing 5 to ``/proc/self/clear_refs``), reads it (``VmHWM`` in
+``/proc/self/status``) as the baseline, runs the measured steps and reads it
+again: ``peak MiB`` is the difference, the transient memory of a step above
+the persistent state (model, optimiser state, data). ``VmHWM`` rather than
+``getrusage(RUSAGE_SELF).ru_maxrss``: the latter keeps, across ``execve``, the
+high-water mark of the process that spawned it (the benchmark's parent, much
+larger) and ``clear_refs`` does not reset that part. Where ``/proc`` is
+missing, ``ru_maxrss`` is used; where the reset is refused, the baseline is the
+mark after the warm-up and the value is marked ``*`` (an under-estimate). On
+CUDA the subprocess uses ``torch.cuda.reset_peak_memory_stats`` and reports
+``max_memory_allocated`` minus the memory allocated before the steps.
+
+Caveats: wall-clock timings on a shared machine are noisy (the medians and
+interleaving help; compare ratios within one run, not across runs). At the
+initial weights the posterior is nearly uniform, so ARSM's pseudo-actions are
+almost all distinct (about C(C-1)/2 + 1 = 46 evaluations); a trained,
+peaked posterior needs fewer. The timers add a few microseconds per call
+(plus a device synchronisation on CUDA). ``--profile`` prints
+``torch.profiler`` tables (top ops by self CPU time) for ARSM and RLOO.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from discograd.estimators.registry import ESTIMATORS, make
+from discograd.experiments.common import cv_optimizer
+from discograd.models import CategoricalVAE
+
+N_LATENT, N_CATEGORIES, BATCH, X_DIM, HIDDEN = 20, 10, 200, 784, (512, 256)
+LR, CV_LR, SEED = 3e-4, 1e-3, 0
+CHUNK = 8  # max_evals_per_call of the chunked ARSM
+
+
+# ----------------------------------------------------------------- problem
+def images(device: torch.device) -> tuple[Tensor, str]:
+    """A batch of 200 binary 784-pixel images and where they came from."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        gen = torch.Generator().manual_seed(SEED)
+        x = (torch.rand(BATCH, X_DIM, generator=gen) < 0.3).float()
+        return x.to(device), "random binary (p=0.3)"
+    digits = torch.tensor(load_digits().images[:BATCH], dtype=torch.float32) / 16.0
+    x = F.interpolate(digits.unsqueeze(1), size=(28, 28), mode="bilinear", align_corners=False)
+    return (x.flatten(1) > 0.5).float().to(device), "sklearn digits, 8x8 -> 28x28, x > 0.5"
+
+
+def initial_model(device: torch.device) -> CategoricalVAE:
+    torch.manual_seed(SEED)
+    return CategoricalVAE(X_DIM, N_LATENT, N_CATEGORIES, HIDDEN, "leaky_relu", "uniform").to(device)
+
+
+def applicable(model: CategoricalVAE, x: Tensor) -> list[str]:
+    """Registry names whose default estimator accepts this VAE's posterior.
+
+    A side-effect-free trial call (eval mode, no autograd, two data points):
+    ``TypeError`` (wrong kind of variable) or ``ValueError`` (Exact's support
+    budget) rules a name out.
+    """
+    names = []
+    with torch.no_grad():
+        q = model.posterior(x[:2])
+        for name in ESTIMATORS:
+            est = make(name).to(x.device).eval()
+            gen = torch.Generator(device=x.device).manual_seed(0)
+            try:
+                est(lambda z: -model.log_likelihood(x[:2], z), q, generator=gen)
+            except (TypeError, ValueError):
+                continue
+            names.append(name)
+    return names
+
+
+# ------------------------------------------------------------------ timing
+class Clock:
+    """Accumulates wall time of labelled sections (synchronising on CUDA)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.totals: dict[str, float] = {}
+
+    def now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    @contextmanager
+    def section(self, label: str) -> Iterator[None]:
+        t0 = self.now()
+        try:
+            yield
+        finally:
+            self.totals[label] = self.totals.get(label, 0.0) + self.now() - t0
+
+
+@contextmanager
+def timed_autograd_grad(clock: Clock) -> Iterator[None]:
+    """Count every ``torch.autograd.grad`` (estimators call it inside) as backward time."""
+    original = torch.autograd.grad
+
+    def grad(*args: Any, **kwargs: Any) -> Any:
+        with clock.section("backward"):
+            return original(*args, **kwargs)
+
+    torch.autograd.grad = grad
+    try:
+        yield
+    finally:
+        torch.autograd.grad = original
+
+
+class Runner:
+    """One estimator training its own copy of the model, one step at a time."""
+
+    def __init__(self, spec: str, model0: CategoricalVAE, x: Tensor, seed: int) -> None:
+        self.spec = spec
+        self.x = x
+        self.model = copy.deepcopy(model0)
+        self.est = make(spec).to(x.device)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=LR)
+        self.cv_opt = cv_optimizer(
+            self.est,
+            CV_LR,
+            lambda z: -self.model.log_likelihood(x, z),
+            self.model.posterior(x),
+        )
+        self.gen = torch.Generator(device=x.device).manual_seed(seed)
+
+    def step(self, clock: Clock | None = None) -> dict[str, float]:
+        """One training step as ``discograd vae`` makes it; seconds per section."""
+        clock = clock or Clock(self.x.device)
+        model, x = self.model, self.x
+
+        def f(z: Tensor) -> Tensor:
+            with clock.section("f"):
+                return -model.log_likelihood(x, z)
+
+        t0 = clock.now()
+        with timed_autograd_grad(clock):
+            with clock.section("model"):
+                q = model.posterior(x)
+            out = self.est(f, q, generator=self.gen)
+            with clock.section("model"):
+                loss = (out.loss + model.analytic_kl(q)).mean()
+            cv_loss = out.cv_loss
+            if self.cv_opt is not None and cv_loss is not None and cv_loss.requires_grad:
+                # As experiments.common.cv_step: only the control variate's parameters.
+                params = [p for g in self.cv_opt.param_groups for p in g["params"]]
+                grads = torch.autograd.grad(cv_loss, params, allow_unused=True, retain_graph=True)
+                for p, g in zip(params, grads, strict=True):
+                    p.grad = g
+                with clock.section("opt"):
+                    self.cv_opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            with clock.section("backward"):
+                loss.backward()
+            with clock.section("opt"):
+                self.opt.step()
+        total = clock.now() - t0
+        res = {k: clock.totals.get(k, 0.0) for k in ("f", "model", "backward", "opt")}
+        res["total"] = total
+        res["overhead"] = total - sum(res[k] for k in ("f", "model", "backward", "opt"))
+        res["evals"] = out.mean_evals
+        return res
+
+
+def interleaved(runners: list[Runner], rounds: int, warmup: int) -> dict[str, dict[str, float]]:
+    """Medians per runner of each section, the runners interleaved (rotating order)."""
+    for _ in range(warmup):
+        for r in runners:
+            r.step()
+    records: dict[str, list[dict[str, float]]] = {r.spec: [] for r in runners}
+    for i in range(rounds):
+        k = i % len(runners)
+        for r in runners[k:] + runners[:k]:
+            records[r.spec].append(r.step())
+    return {
+        spec: {key: statistics.median(rec[key] for rec in recs) for key in recs[0]}
+        for spec, recs in records.items()
+    }
+
+
+# ------------------------------------------------------------------ memory
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _high_water_kib() -> int:
+    """The process's peak resident set in KiB: ``VmHWM``, else ``ru_maxrss``.
+
+    Not ``ru_maxrss`` first: across ``execve`` it keeps the high-water mark of
+    the process that spawned it (here the benchmark's parent, far larger), and
+    ``clear_refs`` does not reset that inherited part.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+
+
+def memory_child(spec: str, device: torch.device, steps: int) -> dict[str, Any]:
+    """In a fresh process: transient peak memory (MiB) of ``steps`` training steps."""
+    x, _ = images(device)
+    runner = Runner(spec, initial_model(device), x, seed=1)
+    for _ in range(2):
+        runner.step()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        for _ in range(steps):
+            runner.step()
+        torch.cuda.synchronize()
+        return {"mib": (torch.cuda.max_memory_allocated(device) - base) / 2**20, "reset": True}
+    reset = _reset_peak()
+    base = _high_water_kib()
+    for _ in range(steps):
+        runner.step()
+    return {"mib": (_high_water_kib() - base) / 1024, "reset": reset}
+
+
+_MEMORY: dict[str, str] = {}
+
+
+def peak_memory(spec: str, args: argparse.Namespace) -> str:
+    """``peak MiB`` of ``spec`` measured in a fresh subprocess, formatted (cached per spec)."""
+    if spec not in _MEMORY:
+        _MEMORY[spec] = _peak_memory(spec, args)
+    return _MEMORY[spec]
+
+
+def _peak_memory(spec: str, args: argparse.Namespace) -> str:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    cmd = [sys.executable, __file__, "--memory-child", spec, "--threads", str(args.threads)]
+    cmd += ["--device", args.device, "--memory-steps", str(args.memory_steps)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        return "error: " + proc.stderr.strip().splitlines()[-1]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    return f"{res['mib']:.1f}" + ("" if res["reset"] else "*")
+
+
+# ------------------------------------------------------------------ profile
+def profile(runner: Runner, steps: int, rows: int) -> str:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU]
+    if runner.x.device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    runner.step()
+    with torch_profile(activities=activities) as prof:
+        for _ in range(steps):
+            runner.step()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+# --------------------------------------------------------------------- main
+def _fmt(v: float) -> str:
+    return f"{v * 1e3:.1f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer repeats; memory of ARSM/RLOO only"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument(
+        "--profile", action="store_true", help="torch.profiler tables, ARSM and RLOO"
+    )
+    parser.add_argument("--memory-child", metavar="SPEC", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-steps", type=int, default=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    if args.memory_child:
+        print(json.dumps(memory_child(args.memory_child, device, args.memory_steps)))
+        return
+
+    rounds, warmup = (4, 1) if args.quick else (10, 2)
+    x, source = images(device)
+    model0 = initial_model(device)
+    print(
+        f"# 20x10 categorical VAE, batch {BATCH}, data: {source}; device {device}, "
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"{rounds} interleaved repeats (medians)\n"
+    )
+
+    # ARSM's evaluations on this batch at the initial weights -> RLOO's n_samples.
+    with torch.no_grad():
+        probe = make("arsm").to(device)
+        gen = torch.Generator(device=device).manual_seed(SEED)
+        evals = probe(
+            lambda z: -model0.log_likelihood(x, z), model0.posterior(x), generator=gen
+        ).mean_evals
+    n_rloo = max(2, round(evals))
+    arsm, arsm_chunked, rloo = (
+        "arsm",
+        f"arsm:max_evals_per_call={CHUNK}",
+        f"rloo:n_samples={n_rloo}",
+    )
+
+    # --- 1 + 2: ARSM vs RLOO at equal evaluations.
+    specs = [arsm, arsm_chunked, rloo]
+    runners = [Runner(s, model0, x, seed=i + 1) for i, s in enumerate(specs)]
+    med = interleaved(runners, rounds, warmup)
+    print(f"## ARSM vs RLOO at equal evaluations (ARSM mean n_evals on the batch: {evals:.2f})\n")
+    print("| estimator | f-evals/step | ms/step | f ms | backward ms | peak MiB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    mem = {s: peak_memory(s, args) for s in specs}
+    for s in specs:
+        m = med[s]
+        print(
+            f"| {s} | {m['evals']:.1f} | {_fmt(m['total'])} | {_fmt(m['f'])} | "
+            f"{_fmt(m['backward'])} | {mem[s]} |"
+        )
+    t_ratio = med[arsm]["total"] / med[rloo]["total"]
+    print(
+        f"\nstep time ARSM / RLOO(n={n_rloo}): {t_ratio:.2f} (target <= 1.5: "
+        f"{'met' if t_ratio <= 1.5 else 'MISSED'})"
+    )
+    try:
+        m_ratio = float(mem[arsm].rstrip("*")) / float(mem[rloo].rstrip("*"))
+        c_ratio = float(mem[arsm_chunked].rstrip("*")) / float(mem[rloo].rstrip("*"))
+        print(
+            f"peak memory ARSM / RLOO(n={n_rloo}): {m_ratio:.2f} (target <= 2: "
+            f"{'met' if m_ratio <= 2 else 'MISSED'}); with max_evals_per_call={CHUNK}: "
+            f"{c_ratio:.2f}"
+        )
+    except ValueError:
+        print("peak memory ratio: unavailable (a memory subprocess failed)")
+    print(
+        f"step time chunked / unchunked ARSM: "
+        f"{med[arsm_chunked]['total'] / med[arsm]['total']:.2f}\n"
+    )
+
+    # --- 3: every applicable estimator.
+    names = applicable(model0, x)
+    runners = [Runner(s, model0, x, seed=i + 1) for i, s in enumerate(names)]
+    med = interleaved(runners, rounds, warmup)
+    print(
+        f"## Every applicable registry estimator (defaults); skipped: "
+        f"{', '.join(n for n in ESTIMATORS if n not in names)}\n"
+    )
+    print(
+        "| estimator | f-evals/step | ms/step | f ms | model ms | backward ms | opt ms "
+        "| overhead ms | overhead % | outside % | peak MiB |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    over: list[str] = []
+    for s in names:
+        m = med[s]
+        share = m["overhead"] / m["total"]
+        outside = (m["overhead"] + m["model"]) / m["total"]
+        if share > 0.10:
+            over.append(f"{s} ({100 * share:.1f}%)")
+        peak = "-" if args.quick else peak_memory(s, args)
+        print(
+            f"| {s} | {m['evals']:.1f} | {_fmt(m['total'])} | {_fmt(m['f'])} | "
+            f"{_fmt(m['model'])} | {_fmt(m['backward'])} | {_fmt(m['opt'])} | "
+            f"{_fmt(m['overhead'])} | {100 * share:.1f} | {100 * outside:.1f} | {peak} |"
+        )
+    print(
+        "\noverhead share <= 10% (target): "
+        + ("met by every estimator" if not over else "MISSED by " + ", ".join(over))
+    )
+    if any(math.isnan(v) for m in med.values() for v in m.values()):
+        print("warning: NaN timings")
+
+    if args.profile:
+        for s in (arsm, rloo):
+            print(f"\n## torch.profiler: {s}, 3 steps, top ops by self CPU time\n")
+            print(profile(Runner(s, model0, x, seed=7), 3, 15))
+
+
+if __name__ == "__main__":
+    main()
