@@ -25,7 +25,7 @@ import torch
 import torch._dynamo
 import torch._inductor.config
 from torch import Tensor, nn
-from torch.distributions import Categorical, Independent
+from torch.distributions import Categorical, Distribution, Independent
 
 import discograd
 from discograd.baselines import EMA, Learned
@@ -37,11 +37,21 @@ RTOL, ATOL = 1e-5, 1e-6
 
 @pytest.fixture(autouse=True)
 def fresh_dynamo() -> Iterator[None]:
-    """A clean Dynamo cache, and compiled random ops on torch's own stream."""
+    """A clean Dynamo cache, and compiled random ops on torch's own stream.
+
+    Dynamo's first use in a process turns off ``torch.distributions`` argument
+    validation for good (``Distribution.set_default_validate_args(False)``); the
+    setting is restored afterwards, so tests that run later still validate.
+    """
+    validate = Distribution._validate_args
     torch._dynamo.reset()
-    with torch._inductor.config.patch(fallback_random=True):
-        yield
-    torch._dynamo.reset()
+    Distribution.set_default_validate_args(False)
+    try:
+        with torch._inductor.config.patch(fallback_random=True):
+            yield
+    finally:
+        torch._dynamo.reset()
+        Distribution.set_default_validate_args(validate)
 
 
 def _assert_close(compiled: Tensor, eager: Tensor) -> None:
