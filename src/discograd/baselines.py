@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from discograd.functional import _is_compiling
+
 if TYPE_CHECKING:  # annotations only: estimators.score imports this module
     from discograd.estimators.base import Latent
 
@@ -97,11 +99,11 @@ class EMA(Baseline):
         return float(self.average) / (1.0 - self.decay**n)
 
     def predict(self, latent: Latent) -> Tensor:
-        n = int(self.count)
-        if n == 0:
-            b = torch.zeros((), dtype=self.average.dtype, device=self.average.device)
-        else:
-            b = self.average / (1.0 - self.decay**n)
+        # Tensor ops only, no int(self.count): torch.compile traces this without a
+        # graph break. A 0-dim pow matches Python's float ** int exactly; at
+        # count 0 the division is 0/0 and the where picks the 0 baseline.
+        n = self.count.to(self.average.dtype)
+        b = torch.where(self.count > 0, self.average / (1.0 - self.decay**n), 0.0)
         return b.to(device=latent.device, dtype=latent.dtype)
 
     @torch.no_grad()
@@ -109,6 +111,17 @@ class EMA(Baseline):
         if not self.training:
             return None
         mean = costs.detach().to(dtype=self.average.dtype, device=self.average.device).mean()
+        if _is_compiling():
+            # bool(tensor) would break the graph: the check is an in-graph assert
+            # (a RuntimeError). The buffers are replaced, not updated in place
+            # (same values): in place, torch 2.13 gets two things silently wrong,
+            # inductor's backward recomputes the baseline from the buffers after
+            # this update (wrong gradients; pytorch/pytorch PR 197039), and
+            # in-place ops on the 0-dim float64 average are dropped altogether.
+            torch._assert_async(torch.isfinite(mean), "EMA baseline: the mean cost is not finite")
+            self.average = self.average * self.decay + (1.0 - self.decay) * mean
+            self.count = self.count + 1
+            return None
         if not bool(torch.isfinite(mean)):
             raise ValueError(f"EMA baseline: the mean cost is not finite ({float(mean)})")
         self.average.mul_(self.decay).add_((1.0 - self.decay) * mean)
