@@ -53,7 +53,7 @@ from torch.distributions.utils import lazy_property
 from torch.types import _size
 
 from discograd.distributions._utils import as_temperature, check_params, simplex
-from discograd.functional import _compute_dtype, _divide_by_tau, _perturbed
+from discograd.functional import _compute_dtype, _divide_by_tau, _perturbed, _softmax_last
 
 __all__ = ["Concrete", "ExpConcrete"]
 
@@ -247,7 +247,7 @@ class Concrete(_RelaxedCategorical):
         self, sample_shape: _size = torch.Size(), generator: torch.Generator | None = None
     ) -> Tensor:
         s = self._tempered_scores(sample_shape, generator)
-        y = torch.softmax(s, -1).to(self.logits.dtype)
+        y = _softmax_last(s).to(self.logits.dtype)
         # log_prob of this very sample reads its log-coordinates from the scores
         # (exact where y underflows), computed only if asked for.
         self._last = (y, s)

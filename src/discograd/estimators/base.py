@@ -44,6 +44,7 @@ from torch.distributions import (
 )
 
 from discograd.functional import _compute_dtype, _perturbed, _uniform
+from discograd.functional import _softmax_last as softmax_last
 
 __all__ = ["CostFn", "Estimate", "Estimator", "Latent", "softmax_last", "zero_valued"]
 
@@ -80,25 +81,6 @@ class Estimate:
         """``n_evals`` averaged over data points."""
         n = self.n_evals
         return float(n.float().mean()) if isinstance(n, Tensor) else float(n)
-
-
-def softmax_last(x: Tensor) -> Tensor:
-    """``torch.softmax(x, -1)``, faster on CPU for a few categories; differentiable to any order.
-
-    torch's CPU softmax kernel vectorises along the softmax dimension and runs
-    several times slower (forward and backward) when it has fewer than 16
-    entries; there ``exp(x - max) / sum`` is used instead (the subtracted max is
-    a constant, so the value and every derivative are the softmax's; ``-inf``
-    entries give 0 with zero gradient). Other devices, dtypes and sizes call
-    ``torch.softmax``.
-    """
-    if x.device.type != "cpu" or x.shape[-1] >= 16 or x.dtype not in _WIDE:
-        return torch.softmax(x, -1)
-    e = (x - x.detach().amax(-1, keepdim=True)).exp()
-    return e / e.sum(-1, keepdim=True)
-
-
-_WIDE = (torch.float32, torch.float64)
 
 
 def zero_valued(x: Tensor) -> Tensor:
