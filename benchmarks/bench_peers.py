@@ -77,6 +77,7 @@ from torch.distributions import Bernoulli, Distribution, Independent, OneHotCate
 
 import discograd
 from discograd.diagnostics import exact_gradient
+from discograd.distributions import Concrete
 from discograd.estimators import (
     ARM,
     REBAR,
@@ -429,6 +430,12 @@ def storch_pairs(peers: Peers, problems: list[Problem]) -> list[Pair]:
     return pairs
 
 
+def _st_bernoulli(logits: Tensor) -> Tensor:
+    """A Bernoulli sample with the gradient of its probabilities (discograd's functional API)."""
+    probs = torch.sigmoid(logits)
+    return discograd.straight_through(torch.rand_like(probs) < probs, probs)
+
+
 def relaxit_pairs(peers: Peers, problems: list[Problem]) -> list[Pair]:
     rd = peers.relaxit.distributions  # type: ignore[union-attr]
     tau = torch.tensor(TAU)
@@ -462,6 +469,30 @@ def relaxit_pairs(peers: Peers, problems: list[Problem]) -> list[Pair]:
                     ),
                     notes=("rx_st",),
                 ),
+                Pair(
+                    p,
+                    f"GumbelSoftmax (τ={TAU}), distribution level",
+                    "1 / 1",
+                    relaxit_side(lambda t: Concrete(TAU, logits=t).rsample()),
+                    relaxit_side(
+                        lambda t, values=values: rd.GeneralizedGumbelSoftmax(
+                            values, logits=t, tau=tau, hard=False
+                        ).rsample()
+                    ),
+                    notes=("rx_level",),
+                ),
+                Pair(
+                    p,
+                    f"ST Gumbel-Softmax (τ={TAU}), function level",
+                    "1 / 1",
+                    relaxit_side(lambda t: discograd.gumbel_softmax(t, TAU, hard=True)),
+                    relaxit_side(
+                        lambda t: rd.DecoupledStraightThroughGumbelSoftmax(
+                            tau, tau, logits=t
+                        ).rsample()
+                    ),
+                    notes=("rx_level",),
+                ),
             ]
         else:
             pairs.append(
@@ -475,6 +506,20 @@ def relaxit_pairs(peers: Peers, problems: list[Problem]) -> list[Pair]:
                             logits=t, validate_args=False
                         ).rsample()
                     ),
+                )
+            )
+            pairs.append(
+                Pair(
+                    p,
+                    "StraightThrough (Bernoulli), function level",
+                    "1 / 1",
+                    relaxit_side(_st_bernoulli),
+                    relaxit_side(
+                        lambda t: rd.StraightThroughBernoulli(
+                            logits=t, validate_args=False
+                        ).rsample()
+                    ),
+                    notes=("rx_level",),
                 )
             )
     return pairs
@@ -508,6 +553,10 @@ NOTES = {
     "which calls torch.nn.functional.gumbel_softmax; same estimator. relaxit works on the raw "
     "logits; discograd is handed a torch.distributions object whose constructor normalises "
     "them (logsumexp, forward and backward), which is part of discograd's time here.",
+    "rx_level": "discograd's distribution / functional API on the raw logits "
+    "(discograd.distributions.Concrete(τ, logits).rsample(), dg.gumbel_softmax(logits, τ, "
+    "hard=True), dg.straight_through(bernoulli sample, sigmoid(logits))), the same level as "
+    "relaxit's distributions: no torch.distributions object to build, no estimator call.",
     "rx_st": "relaxit: DecoupledStraightThroughGumbelSoftmax with equal forward and backward "
     "temperatures, i.e. straight-through Gumbel-Softmax; same estimator (and the same "
     "logits-normalisation remark as for GumbelSoftmax).",
