@@ -82,8 +82,7 @@ class _AugmentREINFORCE(Estimator):
 
     @staticmethod
     def _finish(latent: Latent, theta: Tensor, f_true: Tensor, grad: Tensor, n_evals) -> Estimate:
-        finite = torch.isfinite(theta)
-        grad = torch.where(finite, grad, 0.0)
+        # surrogate zeroes the gradient of masked (-inf) logits.
         loss = surrogate(f_true, grad, theta, 2).reshape(latent.batch_shape)
         if isinstance(n_evals, Tensor):
             n_evals = n_evals.reshape(latent.batch_shape)
