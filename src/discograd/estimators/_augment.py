@@ -28,7 +28,6 @@ __all__ = [
     "check_max_evals",
     "dirichlet_noise",
     "evaluate_unique",
-    "first_not_in",
     "sum_event",
     "surrogate",
     "swap_argmax",
@@ -76,19 +75,6 @@ def _top3(scores: Tensor) -> tuple[Tensor, Tensor]:
         vals = F.pad(vals, (0, 3 - k), value=-math.inf)
         idx = F.pad(idx, (0, 3 - k), value=-1)
     return vals, idx
-
-
-def first_not_in(vals: Tensor, idx: Tensor, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """Among 3 ranked candidates (last dim of ``vals`` / ``idx``, distinct indices), the
-    value and index of the first whose index is neither ``a`` nor ``b``."""
-    v0, v1, v2 = vals.unbind(-1)
-    i0, i1, i2 = idx.unbind(-1)
-    ok0 = (i0 != a) & (i0 != b)
-    ok1 = (i1 != a) & (i1 != b)  # at most two are excluded: else the third is fine
-    return (
-        torch.where(ok0, v0, torch.where(ok1, v1, v2)),
-        torch.where(ok0, i0, torch.where(ok1, i1, i2)),
-    )
 
 
 def swap_argmax(theta: Tensor, gumbel: Tensor, ref: Tensor | None = None) -> Tensor:

@@ -58,7 +58,6 @@ from discograd.estimators._augment import (
     compute_dtype,
     dirichlet_noise,
     evaluate_unique,
-    first_not_in,
     surrogate,
     swap_argmax,
     swap_table,
@@ -83,8 +82,7 @@ class _AugmentREINFORCE(Estimator):
 
     @staticmethod
     def _finish(latent: Latent, theta: Tensor, f_true: Tensor, grad: Tensor, n_evals) -> Estimate:
-        finite = torch.isfinite(theta)
-        grad = torch.where(finite, grad, 0.0)
+        # surrogate zeroes the gradient of masked (-inf) logits.
         loss = surrogate(f_true, grad, theta, 2).reshape(latent.batch_shape)
         if isinstance(n_evals, Tensor):
             n_evals = n_evals.reshape(latent.batch_shape)
@@ -331,15 +329,6 @@ class ARSMPlus(_Merge):
 
 
 # ------------------------------------------------------------ Rao-Blackwell
-def _bottom3(values: Tensor) -> tuple[Tensor, Tensor]:
-    k = min(3, values.shape[-1])
-    vals, idx = values.topk(k, dim=-1, largest=False)
-    if k < 3:
-        vals = torch.nn.functional.pad(vals, (0, 3 - k), value=math.inf)
-        idx = torch.nn.functional.pad(idx, (0, 3 - k), value=-1)
-    return vals, idx
-
-
 def rao_blackwell_reference(theta: Tensor, log_w: Tensor, ref: Tensor, pseudo: Tensor) -> Tensor:
     r""":math:`\hat\varpi_j = \frac{1}{C-1}\sum_{h \ne j} \mathbb E[\varpi_j \mid
     z^{j\rightleftharpoons 1..C}, \varpi_{-(j,h)}]` per variable (``j = ref``): ``[B, V]``.
@@ -389,41 +378,103 @@ def reference_bounds(
     variables, swaps :math:`m` and partners :math:`h`: O(C^2) per variable.
     """
     B, V, C = theta.shape
-    dev = theta.device
-    ar = torch.arange(C, device=dev)
-    j = ref.view(B, 1, 1, 1)
-    idx_j = ref.view(B, 1, 1).expand(B, V, 1)
-    lw_j = log_w.gather(-1, idx_j).unsqueeze(-1)  # [B, V, 1, 1]
-    i_is_m = torch.eye(C, dtype=torch.bool, device=dev)  # [m, i]
-    i_is_j = ar.view(1, 1, 1, C) == j  # [B, 1, 1, i]
-    # y[b, v, m, i] = log ϖ_{σ_m(i)} − θ_i (masked categories: +inf).
-    y = torch.where(
-        i_is_m, lw_j, torch.where(i_is_j, log_w.unsqueeze(-1), log_w.unsqueeze(-2))
-    ) - theta.unsqueeze(-2)
-    bv, bi = _bottom3(y)  # [B, V, m, 3]
-    m = ar.view(1, 1, C, 1)
-    h = ar.view(1, 1, 1, C)
-    i1 = m.expand(B, 1, C, C)
-    i2 = torch.where(h == m, j, h).expand(B, 1, C, C)  # σ_m(h)
-    log_r, _ = first_not_in(bv.unsqueeze(-2), bi.unsqueeze(-2), i1, i2)  # [B, V, m, h]
-    th1 = theta.unsqueeze(-1)  # θ_{i1} = θ_m: [B, V, m, 1]
-    th2 = theta.gather(-1, i2.expand(B, V, C, C).reshape(B, V, C * C)).view(B, V, C, C)
-    s = torch.logaddexp(lw_j, log_w.unsqueeze(-2)).exp()  # ϖ_j + ϖ_h: [B, V, 1, h]
-    inf = torch.tensor(math.inf, dtype=theta.dtype, device=dev)
+    lo, hi = _reference_bounds_first(theta, log_w, ref, pseudo)
+    return lo.t().contiguous().view(B, V, C), hi.t().contiguous().view(B, V, C)
 
-    def r_times_exp(th: Tensor) -> Tensor:  # R e^{θ}, with masked θ (x = ∞) → 0
-        return torch.where(
-            th == -math.inf, 0.0, torch.where(log_r == math.inf, inf, (log_r + th).exp())
-        )
 
-    cross = s * torch.sigmoid(th1 - th2)  # NaN only where both are masked: never used
-    u1 = r_times_exp(th1)
-    u2 = s - r_times_exp(th2)
-    a = pseudo.unsqueeze(-1)  # [B, V, m, 1]
-    c1, c2 = a == i1, a == i2
-    lo = torch.where(c1, 0.0, torch.where(c2, torch.maximum(cross, u2), u1))
-    hi = torch.where(c1, torch.minimum(cross, u1), torch.where(c2, s, u2))
-    s = s.squeeze(-2)
-    lo = lo.amax(-2).clamp_min(0.0)
-    hi = torch.minimum(hi.amin(-2), s)
+def _reference_bounds_first(
+    theta: Tensor, log_w: Tensor, ref: Tensor, pseudo: Tensor
+) -> tuple[Tensor, Tensor]:
+    r""":func:`reference_bounds` computed swap-first: ``lo``, ``hi`` as ``[C(h), B*V]``.
+
+    Every ``[m, h]`` quantity is laid out ``[C(m), C(h), B*V]`` (innermost the
+    ``B*V`` variables, categories broadcast as rows), as in
+    :func:`~discograd.estimators._augment.swap_table`, and the case analysis
+    uses only the few entries a swap moves:
+
+    * :math:`R` excludes :math:`i_1 = m` and :math:`i_2 = \sigma(h)` from the
+      swapped vector, whose entries are the unswapped
+      :math:`x^0_i = \log\varpi_i - \theta_i` except :math:`x_j = \log\varpi_m -
+      \theta_j` (for :math:`m \ne j`). So :math:`R` is the least of the unswapped
+      entries outside :math:`\{j, m, h\}` — the first of the three smallest
+      outside ``j`` not at ``m`` or ``h``: the smallest everywhere, the second on
+      row and column of the smallest, the third at the two entries pairing the
+      smallest two — and, off the diagonal and for :math:`m \ne j`, of
+      :math:`\log\varpi_m - \theta_j` (on the diagonal :math:`h = m`,
+      :math:`i_2 = j`; for :math:`m = j` nothing is swapped).
+    * :math:`a = i_1` (:math:`a = m`) is a property of the row ``m``; on the
+      other rows :math:`a = i_2` holds at the single partner :math:`h^* =
+      \sigma(a)`, patched by a scatter.
+    * Row selections are folded into ``minimum`` / ``maximum`` with ``±inf``
+      rows (on CPU ``torch.where`` over broadcast operands is several times
+      slower); the bounds are then reduced over ``m``.
+    """
+    B, V, C = theta.shape
+    N = B * V
+    dev, dt = theta.device, theta.dtype
+    inf = math.inf
+    th = theta.reshape(N, C).t().contiguous()  # [C, N]
+    lw = log_w.reshape(N, C).t().contiguous()
+    j = ref.view(B, 1).expand(B, V).reshape(1, N)
+    th_j = th.gather(0, j)  # [1, N]
+    a = pseudo.permute(2, 0, 1).reshape(C, N)  # [C(m), N]: the observed arg min
+    ar = torch.arange(C, device=dev).view(C, 1)
+
+    # The three smallest unswapped entries outside j, smallest first: [3, N].
+    x0 = (log_w - theta).scatter(-1, ref.view(B, 1, 1).expand(B, V, 1), inf)
+    k = min(3, C)
+    bv, bi = x0.view(N, C).topk(k, dim=-1, largest=False)
+    bv, bi = bv.t(), bi.t()
+    if k < 3:  # C = 2: the third is never reached (pairs hold at most two others)
+        bv = torch.cat([bv, bv.new_full((1, N), inf)])
+    v0, v1, v2 = bv.unbind(0)
+    i0, i1 = bi[0], bi[1]
+    log_r = v0.expand(C, C, N).contiguous()
+    log_r.scatter_(0, i0.view(1, 1, N).expand(1, C, N), v1.expand(1, C, N))
+    log_r.scatter_(1, i0.view(1, 1, N).expand(C, 1, N), v1.expand(C, 1, N))
+    flat = log_r.view(C * C, N)
+    flat.scatter_(0, (i0 * C + i1).view(1, N), v2.view(1, N))
+    flat.scatter_(0, (i1 * C + i0).view(1, N), v2.view(1, N))
+    diag = flat[:: C + 1].clone()  # h = m: R excludes m and j only
+    x_j = (lw - th_j).scatter_(0, j, inf)  # [C(m), N]: swapped entry j, none for m = j
+    torch.minimum(log_r, x_j.unsqueeze(1), out=log_r)
+    flat[:: C + 1] = diag
+
+    # θ_{i1} = θ_m (rows), θ_{i2} = θ_h (columns) but θ_j on the diagonal.
+    # ϖ_j + ϖ_h: [C(h), N] (computed [B, V, C]: logaddexp rounds by layout on CPU)
+    lw_jb = log_w.gather(-1, ref.view(B, 1, 1).expand(B, V, 1))
+    s = torch.logaddexp(lw_jb, log_w).exp().view(N, C).t().contiguous()
+    u1 = (log_r + th.unsqueeze(1)).exp_()  # R e^{θ_m}
+    e2 = log_r + th.unsqueeze(0)
+    e2.view(C * C, N)[:: C + 1] = diag + th_j
+    e2.exp_()  # R e^{θ_{i2}}
+    if bool(torch.isneginf(th).any()):  # masked θ with R = ∞: x = ∞, R e^θ → 0
+        u1.nan_to_num_(0.0, inf)
+        e2.nan_to_num_(0.0, inf)
+    u2 = torch.sub(s, e2, out=e2)  # s - R e^{θ_{i2}}
+
+    c1 = a == ar  # [C(m), N]: a = i1 (row-wise)
+    i32 = torch.int32
+    a32, j32, m32 = a.to(i32), j.to(i32), ar.to(i32)
+    c1i = c1.to(i32)
+    aj = ((a32 == j32) & ~c1).to(i32)
+    h_star = (a32 + c1i * (j32 - a32) + aj * (m32 - a32)).long().unsqueeze(1)  # σ_m(a): [C,1,N]
+    # a = i2 at h*: t ≥ max(cross, u2) (on rows a = i1, h* = j: meaningless column).
+    th_a = th.gather(0, a)  # θ_{i2} at h* is θ_a
+    cross_star = s.gather(0, h_star.squeeze(1)) * torch.sigmoid(th - th_a)  # [C(m), N]
+    u2_star = u2.gather(1, h_star).squeeze(1)
+    zero_c1 = torch.where(c1, 0.0, inf).to(dt).unsqueeze(1)  # rows a = i1: lo = 0
+    lo = torch.minimum(u1, zero_c1)
+    lo.scatter_(1, h_star, torch.maximum(cross_star, u2_star).unsqueeze(1))
+    lo = lo.amax(0).clamp_min(0.0)
+    # hi: rows a = i1: min(cross, u1); other rows: u2, and s at h* (s bounds anyway).
+    kill_c1 = torch.where(c1, inf, -inf).to(dt).unsqueeze(1)
+    hi_other = torch.maximum(u2, kill_c1, out=u2)
+    hi_other.scatter_(1, h_star, inf)
+    th_m1 = torch.where(c1, th, 0.0).unsqueeze(1)  # θ_m on rows a = i1 (finite), else unused
+    d = th_m1 - th.unsqueeze(0)
+    d.view(C * C, N)[:: C + 1] = th_m1.squeeze(1) - th_j
+    cross = torch.sigmoid_(d).mul_(s)  # s σ(θ_{i1} - θ_{i2})
+    hi_c1 = torch.maximum(torch.minimum(cross, u1, out=cross), -kill_c1, out=cross)
+    hi = torch.minimum(torch.minimum(hi_other.amin(0), hi_c1.amin(0)), s)
     return lo, hi
