@@ -371,6 +371,8 @@ def test_bad_arguments(cls):
         cls(1.0, probs=ok, logits=ok)
     with pytest.raises(TypeError, match="floating"):
         cls(1.0, logits=torch.zeros(shape, dtype=torch.int64))
+    with pytest.raises(ValueError, match="logits"):
+        cls(1.0, logits=torch.full(shape, float("nan")), validate_args=True)
 
 
 def test_validation_of_samples():

@@ -93,8 +93,11 @@ class _RelaxedCategorical(Distribution):
             self.probs = (probs / probs.sum(-1, keepdim=True)).expand(batch_shape + (C,))
         else:
             assert logits is not None
-            self.logits = (logits - logits.logsumexp(-1, keepdim=True)).expand(batch_shape + (C,))
+            # Normalised only when .logits is read: sampling is shift-invariant
+            # and skips the logsumexp (and its backward pass) altogether.
+            self._raw_logits = logits
         self.temperature = tau
+        self._dtype = param.dtype
         # A number temperature is also kept as a number (rounded like the tensor):
         # sampling then needs no tensor division at tau = 1, no device read ever.
         self._tau_number = (
@@ -103,9 +106,21 @@ class _RelaxedCategorical(Distribution):
             else float(torch.tensor(float(temperature), dtype=param.dtype))
         )
         super().__init__(batch_shape, torch.Size([C]), validate_args=validate_args)
+        if logits is not None and self._validate_args:
+            # torch skips lazy parameters when validating; the raw logits are checked here.
+            valid = constraints.real_vector.check(logits)
+            if not bool(valid.all()):
+                raise ValueError(
+                    f"Expected parameter logits ({type(logits).__name__} of shape "
+                    f"{tuple(logits.shape)}) of distribution {self!r} to satisfy the "
+                    f"constraint real_vector (no NaN), but found invalid values:\n{logits}"
+                )
 
     @lazy_property
     def logits(self) -> Tensor:
+        raw = self.__dict__.get("_raw_logits")
+        if raw is not None:
+            return (raw - raw.logsumexp(-1, keepdim=True)).expand(self.param_shape)
         p = self.probs
         positive = p > 0
         # The inner where keeps d log(p)/dp finite where p = 0 (a masked category).
@@ -127,7 +142,10 @@ class _RelaxedCategorical(Distribution):
             new.probs = self.probs.expand(param_shape)
         if "logits" in self.__dict__:
             new.logits = self.logits.expand(param_shape)
+        if "_raw_logits" in self.__dict__:
+            new._raw_logits = self._raw_logits
         new.temperature = self.temperature
+        new._dtype = self._dtype
         new._tau_number = self._tau_number
         super(_RelaxedCategorical, new).__init__(batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
@@ -141,7 +159,10 @@ class _RelaxedCategorical(Distribution):
 
     def _tempered_scores(self, sample_shape: _size, generator: torch.Generator | None) -> Tensor:
         """:math:`(\theta + G)/\tau` in the compute dtype."""
-        scores = _perturbed(self.logits, generator, self._extended_shape(sample_shape))
+        # Unnormalised logits when we have them: softmax((θ + c + G)/τ) is the same sample.
+        theta = self.__dict__.get("_raw_logits")
+        theta = self.logits if theta is None else theta
+        scores = _perturbed(theta, generator, self._extended_shape(sample_shape))
         tau = self.temperature if self._tau_number is None else self._tau_number
         return _divide_by_tau(scores, tau)
 
@@ -193,7 +214,7 @@ class ExpConcrete(_RelaxedCategorical):
     def rsample(
         self, sample_shape: _size = torch.Size(), generator: torch.Generator | None = None
     ) -> Tensor:
-        return self._log_rsample(sample_shape, generator).to(self.logits.dtype)
+        return self._log_rsample(sample_shape, generator).to(self._dtype)
 
     def sample(
         self, sample_shape: _size = torch.Size(), generator: torch.Generator | None = None
@@ -247,7 +268,7 @@ class Concrete(_RelaxedCategorical):
         self, sample_shape: _size = torch.Size(), generator: torch.Generator | None = None
     ) -> Tensor:
         s = self._tempered_scores(sample_shape, generator)
-        y = _softmax_last(s).to(self.logits.dtype)
+        y = _softmax_last(s).to(self._dtype)
         # log_prob of this very sample reads its log-coordinates from the scores
         # (exact where y underflows), computed only if asked for.
         self._last = (y, s)
