@@ -412,7 +412,7 @@ def conditional_gumbel(
     # shape and broadcast: GumbelRao asks for K samples per data point.
     theta = logits.to(cdt)
     finite = theta > -math.inf
-    theta_c = torch.where(finite, theta, 0.0)  # finite stand-ins keep gradients clean
+    theta_c = torch.nan_to_num(theta, nan=0.0, neginf=0.0)  # finite stand-ins: clean gradients
     lse = torch.logsumexp(theta, -1, keepdim=True)
     u = _clamp_open_(_uniform(shape, cdt, logits.device, generator))
     neg_g = u.log_().neg_().log_()  # log E = -G for a standard Gumbel G

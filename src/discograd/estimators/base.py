@@ -46,7 +46,15 @@ from torch.distributions import (
 from discograd.functional import _compute_dtype, _perturbed, _uniform
 from discograd.functional import _softmax_last as softmax_last
 
-__all__ = ["CostFn", "Estimate", "Estimator", "Latent", "softmax_last", "zero_valued"]
+__all__ = [
+    "CostFn",
+    "Estimate",
+    "Estimator",
+    "Latent",
+    "one_hot",
+    "softmax_last",
+    "zero_valued",
+]
 
 CostFn = Callable[[Tensor], Tensor]
 Kind = Literal["bernoulli", "categorical"]
@@ -81,6 +89,15 @@ class Estimate:
         """``n_evals`` averaged over data points."""
         n = self.n_evals
         return float(n.float().mean()) if isinstance(n, Tensor) else float(n)
+
+
+def one_hot(index: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    """``F.one_hot(index, num_classes).to(dtype)`` as rows of the identity: one gather.
+
+    F.one_hot fills an int64 tensor and converts it: several times slower on CPU.
+    """
+    eye = torch.eye(num_classes, dtype=dtype, device=index.device)
+    return eye.index_select(0, index.reshape(-1)).view(index.shape + (num_classes,))
 
 
 def zero_valued(x: Tensor) -> Tensor:
@@ -198,11 +215,7 @@ class Latent:
     def encode(self, z: Tensor) -> Tensor:
         """Configurations to ``f``'s input: one-hot floats (categorical), floats (Bernoulli)."""
         if self.kind == "categorical":
-            # Rows of the identity: one gather, in the target dtype. (F.one_hot
-            # fills an int64 tensor and converts it: several times slower on CPU.)
-            C = self.num_categories
-            eye = torch.eye(C, dtype=self.dtype, device=self.device)
-            return eye.index_select(0, z.reshape(-1)).view(z.shape + (C,))
+            return one_hot(z, self.num_categories, self.dtype)
         return z.to(self.dtype)
 
     def log_prob(self, z: Tensor) -> Tensor:

@@ -46,7 +46,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from discograd.estimators._augment import compute_dtype, sum_event, surrogate, uniform
@@ -55,6 +54,7 @@ from discograd.estimators.base import (
     Estimate,
     Estimator,
     Latent,
+    one_hot,
     softmax_last,
     zero_valued,
 )
@@ -116,7 +116,7 @@ class _RelaxedControl(Estimator):
             z = th + _gumbel_from_uniform_(u)
             b = z.detach().argmax(-1)
             z_tilde = conditional_gumbel(th, b, generator)
-            hard = F.one_hot(b, latent.num_categories).to(cdt)
+            hard = one_hot(b, latent.num_categories, cdt)
             relaxed = softmax_last(_divide_by_tau(torch.stack([z, z_tilde]), tau))
             probs = softmax_last(th.detach())
             score = hard - probs  # ∇ log p(b) w.r.t. the unnormalised logits

@@ -32,7 +32,6 @@ import math
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from discograd.distributions import BinaryConcrete
@@ -41,6 +40,7 @@ from discograd.estimators.base import (
     Estimate,
     Estimator,
     Latent,
+    one_hot,
     softmax_last,
     zero_valued,
 )
@@ -69,7 +69,9 @@ def _logistic_noise(
 
 def _finite_part(theta: Tensor) -> Tensor:
     """``theta`` with ``-inf`` (masked) entries replaced by 0: gradients there are 0, never NaN."""
-    return torch.where(theta > -math.inf, theta, 0.0)
+    # nan_to_num is one pass (where + comparison are two, ~6x slower here); like
+    # the comparison it also maps NaN to 0, and +inf logits are invalid anyway.
+    return torch.nan_to_num(theta, nan=0.0, neginf=0.0)
 
 
 def _softmax_jacobian_carrier(p: Tensor, theta: Tensor) -> Tensor:
@@ -88,7 +90,7 @@ def _categorical_sample(latent: Latent, generator: torch.Generator | None) -> tu
     """An exact sample: indices ``batch + var`` and one-hot in the compute dtype."""
     idx = latent.sample((), generator)
     cdt = _compute_dtype(latent.dtype)
-    return idx, F.one_hot(idx, latent.num_categories).to(cdt)
+    return idx, one_hot(idx, latent.num_categories, cdt)
 
 
 # ----------------------------------------------------------------- base class
