@@ -33,30 +33,19 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
 
 import torch
 import torch._dynamo
+from _machine import cpu_name
 from torch import Tensor, nn
 from torch.distributions import Categorical, Independent
 
 import discograd
 from discograd.baselines import EMA
 from discograd.estimators import REINFORCE, RLOO, Estimator, VarGrad
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def timed(fn: Callable[[], object]) -> float:

@@ -72,6 +72,7 @@ from importlib import metadata
 from types import ModuleType
 
 import torch
+from _machine import cpu_name
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, OneHotCategorical
 
@@ -444,84 +445,55 @@ def relaxit_pairs(peers: Peers, problems: list[Problem]) -> list[Pair]:
         k = p.kind
         if k == "categorical":
             values = torch.arange(p.theta0.shape[-1], dtype=torch.float32)
+            rx_gs = relaxit_side(
+                lambda t, values=values: rd.GeneralizedGumbelSoftmax(
+                    values, logits=t, tau=tau, hard=False
+                ).rsample()
+            )
+            rx_st = relaxit_side(
+                lambda t: rd.DecoupledStraightThroughGumbelSoftmax(tau, tau, logits=t).rsample()
+            )
+            gs, st = f"GumbelSoftmax (τ={TAU})", f"ST Gumbel-Softmax (τ={TAU})"
             pairs += [
                 Pair(
-                    p,
-                    f"GumbelSoftmax (τ={TAU})",
-                    "1 / 1",
-                    discograd_side(GumbelSoftmax(TAU), k),
-                    relaxit_side(
-                        lambda t, values=values: rd.GeneralizedGumbelSoftmax(
-                            values, logits=t, tau=tau, hard=False
-                        ).rsample()
-                    ),
-                    notes=("rx_gs",),
+                    p, gs, "1 / 1", discograd_side(GumbelSoftmax(TAU), k), rx_gs, notes=("rx_gs",)
+                ),
+                Pair(
+                    p, st, "1 / 1", discograd_side(STGumbelSoftmax(TAU), k), rx_st, notes=("rx_st",)
                 ),
                 Pair(
                     p,
-                    f"ST Gumbel-Softmax (τ={TAU})",
-                    "1 / 1",
-                    discograd_side(STGumbelSoftmax(TAU), k),
-                    relaxit_side(
-                        lambda t: rd.DecoupledStraightThroughGumbelSoftmax(
-                            tau, tau, logits=t
-                        ).rsample()
-                    ),
-                    notes=("rx_st",),
-                ),
-                Pair(
-                    p,
-                    f"GumbelSoftmax (τ={TAU}), distribution level",
+                    f"{gs}, distribution level",
                     "1 / 1",
                     relaxit_side(lambda t: Concrete(TAU, logits=t).rsample()),
-                    relaxit_side(
-                        lambda t, values=values: rd.GeneralizedGumbelSoftmax(
-                            values, logits=t, tau=tau, hard=False
-                        ).rsample()
-                    ),
+                    rx_gs,
                     notes=("rx_level",),
                 ),
                 Pair(
                     p,
-                    f"ST Gumbel-Softmax (τ={TAU}), function level",
+                    f"{st}, function level",
                     "1 / 1",
                     relaxit_side(lambda t: discograd.gumbel_softmax(t, TAU, hard=True)),
-                    relaxit_side(
-                        lambda t: rd.DecoupledStraightThroughGumbelSoftmax(
-                            tau, tau, logits=t
-                        ).rsample()
-                    ),
+                    rx_st,
                     notes=("rx_level",),
                 ),
             ]
         else:
-            pairs.append(
-                Pair(
-                    p,
-                    "StraightThrough (Bernoulli)",
-                    "1 / 1",
-                    discograd_side(StraightThrough(), k),
-                    relaxit_side(
-                        lambda t: rd.StraightThroughBernoulli(
-                            logits=t, validate_args=False
-                        ).rsample()
-                    ),
-                )
+            rx_ber = relaxit_side(
+                lambda t: rd.StraightThroughBernoulli(logits=t, validate_args=False).rsample()
             )
-            pairs.append(
+            ber = "StraightThrough (Bernoulli)"
+            pairs += [
+                Pair(p, ber, "1 / 1", discograd_side(StraightThrough(), k), rx_ber),
                 Pair(
                     p,
-                    "StraightThrough (Bernoulli), function level",
+                    f"{ber}, function level",
                     "1 / 1",
                     relaxit_side(_st_bernoulli),
-                    relaxit_side(
-                        lambda t: rd.StraightThroughBernoulli(
-                            logits=t, validate_args=False
-                        ).rsample()
-                    ),
+                    rx_ber,
                     notes=("rx_level",),
-                )
-            )
+                ),
+            ]
     return pairs
 
 
@@ -691,15 +663,6 @@ def print_tables(lib: str, results: list[Result], note_ids: dict[str, int]) -> N
         )
 
 
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def version_of(dist: str) -> str:
     try:
         return metadata.version(dist)
@@ -729,7 +692,7 @@ def main(argv: list[str] | None = None) -> None:
         f"\ntorch {torch.__version__}, discograd {discograd.__version__}, "
         f"storchastic {version_of('storchastic') if peers.storch else 'not importable'}, "
         f"relaxit {version_of('relaxit') if peers.relaxit else 'not importable'}, "
-        f"Python {platform.python_version()}; CPU: {cpu_model()}; "
+        f"Python {platform.python_version()}; CPU: {cpu_name()}; "
         f"torch threads: {torch.get_num_threads()}; draws: {args.draws}, "
         f"timing: median of {args.repeats} after {args.warmup} warm-up calls; float32"
     )

@@ -33,29 +33,18 @@ them into perturbed scores in place (no temporaries of the full size).
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _machine import cpu_name
 
 import discograd as dg
 from discograd.distributions import Concrete
 
 SHAPES = [(4096, 1024), (256, 50257)]
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> float:
