@@ -59,7 +59,7 @@ from discograd.estimators._augment import (
     dirichlet_noise,
     evaluate_unique,
     surrogate,
-    swap_argmax,
+    swap_reference,
     swap_table,
 )
 from discograd.estimators.base import CostFn, Estimate, Estimator, Latent
@@ -169,17 +169,19 @@ class _ReferenceSwap(_WithEvals):
                     f"of a distribution with {C} categories"
                 )
             ref = torch.full((B,), self.reference, dtype=torch.long, device=latent.device)
-        z = (th + gumbel).argmax(-1)  # [B, V]
-        pseudo = swap_argmax(th, gumbel, ref)  # [B, V, C]: swap (ref, m)
-        configs = torch.cat([z.unsqueeze(-1), pseudo], -1).transpose(1, 2)  # [B, 1 + C, V]
+        swaps = swap_reference(th, gumbel, ref)  # [C(m), B*V]: swap (ref, m)
+        z = swaps.gather(0, ref.view(B, 1).expand(B, V).reshape(1, -1))  # m = ref: no swap
+        # [B, 1 + C, V]: the true sample, then the swap with every m.
+        configs = torch.cat([z, swaps]).view(1 + C, B, V).transpose(0, 1)
         values, f_true, count = evaluate_unique(
             latent, f, configs, max_per_call=self.max_evals_per_call
         )
         fm = values[:, 1:].to(th.dtype)  # [B, C]: f(z^{ref<->m})
         df = fm - fm.mean(-1, keepdim=True)
         if self.plus:
+            pseudo = swaps.view(C, B, V).permute(1, 2, 0)  # [B, V, C]
             w_ref = rao_blackwell_reference(th, log_w, ref, pseudo)  # [B, V]
-            coef = (1 - C * w_ref) * ~(pseudo == pseudo[..., :1]).all(-1)
+            coef = (1 - C * w_ref) * ~(swaps == swaps[:1]).all(0).view(B, V)
         else:
             w_ref = log_w.gather(-1, ref.view(B, 1, 1).expand(B, V, 1)).squeeze(-1).exp()
             coef = 1 - C * w_ref
