@@ -443,9 +443,9 @@ def _reference_bounds_first(
     flat[:: C + 1] = diag
 
     # θ_{i1} = θ_m (rows), θ_{i2} = θ_h (columns) but θ_j on the diagonal.
-    # ϖ_j + ϖ_h: [C(h), N] (computed [B, V, C]: logaddexp rounds by layout on CPU)
-    lw_jb = log_w.gather(-1, ref.view(B, 1, 1).expand(B, V, 1))
-    s = torch.logaddexp(lw_jb, log_w).exp().view(N, C).t().contiguous()
+    # ϖ_j + ϖ_h: [C(h), N] (two exps and an add; torch's CPU logaddexp is not vectorised)
+    w = lw.exp()
+    s = w.gather(0, j) + w
     u1 = (log_r + th.unsqueeze(1)).exp_()  # R e^{θ_m}
     e2 = log_r + th.unsqueeze(0)
     e2.view(C * C, N)[:: C + 1] = diag + th_j
