@@ -410,6 +410,9 @@ def _reference_bounds_first(
     * Row selections are folded into ``minimum`` / ``maximum`` with ``±inf``
       rows (on CPU ``torch.where`` over broadcast operands is several times
       slower); the bounds are then reduced over ``m``.
+    * The term :math:`s\,\sigma(\theta_{i_1} - \theta_{i_2})` of the upper bound
+      matters only on rows :math:`a = i_1` (about one ``m`` per variable): those
+      rows are gathered, ``[C(h), K]``, and reduced into ``hi`` by a scatter.
     """
     B, V, C = theta.shape
     N = B * V
@@ -422,15 +425,19 @@ def _reference_bounds_first(
     a = pseudo.permute(2, 0, 1).reshape(C, N)  # [C(m), N]: the observed arg min
     ar = torch.arange(C, device=dev).view(C, 1)
 
-    # The three smallest unswapped entries outside j, smallest first: [3, N].
-    x0 = (log_w - theta).scatter(-1, ref.view(B, 1, 1).expand(B, V, 1), inf)
-    k = min(3, C)
-    bv, bi = x0.view(N, C).topk(k, dim=-1, largest=False)
-    bv, bi = bv.t(), bi.t()
-    if k < 3:  # C = 2: the third is never reached (pairs hold at most two others)
-        bv = torch.cat([bv, bv.new_full((1, N), inf)])
-    v0, v1, v2 = bv.unbind(0)
-    i0, i1 = bi[0], bi[1]
+    # The three smallest unswapped entries outside j, smallest first: v0 at i0,
+    # v1 at i1, v2 (each [N]); one amin over the categories per rank, the found
+    # entry then excluded. Ties (measure zero but for +inf, masked, whose
+    # position never matters: R is +inf either way) pick the last index.
+    x0 = (lw - th).scatter_(0, j, inf)  # [C, N]
+    i32 = torch.int32
+    ar32 = ar.to(i32)
+    v0 = x0.amin(0, keepdim=True)
+    i0 = ((x0 == v0).to(i32) * ar32).amax(0, keepdim=True).long()
+    v1 = x0.scatter_(0, i0, inf).amin(0, keepdim=True)
+    i1 = ((x0 == v1).to(i32) * ar32).amax(0, keepdim=True).long()
+    v2 = x0.scatter_(0, i1, inf).amin(0)
+    v0, v1, i0, i1 = v0.squeeze(0), v1.squeeze(0), i0.squeeze(0), i1.squeeze(0)
     log_r = v0.expand(C, C, N).contiguous()
     log_r.scatter_(0, i0.view(1, 1, N).expand(1, C, N), v1.expand(1, C, N))
     log_r.scatter_(1, i0.view(1, 1, N).expand(C, 1, N), v1.expand(C, 1, N))
@@ -447,8 +454,8 @@ def _reference_bounds_first(
     w = lw.exp()
     s = w.gather(0, j) + w
     u1 = (log_r + th.unsqueeze(1)).exp_()  # R e^{θ_m}
-    e2 = log_r + th.unsqueeze(0)
-    e2.view(C * C, N)[:: C + 1] = diag + th_j
+    e2 = log_r.add_(th.unsqueeze(0))  # in place: log_r is not needed any more
+    flat[:: C + 1] = diag + th_j
     e2.exp_()  # R e^{θ_{i2}}
     if bool(torch.isneginf(th).any()):  # masked θ with R = ∞: x = ∞, R e^θ → 0
         u1.nan_to_num_(0.0, inf)
@@ -456,8 +463,17 @@ def _reference_bounds_first(
     u2 = torch.sub(s, e2, out=e2)  # s - R e^{θ_{i2}}
 
     c1 = a == ar  # [C(m), N]: a = i1 (row-wise)
-    i32 = torch.int32
-    a32, j32, m32 = a.to(i32), j.to(i32), ar.to(i32)
+    # hi on rows a = i1 (few: one m per variable on average), gathered as K
+    # columns: min(cross, u1), cross = s σ(θ_{i1} - θ_{i2}).
+    rows = c1.view(-1).nonzero().squeeze(1)  # m * N + n
+    m_k, n_k = rows // N, rows % N
+    th_m = th.view(-1)[rows]  # θ_{i1} = θ_m, finite (m is the arg min)
+    d = th_m - th[:, n_k]  # [C(h), K]: θ_{i1} - θ_{i2}, but θ_j at h = m
+    d[m_k, torch.arange(rows.numel(), device=dev)] = th_m - th_j[0, n_k]
+    hi_c1 = torch.sigmoid_(d).mul_(s[:, n_k])
+    torch.minimum(hi_c1, u1[m_k, :, n_k].t(), out=hi_c1)
+
+    a32, j32, m32 = a.to(i32), j.to(i32), ar32
     c1i = c1.to(i32)
     aj = ((a32 == j32) & ~c1).to(i32)
     h_star = (a32 + c1i * (j32 - a32) + aj * (m32 - a32)).long().unsqueeze(1)  # σ_m(a): [C,1,N]
@@ -466,17 +482,13 @@ def _reference_bounds_first(
     cross_star = s.gather(0, h_star.squeeze(1)) * torch.sigmoid(th - th_a)  # [C(m), N]
     u2_star = u2.gather(1, h_star).squeeze(1)
     zero_c1 = torch.where(c1, 0.0, inf).to(dt).unsqueeze(1)  # rows a = i1: lo = 0
-    lo = torch.minimum(u1, zero_c1)
+    lo = torch.minimum(u1, zero_c1, out=u1)  # u1 is not needed any more
     lo.scatter_(1, h_star, torch.maximum(cross_star, u2_star).unsqueeze(1))
     lo = lo.amax(0).clamp_min(0.0)
-    # hi: rows a = i1: min(cross, u1); other rows: u2, and s at h* (s bounds anyway).
+    # hi: other rows: u2, and s at h* (s bounds anyway); rows a = i1: hi_c1.
     kill_c1 = torch.where(c1, inf, -inf).to(dt).unsqueeze(1)
     hi_other = torch.maximum(u2, kill_c1, out=u2)
     hi_other.scatter_(1, h_star, inf)
-    th_m1 = torch.where(c1, th, 0.0).unsqueeze(1)  # θ_m on rows a = i1 (finite), else unused
-    d = th_m1 - th.unsqueeze(0)
-    d.view(C * C, N)[:: C + 1] = th_m1.squeeze(1) - th_j
-    cross = torch.sigmoid_(d).mul_(s)  # s σ(θ_{i1} - θ_{i2})
-    hi_c1 = torch.maximum(torch.minimum(cross, u1, out=cross), -kill_c1, out=cross)
-    hi = torch.minimum(torch.minimum(hi_other.amin(0), hi_c1.amin(0)), s)
+    hi = torch.minimum(hi_other.amin(0), s)
+    hi.scatter_reduce_(1, n_k.expand(C, -1), hi_c1, "amin")
     return lo, hi
