@@ -407,9 +407,13 @@ def _reference_bounds_first(
     * :math:`a = i_1` (:math:`a = m`) is a property of the row ``m``; on the
       other rows :math:`a = i_2` holds at the single partner :math:`h^* =
       \sigma(a)`, patched by a scatter.
-    * Row selections are folded into ``minimum`` / ``maximum`` with ``±inf``
-      rows (on CPU ``torch.where`` over broadcast operands is several times
-      slower); the bounds are then reduced over ``m``.
+    * Everything else is reduced over ``m`` in log space, on :math:`\log R` itself
+      (the only ``[C(m), C(h), B*V]`` tensor): :math:`e^x` and :math:`s - e^x` are
+      monotone, so ``max`` / ``min`` over ``m`` commute with them. Entries that
+      carry no bound (rows :math:`a = i_1`, and :math:`h^*` on every row) are
+      set to :math:`-\infty` with ``minimum`` against a row of ``±inf`` and a
+      scatter (on CPU ``torch.where`` over broadcast operands is several times
+      slower).
     * The term :math:`s\,\sigma(\theta_{i_1} - \theta_{i_2})` of the upper bound
       matters only on rows :math:`a = i_1` (about one ``m`` per variable): those
       rows are gathered, ``[C(h), K]``, and reduced into ``hi`` by a scatter.
@@ -453,42 +457,59 @@ def _reference_bounds_first(
     # ϖ_j + ϖ_h: [C(h), N] (two exps and an add; torch's CPU logaddexp is not vectorised)
     w = lw.exp()
     s = w.gather(0, j) + w
-    u1 = (log_r + th.unsqueeze(1)).exp_()  # R e^{θ_m}
-    e2 = log_r.add_(th.unsqueeze(0))  # in place: log_r is not needed any more
-    flat[:: C + 1] = diag + th_j
-    e2.exp_()  # R e^{θ_{i2}}
-    if bool(torch.isneginf(th).any()):  # masked θ with R = ∞: x = ∞, R e^θ → 0
-        u1.nan_to_num_(0.0, inf)
-        e2.nan_to_num_(0.0, inf)
-    u2 = torch.sub(s, e2, out=e2)  # s - R e^{θ_{i2}}
+    masked = bool(torch.isneginf(th).any())  # θ = -∞ with R = ∞: R e^θ → 0, not NaN
 
     c1 = a == ar  # [C(m), N]: a = i1 (row-wise)
     # hi on rows a = i1 (few: one m per variable on average), gathered as K
-    # columns: min(cross, u1), cross = s σ(θ_{i1} - θ_{i2}).
+    # columns: min(cross, R e^{θ_m}), cross = s σ(θ_{i1} - θ_{i2}).
     rows = c1.view(-1).nonzero().squeeze(1)  # m * N + n
     m_k, n_k = rows // N, rows % N
     th_m = th.view(-1)[rows]  # θ_{i1} = θ_m, finite (m is the arg min)
     d = th_m - th[:, n_k]  # [C(h), K]: θ_{i1} - θ_{i2}, but θ_j at h = m
     d[m_k, torch.arange(rows.numel(), device=dev)] = th_m - th_j[0, n_k]
     hi_c1 = torch.sigmoid_(d).mul_(s[:, n_k])
-    torch.minimum(hi_c1, u1[m_k, :, n_k].t(), out=hi_c1)
+    u1_k = (log_r[m_k, :, n_k] + th_m.unsqueeze(1)).exp_()  # [K, C(h)]
+    if masked:
+        u1_k.nan_to_num_(0.0, inf)
+    torch.minimum(hi_c1, u1_k.t(), out=hi_c1)
 
     a32, j32, m32 = a.to(i32), j.to(i32), ar32
     c1i = c1.to(i32)
     aj = ((a32 == j32) & ~c1).to(i32)
     h_star = (a32 + c1i * (j32 - a32) + aj * (m32 - a32)).long().unsqueeze(1)  # σ_m(a): [C,1,N]
+    h_s = h_star.squeeze(1)
     # a = i2 at h*: t ≥ max(cross, u2) (on rows a = i1, h* = j: meaningless column).
     th_a = th.gather(0, a)  # θ_{i2} at h* is θ_a
-    cross_star = s.gather(0, h_star.squeeze(1)) * torch.sigmoid(th - th_a)  # [C(m), N]
-    u2_star = u2.gather(1, h_star).squeeze(1)
-    zero_c1 = torch.where(c1, 0.0, inf).to(dt).unsqueeze(1)  # rows a = i1: lo = 0
-    lo = torch.minimum(u1, zero_c1, out=u1)  # u1 is not needed any more
-    lo.scatter_(1, h_star, torch.maximum(cross_star, u2_star).unsqueeze(1))
-    lo = lo.amax(0).clamp_min(0.0)
-    # hi: other rows: u2, and s at h* (s bounds anyway); rows a = i1: hi_c1.
-    kill_c1 = torch.where(c1, inf, -inf).to(dt).unsqueeze(1)
-    hi_other = torch.maximum(u2, kill_c1, out=u2)
-    hi_other.scatter_(1, h_star, inf)
-    hi = torch.minimum(hi_other.amin(0), s)
+    s_star = s.gather(0, h_s)
+    cross_star = s_star * torch.sigmoid(th - th_a)  # [C(m), N]
+    th_i2 = torch.where(h_s == ar, th_j, th.gather(0, h_s))  # θ_j on the diagonal
+    e2_star = (log_r.gather(1, h_star).squeeze(1) + th_i2).exp_()
+    if masked:
+        e2_star.nan_to_num_(0.0, inf)
+    patch = torch.maximum(cross_star, s_star - e2_star)  # u2 = s - R e^{θ_{i2}} at h*
+
+    # Everything else reduces over m in log space: e^x and s - e^x are monotone,
+    # so max / min commute with them. Entries carrying no bound are set to -∞:
+    # rows a = i1 (their hi is hi_c1, their lo is 0) and h* on every row (patch).
+    kill = torch.where(c1, -inf, inf).to(dt).unsqueeze(1)
+    torch.minimum(log_r, kill, out=log_r)
+    log_r.scatter_(1, h_star, -inf)
+    diag = flat[:: C + 1].clone()
+    flat[:: C + 1] = -inf
+    # hi = min(s - max_m R e^{θ_{i2}}, s): θ_{i2} = θ_h off the diagonal, θ_j on it.
+    e2_off = (log_r.amax(0) + th).exp_()
+    e2_diag = (diag + th_j).exp_()
+    if masked:
+        e2_off.nan_to_num_(0.0, inf)
+        e2_diag.nan_to_num_(0.0, inf)
+    hi = torch.minimum(s - torch.maximum(e2_off, e2_diag), s)
     hi.scatter_reduce_(1, n_k.expand(C, -1), hi_c1, "amin")
+    # lo = max(max_m R e^{θ_m}, the patches at h*, 0).
+    flat[:: C + 1] = diag
+    log_u1 = log_r.add_(th.unsqueeze(1))
+    if masked:
+        log_u1.nan_to_num_(-inf, inf)
+    lo = log_u1.amax(0).exp_()
+    lo.scatter_reduce_(0, h_s, patch, "amax")
+    lo = lo.clamp_min(0.0)
     return lo, hi
