@@ -497,12 +497,14 @@ def _reference_bounds_first(
     diag = flat[:: C + 1].clone()
     flat[:: C + 1] = -inf
     # hi = min(s - max_m R e^{θ_{i2}}, s): θ_{i2} = θ_h off the diagonal, θ_j on it.
-    e2_off = (log_r.amax(0) + th).exp_()
-    e2_diag = (diag + th_j).exp_()
-    if masked:
-        e2_off.nan_to_num_(0.0, inf)
-        e2_diag.nan_to_num_(0.0, inf)
-    hi = torch.minimum(s - torch.maximum(e2_off, e2_diag), s)
+    # One exp of the larger exponent: torch's CPU exp leaves its vectorised path
+    # for arguments below about -87 (the killed diagonal entries are -∞).
+    x_off = log_r.amax(0) + th
+    x_diag = diag + th_j
+    if masked:  # NaN = -∞ + ∞: R e^θ → 0
+        x_off.nan_to_num_(-inf, inf)
+        x_diag.nan_to_num_(-inf, inf)
+    hi = torch.minimum(s - torch.maximum(x_off, x_diag).exp_(), s)
     hi.scatter_reduce_(1, n_k.expand(C, -1), hi_c1, "amin")
     # lo = max(max_m R e^{θ_m}, the patches at h*, 0).
     flat[:: C + 1] = diag
