@@ -51,6 +51,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from discograd.estimators._augment import (
@@ -497,21 +498,26 @@ def _reference_bounds_first(
     diag = flat[:: C + 1].clone()
     flat[:: C + 1] = -inf
     # hi = min(s - max_m R e^{θ_{i2}}, s): θ_{i2} = θ_h off the diagonal, θ_j on it.
-    # One exp of the larger exponent: torch's CPU exp leaves its vectorised path
-    # for arguments below about -87 (the killed diagonal entries are -∞).
+    # torch's CPU exp leaves its vectorised path (~20x slower) for arguments that
+    # underflow, -∞ included (killed entries): exponents are clamped at
+    # x_min, whose e^{x_min} (1e-34 in float32) is far below half an ulp of s
+    # (s ≥ 1e-9: ϖ is bounded below by the clamped uniforms), so s - e^x is
+    # unchanged.
+    x_min = 0.9 * math.log(torch.finfo(dt).tiny)
     x_off = log_r.amax(0) + th
     x_diag = diag + th_j
     if masked:  # NaN = -∞ + ∞: R e^θ → 0
         x_off.nan_to_num_(-inf, inf)
         x_diag.nan_to_num_(-inf, inf)
-    hi = torch.minimum(s - torch.maximum(x_off, x_diag).exp_(), s)
+    hi = torch.minimum(s - torch.maximum(x_off, x_diag).clamp_min_(x_min).exp_(), s)
     hi.scatter_reduce_(1, n_k.expand(C, -1), hi_c1, "amin")
     # lo = max(max_m R e^{θ_m}, the patches at h*, 0).
     flat[:: C + 1] = diag
     log_u1 = log_r.add_(th.unsqueeze(1))
     if masked:
         log_u1.nan_to_num_(-inf, inf)
-    lo = log_u1.amax(0).exp_()
+    lo = log_u1.amax(0).clamp_min_(x_min).exp_()
     lo.scatter_reduce_(0, h_s, patch, "amax")
-    lo = lo.clamp_min(0.0)
+    # Clamped exponents (e^{x_min}) and negative bounds to 0.
+    lo = F.threshold(lo, math.exp(x_min), 0.0)
     return lo, hi
