@@ -194,14 +194,18 @@ def _swap_winner(
 
 # --------------------------------------------------------------------- dedupe
 def _pack(configs: Tensor, num_categories: int) -> Tensor:
-    """Configurations ``[B, P, V]`` (ints in ``[0, C)``) to exact int64 keys ``[B, P, K]``."""
+    """Configurations ``[B, P, V]`` (ints in ``[0, C)``) to exact int64 keys ``[B, P, K]``.
+
+    Word ``k`` holds variables ``k * per .. (k + 1) * per - 1``, variable ``v`` at
+    bit ``bits * (v % per)``: one multiply by the per-variable powers of two,
+    then a sum per word (no padding to a multiple of ``per``).
+    """
     bits = max(1, (num_categories - 1).bit_length())
-    B, P, V = configs.shape
+    V = configs.shape[-1]
     per = min(63 // bits, V)
     K = -(-V // per)
-    x = F.pad(configs, (0, K * per - V)).reshape(B, P, K, per)
-    shifts = torch.arange(per, device=configs.device) * bits
-    return (x << shifts).sum(-1)
+    y = configs * (1 << (bits * (torch.arange(V, device=configs.device) % per)))
+    return torch.stack([y[..., k * per : (k + 1) * per].sum(-1) for k in range(K)], -1)
 
 
 def _dedupe(configs: Tensor, num_categories: int) -> tuple[Tensor, Tensor, Tensor]:
