@@ -500,9 +500,9 @@ def _reference_bounds_first(
     # hi = min(s - max_m R e^{θ_{i2}}, s): θ_{i2} = θ_h off the diagonal, θ_j on it.
     # torch's CPU exp leaves its vectorised path (~20x slower) for arguments that
     # underflow, -∞ included (killed entries): exponents are clamped at
-    # x_min, whose e^{x_min} (1e-34 in float32) is far below half an ulp of s
-    # (s ≥ 1e-9: ϖ is bounded below by the clamped uniforms), so s - e^x is
-    # unchanged.
+    # x_min, whose e^{x_min} (7e-35 in float32) is far below half an ulp of s
+    # (s ≥ ϖ_j ≥ (eps / 2) / (C log(1 / tiny)) through the clamped uniforms of
+    # dirichlet_noise: 7e-11 for float32 and C = 10), so s - e^x is unchanged.
     x_min = 0.9 * math.log(torch.finfo(dt).tiny)
     x_off = log_r.amax(0) + th
     x_diag = diag + th_j
