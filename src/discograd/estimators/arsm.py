@@ -466,13 +466,15 @@ def _reference_bounds_first(
     rows = c1.view(-1).nonzero().squeeze(1)  # m * N + n
     m_k, n_k = rows // N, rows % N
     th_m = th.view(-1)[rows]  # θ_{i1} = θ_m, finite (m is the arg min)
-    d = th_m - th[:, n_k]  # [C(h), K]: θ_{i1} - θ_{i2}, but θ_j at h = m
+    # index_select (not advanced indexing, several times slower on CPU) gathers.
+    d = th_m - th.index_select(1, n_k)  # [C(h), K]: θ_{i1} - θ_{i2}, but θ_j at h = m
     d[m_k, torch.arange(rows.numel(), device=dev)] = th_m - th_j[0, n_k]
-    hi_c1 = torch.sigmoid_(d).mul_(s[:, n_k])
-    u1_k = (log_r[m_k, :, n_k] + th_m.unsqueeze(1)).exp_()  # [K, C(h)]
+    hi_c1 = torch.sigmoid_(d).mul_(s.index_select(1, n_k))
+    at_k = (m_k * (C * N) + n_k) + (ar * N)  # [C(h), K]: flat index of log R[m_k, h, n_k]
+    u1_k = (log_r.view(-1).index_select(0, at_k.view(-1)).view(C, -1) + th_m).exp_()
     if masked:
         u1_k.nan_to_num_(0.0, inf)
-    torch.minimum(hi_c1, u1_k.t(), out=hi_c1)
+    torch.minimum(hi_c1, u1_k, out=hi_c1)
 
     a32, j32, m32 = a.to(i32), j.to(i32), ar32
     c1i = c1.to(i32)
