@@ -31,6 +31,8 @@ __all__ = [
     "sum_event",
     "surrogate",
     "swap_argmax",
+    "swap_reference",
+    "swap_table",
 ]
 
 
@@ -101,16 +103,44 @@ def swap_argmax(theta: Tensor, gumbel: Tensor, ref: Tensor | None = None) -> Ten
     B, V, C = theta.shape
     if ref is None:
         return swap_table(theta, gumbel).view(C, C, B, V).permute(2, 3, 0, 1)
+    return swap_reference(theta, gumbel, ref).view(C, B, V).permute(1, 2, 0)
+
+
+def swap_reference(theta: Tensor, gumbel: Tensor, ref: Tensor) -> Tensor:
+    r"""The pseudo-actions :math:`z^{j\rightleftharpoons m}` of one reference ``j = ref``
+    per data point ``[B]``, swap-first: ``[C(m), B*V]`` (see :func:`swap_argmax`).
+
+    Row ``m = j`` swaps nothing: it is the sample :math:`z = \arg\max_i(\theta_i + G_i)`.
+
+    With ``j`` fixed, the best entry outside ``{j, m}`` is the best outside ``j``
+    unless that one is ``m``, then the second best outside ``j``: two ``amax``
+    reductions over the categories (vectorised over the ``B*V`` variables)
+    replace a top-k over rows of ``C`` entries.
+    """
+    B, V, C = theta.shape
     N = B * V
-    th = theta.reshape(N, C).t()  # [C, N]
-    gu = gumbel.reshape(N, C).t()
-    top_v, top_i = _top3_first(theta, gumbel)  # [3, N]
+    i32 = torch.int32
+    th = theta.reshape(N, C).t().contiguous()  # [C, N]
+    gu = gumbel.reshape(N, C).t().contiguous()
     j = ref.view(B, 1).expand(B, V).reshape(1, N)
-    m = torch.arange(C, device=theta.device).view(C, 1)
+    m = torch.arange(C, device=theta.device, dtype=i32).view(C, 1)
     s_j = th.gather(0, j) + gu  # [C(m), N]: entry j holds G_m
     s_m = th + gu.gather(0, j)  # entry m holds G_j
-    out = _swap_winner(s_j, s_m, top_v, top_i, j, m)  # [C, N]
-    return out.view(C, B, V).permute(1, 2, 0)
+    # Best (a0 at b0) and second best (a1 at b1) unswapped score outside j. Ties
+    # (measure zero but for -inf, which never wins) pick the last index.
+    ex = (th + gu).scatter_(0, j, -math.inf)
+    a0 = ex.amax(0, keepdim=True)
+    b0 = ((ex == a0).to(i32) * m).amax(0, keepdim=True)
+    ex.scatter_(0, b0.long(), -math.inf)
+    a1 = ex.amax(0, keepdim=True)
+    b1 = ((ex == a1).to(i32) * m).amax(0, keepdim=True)
+    at_b0 = m == b0  # [C(m), N]: the best other is excluded, the second best stands in
+    o_i = b0 + at_b0.to(i32) * (b1 - b0)
+    best = torch.maximum(s_j, s_m)
+    # First maximum among (entry j, entry m, best other), in that order.
+    take = (best >= a0) | (at_b0 & (best >= a1))
+    jm = m + (j.to(i32) - m) * (s_j >= s_m).to(i32)
+    return (o_i + take.to(i32) * (jm - o_i)).long()
 
 
 def swap_table(theta: Tensor, gumbel: Tensor) -> Tensor:
@@ -164,14 +194,18 @@ def _swap_winner(
 
 # --------------------------------------------------------------------- dedupe
 def _pack(configs: Tensor, num_categories: int) -> Tensor:
-    """Configurations ``[B, P, V]`` (ints in ``[0, C)``) to exact int64 keys ``[B, P, K]``."""
+    """Configurations ``[B, P, V]`` (ints in ``[0, C)``) to exact int64 keys ``[B, P, K]``.
+
+    Word ``k`` holds variables ``k * per .. (k + 1) * per - 1``, variable ``v`` at
+    bit ``bits * (v % per)``: one multiply by the per-variable powers of two,
+    then a sum per word (no padding to a multiple of ``per``).
+    """
     bits = max(1, (num_categories - 1).bit_length())
-    B, P, V = configs.shape
+    V = configs.shape[-1]
     per = min(63 // bits, V)
     K = -(-V // per)
-    x = F.pad(configs, (0, K * per - V)).reshape(B, P, K, per)
-    shifts = torch.arange(per, device=configs.device) * bits
-    return (x << shifts).sum(-1)
+    y = configs * (1 << (bits * (torch.arange(V, device=configs.device) % per)))
+    return torch.stack([y[..., k * per : (k + 1) * per].sum(-1) for k in range(K)], -1)
 
 
 def _dedupe(configs: Tensor, num_categories: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -51,6 +51,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from discograd.estimators._augment import (
@@ -59,7 +60,7 @@ from discograd.estimators._augment import (
     dirichlet_noise,
     evaluate_unique,
     surrogate,
-    swap_argmax,
+    swap_reference,
     swap_table,
 )
 from discograd.estimators.base import CostFn, Estimate, Estimator, Latent
@@ -169,17 +170,19 @@ class _ReferenceSwap(_WithEvals):
                     f"of a distribution with {C} categories"
                 )
             ref = torch.full((B,), self.reference, dtype=torch.long, device=latent.device)
-        z = (th + gumbel).argmax(-1)  # [B, V]
-        pseudo = swap_argmax(th, gumbel, ref)  # [B, V, C]: swap (ref, m)
-        configs = torch.cat([z.unsqueeze(-1), pseudo], -1).transpose(1, 2)  # [B, 1 + C, V]
+        swaps = swap_reference(th, gumbel, ref)  # [C(m), B*V]: swap (ref, m)
+        z = swaps.gather(0, ref.view(B, 1).expand(B, V).reshape(1, -1))  # m = ref: no swap
+        # [B, 1 + C, V]: the true sample, then the swap with every m.
+        configs = torch.cat([z, swaps]).view(1 + C, B, V).transpose(0, 1)
         values, f_true, count = evaluate_unique(
             latent, f, configs, max_per_call=self.max_evals_per_call
         )
         fm = values[:, 1:].to(th.dtype)  # [B, C]: f(z^{ref<->m})
         df = fm - fm.mean(-1, keepdim=True)
         if self.plus:
+            pseudo = swaps.view(C, B, V).permute(1, 2, 0)  # [B, V, C]
             w_ref = rao_blackwell_reference(th, log_w, ref, pseudo)  # [B, V]
-            coef = (1 - C * w_ref) * ~(pseudo == pseudo[..., :1]).all(-1)
+            coef = (1 - C * w_ref) * ~(swaps == swaps[:1]).all(0).view(B, V)
         else:
             w_ref = log_w.gather(-1, ref.view(B, 1, 1).expand(B, V, 1)).squeeze(-1).exp()
             coef = 1 - C * w_ref
@@ -405,9 +408,16 @@ def _reference_bounds_first(
     * :math:`a = i_1` (:math:`a = m`) is a property of the row ``m``; on the
       other rows :math:`a = i_2` holds at the single partner :math:`h^* =
       \sigma(a)`, patched by a scatter.
-    * Row selections are folded into ``minimum`` / ``maximum`` with ``±inf``
-      rows (on CPU ``torch.where`` over broadcast operands is several times
-      slower); the bounds are then reduced over ``m``.
+    * Everything else is reduced over ``m`` in log space, on :math:`\log R` itself
+      (the only ``[C(m), C(h), B*V]`` tensor): :math:`e^x` and :math:`s - e^x` are
+      monotone, so ``max`` / ``min`` over ``m`` commute with them. Entries that
+      carry no bound (rows :math:`a = i_1`, and :math:`h^*` on every row) are
+      set to :math:`-\infty` with ``minimum`` against a row of ``±inf`` and a
+      scatter (on CPU ``torch.where`` over broadcast operands is several times
+      slower).
+    * The term :math:`s\,\sigma(\theta_{i_1} - \theta_{i_2})` of the upper bound
+      matters only on rows :math:`a = i_1` (about one ``m`` per variable): those
+      rows are gathered, ``[C(h), K]``, and reduced into ``hi`` by a scatter.
     """
     B, V, C = theta.shape
     N = B * V
@@ -420,15 +430,19 @@ def _reference_bounds_first(
     a = pseudo.permute(2, 0, 1).reshape(C, N)  # [C(m), N]: the observed arg min
     ar = torch.arange(C, device=dev).view(C, 1)
 
-    # The three smallest unswapped entries outside j, smallest first: [3, N].
-    x0 = (log_w - theta).scatter(-1, ref.view(B, 1, 1).expand(B, V, 1), inf)
-    k = min(3, C)
-    bv, bi = x0.view(N, C).topk(k, dim=-1, largest=False)
-    bv, bi = bv.t(), bi.t()
-    if k < 3:  # C = 2: the third is never reached (pairs hold at most two others)
-        bv = torch.cat([bv, bv.new_full((1, N), inf)])
-    v0, v1, v2 = bv.unbind(0)
-    i0, i1 = bi[0], bi[1]
+    # The three smallest unswapped entries outside j, smallest first: v0 at i0,
+    # v1 at i1, v2 (each [N]); one amin over the categories per rank, the found
+    # entry then excluded. Ties (measure zero but for +inf, masked, whose
+    # position never matters: R is +inf either way) pick the last index.
+    x0 = (lw - th).scatter_(0, j, inf)  # [C, N]
+    i32 = torch.int32
+    ar32 = ar.to(i32)
+    v0 = x0.amin(0, keepdim=True)
+    i0 = ((x0 == v0).to(i32) * ar32).amax(0, keepdim=True).long()
+    v1 = x0.scatter_(0, i0, inf).amin(0, keepdim=True)
+    i1 = ((x0 == v1).to(i32) * ar32).amax(0, keepdim=True).long()
+    v2 = x0.scatter_(0, i1, inf).amin(0)
+    v0, v1, i0, i1 = v0.squeeze(0), v1.squeeze(0), i0.squeeze(0), i1.squeeze(0)
     log_r = v0.expand(C, C, N).contiguous()
     log_r.scatter_(0, i0.view(1, 1, N).expand(1, C, N), v1.expand(1, C, N))
     log_r.scatter_(1, i0.view(1, 1, N).expand(C, 1, N), v1.expand(C, 1, N))
@@ -441,40 +455,75 @@ def _reference_bounds_first(
     flat[:: C + 1] = diag
 
     # θ_{i1} = θ_m (rows), θ_{i2} = θ_h (columns) but θ_j on the diagonal.
-    # ϖ_j + ϖ_h: [C(h), N] (computed [B, V, C]: logaddexp rounds by layout on CPU)
-    lw_jb = log_w.gather(-1, ref.view(B, 1, 1).expand(B, V, 1))
-    s = torch.logaddexp(lw_jb, log_w).exp().view(N, C).t().contiguous()
-    u1 = (log_r + th.unsqueeze(1)).exp_()  # R e^{θ_m}
-    e2 = log_r + th.unsqueeze(0)
-    e2.view(C * C, N)[:: C + 1] = diag + th_j
-    e2.exp_()  # R e^{θ_{i2}}
-    if bool(torch.isneginf(th).any()):  # masked θ with R = ∞: x = ∞, R e^θ → 0
-        u1.nan_to_num_(0.0, inf)
-        e2.nan_to_num_(0.0, inf)
-    u2 = torch.sub(s, e2, out=e2)  # s - R e^{θ_{i2}}
+    # ϖ_j + ϖ_h: [C(h), N] (two exps and an add; torch's CPU logaddexp is not vectorised)
+    w = lw.exp()
+    s = w.gather(0, j) + w
+    masked = bool(torch.isneginf(th).any())  # θ = -∞ with R = ∞: R e^θ → 0, not NaN
 
     c1 = a == ar  # [C(m), N]: a = i1 (row-wise)
-    i32 = torch.int32
-    a32, j32, m32 = a.to(i32), j.to(i32), ar.to(i32)
+    # hi on rows a = i1 (few: one m per variable on average), gathered as K
+    # columns: min(cross, R e^{θ_m}), cross = s σ(θ_{i1} - θ_{i2}).
+    rows = c1.view(-1).nonzero().squeeze(1)  # m * N + n
+    m_k, n_k = rows // N, rows % N
+    th_m = th.view(-1)[rows]  # θ_{i1} = θ_m, finite (m is the arg min)
+    # index_select (not advanced indexing, several times slower on CPU) gathers.
+    d = th_m - th.index_select(1, n_k)  # [C(h), K]: θ_{i1} - θ_{i2}, but θ_j at h = m
+    d[m_k, torch.arange(rows.numel(), device=dev)] = th_m - th_j[0, n_k]
+    hi_c1 = torch.sigmoid_(d).mul_(s.index_select(1, n_k))
+    at_k = (m_k * (C * N) + n_k) + (ar * N)  # [C(h), K]: flat index of log R[m_k, h, n_k]
+    u1_k = (log_r.view(-1).index_select(0, at_k.view(-1)).view(C, -1) + th_m).exp_()
+    if masked:
+        u1_k.nan_to_num_(0.0, inf)
+    torch.minimum(hi_c1, u1_k, out=hi_c1)
+
+    a32, j32, m32 = a.to(i32), j.to(i32), ar32
     c1i = c1.to(i32)
     aj = ((a32 == j32) & ~c1).to(i32)
-    h_star = (a32 + c1i * (j32 - a32) + aj * (m32 - a32)).long().unsqueeze(1)  # σ_m(a): [C,1,N]
+    i2_star = a32 + c1i * (j32 - a32)  # i2 = σ(h*): a, but j on rows a = i1
+    h_s = (i2_star + aj * (m32 - a32)).long()  # h* = σ_m(a): [C(m), N]
+    i2_star = i2_star.long()
+    # Flat index of the entries [m, h*(m), n] of log R (index_select / index_fill_
+    # on it are several times faster on CPU than gather / scatter_ along dim 1).
+    at_star = (ar * C + h_s) * N + torch.arange(N, device=dev)
     # a = i2 at h*: t ≥ max(cross, u2) (on rows a = i1, h* = j: meaningless column).
     th_a = th.gather(0, a)  # θ_{i2} at h* is θ_a
-    cross_star = s.gather(0, h_star.squeeze(1)) * torch.sigmoid(th - th_a)  # [C(m), N]
-    u2_star = u2.gather(1, h_star).squeeze(1)
-    zero_c1 = torch.where(c1, 0.0, inf).to(dt).unsqueeze(1)  # rows a = i1: lo = 0
-    lo = torch.minimum(u1, zero_c1)
-    lo.scatter_(1, h_star, torch.maximum(cross_star, u2_star).unsqueeze(1))
-    lo = lo.amax(0).clamp_min(0.0)
-    # hi: rows a = i1: min(cross, u1); other rows: u2, and s at h* (s bounds anyway).
-    kill_c1 = torch.where(c1, inf, -inf).to(dt).unsqueeze(1)
-    hi_other = torch.maximum(u2, kill_c1, out=u2)
-    hi_other.scatter_(1, h_star, inf)
-    th_m1 = torch.where(c1, th, 0.0).unsqueeze(1)  # θ_m on rows a = i1 (finite), else unused
-    d = th_m1 - th.unsqueeze(0)
-    d.view(C * C, N)[:: C + 1] = th_m1.squeeze(1) - th_j
-    cross = torch.sigmoid_(d).mul_(s)  # s σ(θ_{i1} - θ_{i2})
-    hi_c1 = torch.maximum(torch.minimum(cross, u1, out=cross), -kill_c1, out=cross)
-    hi = torch.minimum(torch.minimum(hi_other.amin(0), hi_c1.amin(0)), s)
+    s_star = s.gather(0, h_s)
+    cross_star = s_star * torch.sigmoid(th - th_a)  # [C(m), N]
+    th_i2 = th.gather(0, i2_star)  # θ_{h*} off the diagonal, θ_j on it
+    e2_star = (log_r.view(-1).index_select(0, at_star.view(-1)).view(C, N) + th_i2).exp_()
+    if masked:
+        e2_star.nan_to_num_(0.0, inf)
+    patch = torch.maximum(cross_star, s_star - e2_star)  # u2 = s - R e^{θ_{i2}} at h*
+
+    # Everything else reduces over m in log space: e^x and s - e^x are monotone,
+    # so max / min commute with them. Entries carrying no bound are set to -∞:
+    # rows a = i1 (their hi is hi_c1, their lo is 0) and h* on every row (patch).
+    kill = torch.where(c1, -inf, inf).to(dt).unsqueeze(1)
+    torch.minimum(log_r, kill, out=log_r)
+    log_r.view(-1).index_fill_(0, at_star.view(-1), -inf)
+    diag = flat[:: C + 1].clone()
+    flat[:: C + 1] = -inf
+    # hi = min(s - max_m R e^{θ_{i2}}, s): θ_{i2} = θ_h off the diagonal, θ_j on it.
+    # torch's CPU exp leaves its vectorised path (~20x slower) for arguments that
+    # underflow, -∞ included (killed entries): exponents are clamped at
+    # x_min, whose e^{x_min} (7e-35 in float32) is far below half an ulp of s
+    # (s ≥ ϖ_j ≥ (eps / 2) / (C log(1 / tiny)) through the clamped uniforms of
+    # dirichlet_noise: 7e-11 for float32 and C = 10), so s - e^x is unchanged.
+    x_min = 0.9 * math.log(torch.finfo(dt).tiny)
+    x_off = log_r.amax(0) + th
+    x_diag = diag + th_j
+    if masked:  # NaN = -∞ + ∞: R e^θ → 0
+        x_off.nan_to_num_(-inf, inf)
+        x_diag.nan_to_num_(-inf, inf)
+    hi = torch.minimum(s - torch.maximum(x_off, x_diag).clamp_min_(x_min).exp_(), s)
+    hi.scatter_reduce_(1, n_k.expand(C, -1), hi_c1, "amin")
+    # lo = max(max_m R e^{θ_m}, the patches at h*, 0).
+    flat[:: C + 1] = diag
+    log_u1 = log_r.add_(th.unsqueeze(1))
+    if masked:
+        log_u1.nan_to_num_(-inf, inf)
+    lo = log_u1.amax(0).clamp_min_(x_min).exp_()
+    lo.scatter_reduce_(0, h_s, patch, "amax")
+    # Clamped exponents (e^{x_min}) and negative bounds to 0.
+    lo = F.threshold(lo, math.exp(x_min), 0.0)
     return lo, hi
