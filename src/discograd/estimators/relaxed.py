@@ -48,6 +48,7 @@ from discograd.functional import (
     _compute_dtype,
     _divide_by_tau,
     _open_uniform,
+    _uniform,
     conditional_gumbel,
     conditional_logistic,
     gumbel_softmax,
@@ -263,8 +264,9 @@ class StraightThrough(Estimator):
             _, hard = _categorical_sample(latent, generator)
             soft = softmax_last(latent.logits.to(cdt))
         else:
-            hard = latent.sample((), generator).to(cdt)
+            # Latent.sample's draw (u < sigmoid(logits)), reusing the one sigmoid.
             soft = torch.sigmoid(latent.logits.to(cdt))
+            hard = _uniform(soft.shape, cdt, soft.device, generator) < soft.detach()
         z = straight_through(hard, soft).to(latent.dtype)
         fz = latent.call_f(f, z, ())
         return Estimate(loss=fz, value=fz.detach(), n_evals=1)
