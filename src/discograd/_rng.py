@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import Tensor
 
-__all__ = ["CHUNK", "MIN_NUMEL", "uniform_"]
+__all__ = ["CHUNK", "MIN_NUMEL", "is_compiling", "uniform_"]
 
 #: Elements per independent stream: 1 MiB of float32, large enough that the
 #: per-chunk Python cost (about 10 µs) is under 1 % of the draw.
@@ -127,7 +127,8 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool)
 
 
-def _compiling() -> bool:
+def is_compiling() -> bool:
+    """``torch.compiler.is_compiling()``, False on torch 2.2 (which lacks it)."""
     check = getattr(torch.compiler, "is_compiling", None)
     return bool(check is not None and check())
 
@@ -145,7 +146,7 @@ def uniform_(out: Tensor, generator: torch.Generator | None = None) -> Tensor:
         n < MIN_NUMEL
         or out.device.type != "cpu"
         or not out.is_contiguous()
-        or _compiling()
+        or is_compiling()
         or (generator is not None and generator.device.type != "cpu")
     ):
         return out.uniform_(generator=generator)

@@ -53,10 +53,7 @@ def _check_logits(logits: Tensor) -> None:
         raise TypeError(f"logits must have a floating dtype, got logits.dtype={logits.dtype}")
 
 
-def _is_compiling() -> bool:
-    # torch.compiler.is_compiling appeared in torch 2.3; we support 2.2.
-    check = getattr(torch.compiler, "is_compiling", None)
-    return bool(check is not None and check())
+_is_compiling = _rng.is_compiling
 
 
 def _transformed() -> bool:
