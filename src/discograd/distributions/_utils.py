@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.distributions import constraints
 
-from discograd.functional import _compute_dtype, _gumbel_from_uniform_, _uniform
+from discograd.functional import _compute_dtype, _uniform
 
 
 def as_temperature(temperature: float | Tensor, like: Tensor) -> Tensor:
@@ -42,10 +42,6 @@ def check_params(probs: Tensor | None, logits: Tensor | None) -> Tensor:
 def uniform(shape: torch.Size, like: Tensor, generator: torch.Generator | None) -> Tensor:
     """Uniform draws in ``like``'s compute dtype (float32 for 16-bit)."""
     return _uniform(shape, _compute_dtype(like.dtype), like.device, generator)
-
-
-def gumbel(shape: torch.Size, like: Tensor, generator: torch.Generator | None) -> Tensor:
-    return _gumbel_from_uniform_(uniform(shape, like, generator))
 
 
 class _Simplex(constraints.Constraint):

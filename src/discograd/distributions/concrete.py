@@ -158,7 +158,7 @@ class _RelaxedCategorical(Distribution):
         return tau[..., 0] if tau.dim() > 0 else tau
 
     def _tempered_scores(self, sample_shape: _size, generator: torch.Generator | None) -> Tensor:
-        """:math:`(\theta + G)/\tau` in the compute dtype."""
+        r""":math:`(\theta + G)/\tau` in the compute dtype."""
         # Unnormalised logits when we have them: softmax((θ + c + G)/τ) is the same sample.
         theta = self.__dict__.get("_raw_logits")
         theta = self.logits if theta is None else theta
