@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from discograd.functional import _is_compiling
+from discograd.functional import _compute_dtype, _is_compiling
 
 if TYPE_CHECKING:  # annotations only: estimators.score imports this module
     from discograd.estimators.base import Latent
@@ -104,7 +104,9 @@ class EMA(Baseline):
         # count 0 the division is 0/0 and the where picks the 0 baseline.
         n = self.count.to(self.average.dtype)
         b = torch.where(self.count > 0, self.average / (1.0 - self.decay**n), 0.0)
-        return b.to(device=latent.device, dtype=latent.dtype)
+        # The compute dtype, not the logits' (float16 overflows at 65504): the
+        # estimator forms f - b in it.
+        return b.to(device=latent.device, dtype=_compute_dtype(latent.dtype))
 
     @torch.no_grad()
     def observe(self, costs: Tensor, b: Tensor) -> None:
@@ -136,7 +138,8 @@ class Learned(Baseline):
     ``batch_shape + (V*C,)`` (categorical: normalised log-probabilities) or
     ``batch_shape + (V,)`` (Bernoulli logits), to one number per data point
     (shape ``batch_shape`` or ``batch_shape + (1,)``). Masked (``-inf``)
-    log-probabilities are fed as ``-50`` (probability ~2e-22), so a module sees
+    log-probabilities are fed as ``-50`` (probability ~2e-22) and ``±inf``
+    Bernoulli logits (deterministic variables) as ``±50``, so a module sees
     finite inputs.
 
     ``Estimate.cv_loss`` is :math:`\mathrm{mean}\,(f(z) - b_\psi)^2` over samples
@@ -171,6 +174,8 @@ class Learned(Baseline):
         x = latent.logits.detach()
         if latent.kind == "categorical":
             x = x.clamp_min(self.MASKED_INPUT)
+        else:  # a ±inf logit (a deterministic variable) as ±50: probability 1 - 2e-22
+            x = x.clamp(self.MASKED_INPUT, -self.MASKED_INPUT)
         x = x.reshape(latent.batch_shape + (-1,))
         p = next(self.module.parameters(), None)
         return x.to(p.dtype) if p is not None and p.is_floating_point() else x

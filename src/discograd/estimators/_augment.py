@@ -301,11 +301,16 @@ def surrogate(f_value: Tensor, grad: Tensor, logits: Tensor, n_event: int) -> Te
     """``f_value + zero_valued(Σ grad · logits)``: the value of ``f_value``, whose
     gradient w.r.t. ``logits`` is ``grad`` (summed over the last ``n_event`` dims).
 
-    Masked (``-inf``) logits get no gradient and never produce NaN.
+    The zero-valued term is formed in the compute dtype (float32 for 16-bit
+    logits): a gradient estimate beyond float16's range (costs of 1e4 and
+    more) would otherwise become ``inf`` and ``inf · 0`` a NaN loss. Masked
+    (``-inf``) and deterministic (``±inf`` Bernoulli) logits get no gradient
+    and never produce NaN.
     """
+    cdt = _compute_dtype(logits.dtype)
     finite = torch.isfinite(logits)
-    safe = torch.where(finite, logits, 0.0)
-    g = torch.where(finite, grad.detach().to(logits.dtype), 0.0)
+    safe = torch.where(finite, logits, 0.0).to(cdt)
+    g = torch.where(finite, grad.detach().to(cdt), 0.0)
     return f_value + sum_event(g * zero_valued(safe), n_event).to(f_value.dtype)
 
 

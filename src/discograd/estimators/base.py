@@ -27,8 +27,9 @@ parameters inside ``f`` and any use of the parameters inside ``f`` (an entropy o
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -43,7 +44,7 @@ from torch.distributions import (
     OneHotCategorical,
 )
 
-from discograd.functional import _compute_dtype, _perturbed, _uniform
+from discograd.functional import _compute_dtype, _is_compiling, _perturbed, _uniform
 from discograd.functional import _softmax_last as softmax_last
 
 __all__ = [
@@ -108,6 +109,78 @@ def zero_valued(x: Tensor) -> Tensor:
 _SUPPORTED = "Bernoulli, Categorical, OneHotCategorical, or Independent of one of them"
 
 
+def _given_probs(base: Distribution) -> bool:
+    """Whether ``base`` was built from ``probs=`` (its ``logits`` are then a clamped stand-in)."""
+    inner = base._categorical if isinstance(base, OneHotCategorical) else base
+    probs = inner.__dict__.get("probs")
+    return probs is not None and getattr(inner, "_param", None) is probs
+
+
+def _canonical_logits(base: Distribution, kind: Kind) -> Tensor:
+    r"""Exact logits of ``base``: ``-inf`` where a probability is 0 (``+inf`` where a
+    Bernoulli probability is 1), normalised for categorical variables.
+
+    torch derives ``logits`` from ``probs`` through a clamp at the dtype's eps,
+    so a probability of exactly 0 becomes a finite logit (-6.9 in float16,
+    -15.9 in float32) and is sampled; here it becomes the mask it is. Invalid
+    parameters (NaN, a ``+inf`` categorical logit, a row with every category
+    masked, probabilities outside [0, 1]) raise ``ValueError``: with
+    ``validate_args=False`` torch accepts them, and they would otherwise turn
+    into silently wrong samples and expectations.
+    """
+    if _given_probs(base):
+        p = base.probs
+        pc = p.to(_compute_dtype(p.dtype))
+        ok = pc >= 0 if kind == "categorical" else (pc >= 0) & (pc <= 1)  # False for NaN
+        _require(ok, "probs", base)
+        positive = pc > 0
+        # The inner where keeps d log(p)/dp finite where p = 0 (never selected).
+        if kind == "categorical":
+            logits = torch.where(positive, torch.where(positive, pc, 1.0).log(), -math.inf)
+        else:
+            inside = positive & (pc < 1)
+            ps = torch.where(inside, pc, 0.5)
+            certain = torch.where(pc > 0.5, math.inf, -math.inf)  # constant: no gradient
+            logits = torch.where(inside, ps.log() - torch.log1p(-ps), certain)
+        return logits.to(p.dtype)
+    logits = base.logits
+    # Categorical logits are normalised by torch: NaN, +inf and all-masked rows
+    # all come out as NaN. A Bernoulli logit may be ±inf (a deterministic variable).
+    _require(~torch.isnan(logits), "logits", base)
+    return logits
+
+
+def _require(ok: Tensor, name: str, base: Distribution) -> None:
+    """``ValueError`` naming the parameter unless ``ok`` holds everywhere.
+
+    One reduction per call; on CUDA reading its result synchronises with the
+    device once. Under ``torch.compile`` the check is an in-graph assertion
+    (``RuntimeError``) instead, which does not break the graph.
+    """
+    if _is_compiling():
+        torch._assert_async(ok.all(), f"invalid {name} of {type(base).__name__}")
+        return
+    if bool(ok.all()):
+        return
+    bad = (~ok).nonzero()[0].tolist()
+    value = getattr(base, name)[tuple(bad)] if name == "probs" else None
+    if name == "probs":
+        rule = "a number in [0, 1]" if isinstance(base, Bernoulli) else "non-negative, not NaN"
+        found = f"found {float(value)!r} at index {tuple(bad)}"
+    elif isinstance(base, Bernoulli):
+        rule, found = "a number or ±inf (not NaN)", f"found NaN at index {tuple(bad)}"
+    else:
+        rule = (
+            "a real number or -inf (a masked category), with at least one finite entry per "
+            "row; NaN and +inf are refused"
+        )
+        found = f"row {tuple(bad[:-1])} has NaN, +inf or every category masked"
+    raise ValueError(
+        f"invalid {name} of {type(base).__name__} (validate_args=False lets torch accept "
+        f"them): each entry must be {rule}; {found}"
+    )
+
+
 class Latent:
     """A supported discrete distribution in canonical form.
 
@@ -160,7 +233,7 @@ class Latent:
             raise TypeError(
                 f"{owner} does not support {type(q).__name__}{inner}; supported: {_SUPPORTED}"
             )
-        logits = base.logits
+        logits = _canonical_logits(base, kind)
         # Independent reinterprets trailing batch dims as variables; expand so
         # the logits carry the full batch + variable shape.
         var_shape = base.batch_shape[len(q.batch_shape) :]
@@ -220,14 +293,30 @@ class Latent:
 
     def log_prob(self, z: Tensor) -> Tensor:
         """Joint :math:`\\log q(z)` of configurations ``S + batch + var``: shape ``S + batch``."""
+        lp = self.log_prob_vars(z)
+        return lp.flatten(-len(self.var_shape)).sum(-1) if self.var_shape else lp
+
+    def log_prob_vars(self, z: Tensor) -> Tensor:
+        """Per-variable :math:`\\log q(z_v)` of configurations: shape ``S + batch + var``.
+
+        ``-inf`` exactly where a value is impossible (a masked category, the
+        other value of a Bernoulli variable whose logit is ``±inf``); finite,
+        with finite gradients, everywhere else.
+        """
         if self.kind == "categorical":
             logits = self.logits.expand(z.shape + (self.num_categories,))
-            lp = logits.gather(-1, z.unsqueeze(-1)).squeeze(-1)
-        else:
-            lp = -F.binary_cross_entropy_with_logits(
-                self.logits.expand(z.shape), z.to(self.dtype), reduction="none"
-            )
-        return lp.flatten(-len(self.var_shape)).sum(-1) if self.var_shape else lp
+            return logits.gather(-1, z.unsqueeze(-1)).squeeze(-1)
+        # log σ(±θ) by one where and one logsigmoid: exact for θ = ±inf (0 or -inf,
+        # with a finite gradient), unlike -binary_cross_entropy_with_logits (NaN).
+        theta = self.logits.expand(z.shape)
+        return F.logsigmoid(torch.where(z > 0.5, theta, -theta))
+
+    def likely(self) -> Tensor:
+        """A possible configuration of every data point, ``batch + var``: each variable's
+        most probable value (the certain one of a deterministic variable)."""
+        if self.kind == "categorical":
+            return self.logits.detach().argmax(-1)
+        return (self.logits.detach() > 0).to(self.dtype)
 
     def enumerate_support(self) -> Tensor:
         """All joint configurations: shape ``(N,) + batch_shape + var_shape``."""
@@ -240,8 +329,64 @@ class Latent:
         return z if self.kind == "categorical" else z.to(self.dtype)
 
     # ------------------------------------------------------------------ costs
+    @contextlib.contextmanager
+    def relaxed_evaluation(self) -> Iterator[None]:
+        r"""Evaluate ``f`` on relaxed points (values between the categories) inside this.
+
+        A negative ELBO is written ``f(z) = q.log_prob(z) - log p(x, z)``. On a
+        relaxed point torch's argument validation rejects the value ("not within
+        the support") and ``OneHotCategorical.log_prob`` reads only its arg max.
+        Inside this context:
+
+        * validation is off for ``q`` and the distributions it wraps, and for
+          every distribution that follows torch's default (a prior built
+          inside ``f`` or before it without ``validate_args=``); the default is
+          process-wide while the context lasts;
+        * ``log_prob`` of ``q``'s one-hot categorical variables is the
+          continuous extension :math:`\sum_k y_k \log \pi_k` (torch's
+          Bernoulli ``log_prob`` already is :math:`y\log p + (1 - y)\log(1-p)`),
+          which is what REBAR evaluates (Tucker et al. 2017, §3).
+
+        Everything is restored on exit, also on error.
+        """
+        chain: list[Distribution] = []
+        d: Distribution = self.q
+        while True:
+            chain.append(d)
+            if isinstance(d, Independent):
+                d = d.base_dist
+            elif isinstance(d, OneHotCategorical):
+                d = d._categorical
+            else:
+                break
+        missing = object()
+        saved = [(x, x.__dict__.get("_validate_args", missing)) for x in chain]
+        patched = [x for x in chain if type(x) is OneHotCategorical]
+        default = Distribution._validate_args
+        try:
+            Distribution.set_default_validate_args(False)
+            for x in chain:
+                x._validate_args = False
+            for x in patched:
+                x.log_prob = _continuous_log_prob(x)  # type: ignore[method-assign]
+            yield
+        finally:
+            Distribution.set_default_validate_args(default)
+            for x, old in saved:
+                if old is missing:
+                    x.__dict__.pop("_validate_args", None)
+                else:
+                    x._validate_args = old
+            for x in patched:
+                x.__dict__.pop("log_prob", None)
+
     def call_f(self, f: CostFn, x: Tensor, sample_shape: torch.Size | tuple[int, ...]) -> Tensor:
-        """Evaluate ``f`` on inputs with leading ``sample_shape`` and check its output shape."""
+        """Evaluate ``f`` on inputs with leading ``sample_shape``; check its output.
+
+        Integer and bool costs (counts, rewards, accuracies) are promoted to the
+        compute dtype (float32 for 16-bit logits): every estimator then returns a
+        floating ``loss`` with its gradient, instead of an integer one without.
+        """
         out = f(x)
         expected = torch.Size(sample_shape) + self.batch_shape
         if not isinstance(out, Tensor):
@@ -252,7 +397,23 @@ class Latent:
                 f"expected sample_shape + q.batch_shape = {tuple(expected)} (one cost per "
                 "sample and data point: reduce over the variable dimensions inside f)"
             )
+        if not out.is_floating_point():
+            if out.is_complex():
+                raise TypeError(f"f must return real costs, got f(z).dtype={out.dtype}")
+            out = out.to(_compute_dtype(self.dtype))
         return out
+
+
+def _continuous_log_prob(d: OneHotCategorical) -> Callable[[Tensor], Tensor]:
+    """:math:`\\sum_k y_k \\log \\pi_k`: ``d.log_prob`` extended to points of the simplex."""
+
+    def log_prob(value: Tensor) -> Tensor:
+        logits = d.logits
+        masked = torch.isneginf(logits)
+        # Masked categories hold 0 in relaxed points: 0 · (-inf) must be 0, not NaN.
+        return torch.where(masked, 0.0, value * logits.masked_fill(masked, 0.0)).sum(-1)
+
+    return log_prob
 
 
 class Estimator(nn.Module):
@@ -284,7 +445,8 @@ class Estimator(nn.Module):
         if not callable(f):
             raise TypeError(f"f must be callable, got {type(f).__name__}")
         latent = self.latent(q)
-        return self.estimate(f, latent, generator if generator is not None else self.generator)
+        out = self.estimate(f, latent, generator if generator is not None else self.generator)
+        return _conform(out, latent)
 
     def latent(self, q: Distribution) -> Latent:
         """Parse ``q``; ``TypeError`` naming both when this estimator does not support it."""
@@ -305,3 +467,28 @@ class Estimator(nn.Module):
 
     def extra_repr(self) -> str:
         return ""
+
+
+def _conform(out: Estimate, latent: Latent) -> Estimate:
+    """The contract every estimator's result keeps, whatever ``f`` did.
+
+    * ``loss`` has ``value``'s dtype: estimators compute score terms in a safe
+      dtype (float32 for 16-bit inputs) and a float32 baseline must not turn a
+      float16 loss into a float32 one.
+    * ``loss`` is connected to the logits (when they require grad): a cost that
+      ignores ``z`` (a constant, a detached ``f``) gives a zero gradient, as it
+      does for the score-function family, instead of a ``backward()`` error.
+    """
+    loss = out.loss
+    if loss.dtype != out.value.dtype:
+        loss = loss.to(out.value.dtype)
+    logits = latent.logits
+    if not loss.requires_grad and logits.requires_grad and torch.is_grad_enabled():
+        n_event = logits.dim() - len(latent.batch_shape)
+        anchor = torch.nan_to_num(logits, nan=0.0, posinf=0.0, neginf=0.0) * 0
+        loss = loss + (anchor.flatten(anchor.dim() - n_event).sum(-1) if n_event else anchor).to(
+            loss.dtype
+        )
+    if loss is not out.loss:
+        out.loss = loss
+    return out

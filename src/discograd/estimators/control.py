@@ -121,16 +121,24 @@ class _RelaxedControl(Estimator):
             probs = softmax_last(th.detach())
             score = hard - probs  # ∇ log p(b) w.r.t. the unnormalised logits
         else:
-            z = th + (u.log() - torch.log1p(-u))
-            b = (z.detach() > 0).to(cdt)
-            z_tilde = conditional_logistic(th, b, generator)
+            noise = u.log() - torch.log1p(-u)
+            b = (th.detach() + noise > 0).to(cdt)
+            # ±inf logits are deterministic variables: relaxed, both z and z̃ are
+            # exactly b there (the same law, as unbiasedness needs), computed from
+            # finite stand-ins so that no inf/inf or 0·inf reaches a gradient.
+            finite = torch.isfinite(th)
+            th_f = torch.where(finite, th, 0.0)
+            z = th_f + noise
+            z_tilde = conditional_logistic(th_f, b, generator)
             hard = b
-            relaxed = torch.sigmoid(torch.stack([z, z_tilde]) / tau)
+            relaxed = torch.sigmoid(_divide_by_tau(torch.stack([z, z_tilde]), tau))
+            relaxed = torch.where(finite, relaxed, b)
             score = b - torch.sigmoid(th.detach())
         fb = latent.call_f(f, hard.to(latent.dtype), ())
         f_rel = None
         if self.uses_relaxed_f:
-            f_rel = latent.call_f(f, relaxed.to(latent.dtype), (2,)).to(cdt)
+            with latent.relaxed_evaluation():
+                f_rel = latent.call_f(f, relaxed.to(latent.dtype), (2,)).to(cdt)
         value = fb.detach()
         if not grad_on:
             return Estimate(loss=fb, value=value, n_evals=self.n_evals)

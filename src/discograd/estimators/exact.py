@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from discograd.estimators.base import CostFn, Estimate, Estimator, Latent
+from discograd.functional import _compute_dtype
 
 __all__ = ["Exact"]
 
@@ -28,9 +29,12 @@ class Exact(Estimator):
             :math:`C^D`, and ``f`` sees ``support × batch`` inputs at once).
         generator: unused (Exact draws nothing); accepted for the common contract.
 
-    ``n_evals`` is the support size. Configurations of probability zero (masked
-    categories) are evaluated but contribute nothing, also when ``f`` is
-    infinite there (e.g. ``f`` uses ``log q``).
+    ``n_evals`` is the support size. Impossible values (masked categories,
+    zero probabilities, the other value of a Bernoulli variable whose logit is
+    ``±inf``) never reach ``f``: ``f`` sees a possible value in their place and
+    the configuration gets weight 0. A ``±inf`` Bernoulli logit is a
+    deterministic variable, summed over as such. The sum runs in the compute
+    dtype (float32 for 16-bit logits) and is returned in ``f``'s dtype.
     """
 
     def __init__(self, max_support: int = 2**16, *, generator: torch.Generator | None = None):
@@ -51,11 +55,17 @@ class Exact(Estimator):
                 "raise max_support or use a sampling estimator"
             )
         z = latent.enumerate_support()
-        fz = latent.call_f(f, latent.encode(z), (n,))
-        log_q = latent.log_prob(z)
+        lp = latent.log_prob_vars(z)
+        possible_var = lp > -torch.inf
+        # Impossible values never reach f: each is replaced by a possible one
+        # (f may be undefined there, e.g. log q). Its configuration has weight 0.
+        z_eval = torch.where(possible_var, z, latent.likely())
+        fz = latent.call_f(f, latent.encode(z_eval), (n,))
+        log_q = lp.flatten(-len(latent.var_shape)).sum(-1) if latent.var_shape else lp
+        log_q = log_q.to(_compute_dtype(latent.dtype))
         possible = log_q > -torch.inf
         # where() before the product: 0 * inf in value or gradient would be NaN.
         weights = torch.where(possible, log_q, 0.0).exp()
         terms = torch.where(possible, weights * torch.where(possible, fz, 0.0), 0.0)
-        loss: Tensor = terms.sum(0)
+        loss: Tensor = terms.sum(0).to(fz.dtype)
         return Estimate(loss=loss, value=loss.detach(), n_evals=n)

@@ -69,10 +69,10 @@ def _logistic_noise(
 
 
 def _finite_part(theta: Tensor) -> Tensor:
-    """``theta`` with ``-inf`` (masked) entries replaced by 0: gradients there are 0, never NaN."""
-    # nan_to_num is one pass (where + comparison are two, ~6x slower here); like
-    # the comparison it also maps NaN to 0, and +inf logits are invalid anyway.
-    return torch.nan_to_num(theta, nan=0.0, neginf=0.0)
+    """``theta`` with infinite entries (masked categories, deterministic Bernoulli
+    variables) replaced by 0: gradients there are 0, never NaN."""
+    # nan_to_num is one pass (where + comparison are two, ~6x slower here).
+    return torch.nan_to_num(theta, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def _softmax_jacobian_carrier(p: Tensor, theta: Tensor) -> Tensor:
@@ -99,6 +99,8 @@ class _Tempered(Estimator):
     """A relaxed estimator with a temperature (float or schedule) and a step counter."""
 
     unbiased: ClassVar[bool] = False
+    #: ``f`` sees relaxed values (not one-hot / 0-1 ones straight through).
+    relaxed_values: ClassVar[bool] = False
 
     def __init__(self, tau: float | Schedule, *, generator: torch.Generator | None) -> None:
         super().__init__(generator=generator)
@@ -145,7 +147,11 @@ class _Tempered(Estimator):
 
     def estimate(self, f: CostFn, latent: Latent, generator: torch.Generator | None) -> Estimate:
         z = self.relaxed_input(latent, self.tau, generator)
-        fz = latent.call_f(f, z, ())
+        if self.relaxed_values:
+            with latent.relaxed_evaluation():
+                fz = latent.call_f(f, z, ())
+        else:
+            fz = latent.call_f(f, z, ())
         if self.training:  # one step per successful training call
             self._step += 1
         return Estimate(loss=fz, value=fz.detach(), n_evals=1)
@@ -179,6 +185,8 @@ class GumbelSoftmax(_Tempered):
     Bernoulli): ``f`` must accept non-one-hot inputs. Use it where ``f`` makes
     sense between categories (a decoder's linear first layer does).
     """
+
+    relaxed_values = True
 
     def __init__(
         self, tau: float | Schedule = 1.0, *, generator: torch.Generator | None = None
@@ -330,8 +338,11 @@ class GumbelRao(_Tempered):
             soft = softmax_last(_divide_by_tau(perturbed, tau)).mean(0)
         else:
             hard = latent.sample((), generator).to(cdt)
-            s = conditional_logistic(theta.detach(), hard.expand((K,) + hard.shape), generator)
-            soft = torch.sigmoid(_divide_by_tau(s + zero_valued(theta), tau)).mean(0)
+            # A ±inf logit is a deterministic variable: its relaxation is never
+            # used in value (straight-through) and must carry no NaN gradient.
+            th = _finite_part(theta)
+            s = conditional_logistic(th.detach(), hard.expand((K,) + hard.shape), generator)
+            soft = torch.sigmoid(_divide_by_tau(s + zero_valued(th), tau)).mean(0)
         return straight_through(hard, soft).to(latent.dtype)
 
 
@@ -412,5 +423,5 @@ class ReinMax(_Tempered):
             p = torch.sigmoid(a)
             q = 0.5 * (hard + torch.sigmoid(a / tau))
             weight = 2.0 * q * (1.0 - q) - 0.5 * p * (1.0 - p)
-            soft = weight * theta
+            soft = weight * _finite_part(theta)  # weight is 0 at ±inf: no 0 · inf
         return straight_through(hard, soft).to(latent.dtype)

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from discograd.baselines import Baseline
 from discograd.estimators.base import CostFn, Estimate, Estimator, Latent, zero_valued
+from discograd.functional import _compute_dtype
 
 __all__ = ["REINFORCE", "RLOO", "VarGrad"]
 
@@ -44,6 +45,20 @@ def _draw(
     z = latent.sample((n,), generator)
     fz = latent.call_f(f, latent.encode(z), (n,))
     return fz, latent.log_prob(z)
+
+
+def _safe_dtype(costs: Tensor, latent: Latent) -> torch.dtype:
+    """The dtype score weights are formed in: at least float32 (float16 overflows at 65504)."""
+    return torch.promote_types(costs.dtype, _compute_dtype(latent.dtype))
+
+
+def _score_term(weights: Tensor, log_q: Tensor, dtype: torch.dtype) -> Tensor:
+    """``Σ_s sg(w_s) · zero_valued(log q_s)`` in the weights' dtype, returned in ``dtype``.
+
+    Zero in value; its gradient is the score-function estimate. Formed in the
+    weights' (safe) dtype so that a large weight times 0 stays 0, not inf · 0.
+    """
+    return (weights * zero_valued(log_q.to(weights.dtype))).sum(0).to(dtype)
 
 
 class REINFORCE(Estimator):
@@ -98,8 +113,9 @@ class REINFORCE(Estimator):
         b = self.baseline.predict(latent) if self.baseline is not None else None
         fz, log_q = _draw(f, latent, S, generator)
         fd = fz.detach()
-        weights = (fd - b.detach()) / S if b is not None else fd / S
-        loss = fz.mean(0) + (weights * zero_valued(log_q)).sum(0)
+        wd = _safe_dtype(fd, latent)
+        weights = fd.to(wd) if b is None else fd.to(wd) - b.detach().to(wd)
+        loss = fz.mean(0) + _score_term(weights / S, log_q, fz.dtype)
         cv_loss = self.baseline.observe(fd, b) if self.baseline is not None else None
         return Estimate(loss=loss, value=fd.mean(0), n_evals=S, cv_loss=cv_loss)
 
@@ -138,7 +154,8 @@ class RLOO(Estimator):
         S = self.n_samples
         fz, log_q = _draw(f, latent, S, generator)
         fd = fz.detach()
-        loss = fz.mean(0) + (self._weights(fd) * zero_valued(log_q)).sum(0)
+        weights = self._weights(fd.to(_safe_dtype(fd, latent)))
+        loss = fz.mean(0) + _score_term(weights, log_q, fz.dtype)
         return Estimate(loss=loss, value=fd.mean(0), n_evals=S)
 
 
