@@ -320,16 +320,17 @@ def gumbel_softmax(
     logits: Tensor,
     tau: float | Tensor = 1.0,
     hard: bool = False,
+    eps: float = 1e-10,
     dim: int = -1,
-    generator: torch.Generator | None = None,
     *,
-    eps: float | None = None,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     r"""Gumbel-Softmax (Concrete) sample :math:`y = \mathrm{softmax}((\text{logits} + G)/\tau)`.
 
     A drop-in for :func:`torch.nn.functional.gumbel_softmax` (Jang et al. 2017,
     "Categorical Reparameterization with Gumbel-Softmax"; Maddison et al. 2017,
-    "The Concrete Distribution"), with ``generator=`` for reproducibility.
+    "The Concrete Distribution"): same positional signature
+    ``(logits, tau, hard, eps, dim)``, plus a keyword-only ``generator=``.
 
     Args:
         logits: unnormalised log-probabilities; ``-inf`` masks a category, which
@@ -338,10 +339,10 @@ def gumbel_softmax(
         hard: if True, return the one-hot :math:`\arg\max_k(\text{logits}_k + G_k)`
             (an exact categorical sample) with the gradient of the soft sample:
             the straight-through Gumbel-Softmax estimator.
+        eps: accepted for signature compatibility with torch and ignored (torch
+            ignores it too): the noise here never takes ``log(0)``.
         dim: the category dimension.
-        generator: a ``torch.Generator`` for reproducible noise.
-        eps: accepted for signature compatibility with torch and ignored: the
-            noise here never takes ``log(0)``, so no epsilon is needed.
+        generator: a ``torch.Generator`` for reproducible noise (keyword only).
 
     Returns:
         A tensor with the shape and dtype of ``logits``, finite (values and
