@@ -6,7 +6,7 @@ import math
 
 import torch
 from torch import Tensor
-from torch.distributions import constraints
+from torch.distributions import biject_to, constraints, transform_to, transforms
 
 from discograd.functional import _compute_dtype, _uniform
 
@@ -63,3 +63,16 @@ class _Simplex(constraints.Constraint):
 
 
 simplex = _Simplex()
+
+
+# The transforms torch registers for constraints.simplex, so that
+# biject_to(Concrete.support) / transform_to(...) work (parameterising a
+# simplex-valued quantity, as Pyro and friends do).
+@biject_to.register(_Simplex)
+def _biject_to_simplex(constraint: _Simplex) -> transforms.Transform:
+    return transforms.StickBreakingTransform()
+
+
+@transform_to.register(_Simplex)
+def _transform_to_simplex(constraint: _Simplex) -> transforms.Transform:
+    return transforms.SoftmaxTransform()
