@@ -41,6 +41,34 @@ def _logits(*shape: int, seed: int = 0, scale: float = 3.0, dtype=torch.float32)
 
 
 # =============================================================================
+# Item 11: BinaryConcrete takes Python numbers, like RelaxedBernoulli
+# =============================================================================
+
+
+@pytest.mark.parametrize("kwargs", [{"probs": 0.3}, {"logits": -1.2}, {"logits": 2}])
+def test_binary_concrete_accepts_python_numbers(kwargs):
+    ours = BinaryConcrete(0.5, **kwargs)
+    theirs = RelaxedBernoulli(torch.tensor(0.5), **kwargs)
+    assert ours.batch_shape == theirs.batch_shape == torch.Size()
+    x = torch.tensor([0.1, 0.5, 0.9])
+    torch.testing.assert_close(ours.log_prob(x), theirs.log_prob(x))
+    assert ours.sample((5,)).shape == (5,) and ours.rsample().shape == ()
+
+
+def test_binary_concrete_number_takes_a_tensor_temperatures_dtype():
+    d = BinaryConcrete(torch.tensor([0.5, 2.0], dtype=torch.float64), probs=0.3)
+    assert d.probs.dtype == torch.float64 and d.sample().dtype == torch.float64
+    assert d.batch_shape == (2,)
+    assert BinaryConcrete(0.5, logits=1.0).logits.dtype == torch.get_default_dtype()
+    with pytest.raises(ValueError, match="probs"):
+        BinaryConcrete(0.5, probs=1.5, validate_args=True)
+    with pytest.raises(TypeError, match="tensor or a number"):
+        BinaryConcrete(0.5, probs="0.3")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="tensor or a number"):
+        BinaryConcrete(0.5, probs=True)  # type: ignore[arg-type]
+
+
+# =============================================================================
 # Item 13: the simplex support has biject_to / transform_to
 # =============================================================================
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -28,12 +29,26 @@ def as_temperature(temperature: float | Tensor, like: Tensor) -> Tensor:
     return torch.tensor(float(temperature), dtype=like.dtype, device=like.device)
 
 
-def check_params(probs: Tensor | None, logits: Tensor | None) -> Tensor:
+def number_as_tensor(param: Any, temperature: float | Tensor) -> Any:
+    """A Python number as a 0-dim tensor, as ``torch.distributions`` accepts; else ``param``.
+
+    The dtype and device are a floating tensor temperature's, else the default
+    dtype's (``broadcast_all``'s convention).
+    """
+    if isinstance(param, bool) or not isinstance(param, (int, float)):
+        return param
+    like = temperature if isinstance(temperature, Tensor) else None
+    if like is not None and like.is_floating_point():
+        return torch.full((), float(param), dtype=like.dtype, device=like.device)
+    return torch.full((), float(param), dtype=torch.get_default_dtype())
+
+
+def check_params(probs: Tensor | None, logits: Tensor | None, what: str = "a tensor") -> Tensor:
     if (probs is None) == (logits is None):
         raise ValueError("exactly one of probs or logits must be given")
     param = probs if probs is not None else logits
     if not isinstance(param, Tensor):
-        raise TypeError(f"probs/logits must be a tensor, got {type(param).__name__}")
+        raise TypeError(f"probs/logits must be {what}, got {type(param).__name__}")
     if not param.is_floating_point():
         raise TypeError(f"probs/logits must have a floating dtype, got {param.dtype}")
     return param

@@ -31,7 +31,7 @@ from torch.distributions import Distribution, constraints
 from torch.distributions.utils import lazy_property, logits_to_probs, probs_to_logits
 from torch.types import _size
 
-from discograd.distributions._utils import as_temperature, check_params, uniform
+from discograd.distributions._utils import as_temperature, check_params, number_as_tensor, uniform
 from discograd.functional import _compute_dtype, _divide_by_tau
 
 __all__ = ["BinaryConcrete"]
@@ -43,8 +43,10 @@ class BinaryConcrete(Distribution):
     Args:
         temperature: :math:`\tau > 0`; a float or a tensor broadcasting against
             the logits (it joins the batch shape).
-        probs: probability of 1 of the Bernoulli being relaxed.
-        logits: its logit :math:`\alpha`.
+        probs: probability of 1 of the Bernoulli being relaxed: a tensor or a
+            Python number (as in ``RelaxedBernoulli``; a number takes the dtype
+            and device of a tensor temperature, else the default dtype).
+        logits: its logit :math:`\alpha`, a tensor or a Python number.
         validate_args: as in ``torch.distributions``.
     """
 
@@ -59,11 +61,12 @@ class BinaryConcrete(Distribution):
     def __init__(
         self,
         temperature: float | Tensor,
-        probs: Tensor | None = None,
-        logits: Tensor | None = None,
+        probs: Tensor | float | None = None,
+        logits: Tensor | float | None = None,
         validate_args: bool | None = None,
     ) -> None:
-        param = check_params(probs, logits)
+        probs, logits = number_as_tensor(probs, temperature), number_as_tensor(logits, temperature)
+        param = check_params(probs, logits, "a tensor or a number")
         tau = as_temperature(temperature, param)
         batch_shape = torch.broadcast_shapes(param.shape, tau.shape)
         if probs is not None:
