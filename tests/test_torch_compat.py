@@ -41,6 +41,145 @@ def _logits(*shape: int, seed: int = 0, scale: float = 3.0, dtype=torch.float32)
 
 
 # =============================================================================
+# Item 9: log_prob is a pure, differentiable function of the value
+# =============================================================================
+
+
+@pytest.mark.parametrize("cls", [Concrete, BinaryConcrete])
+def test_log_prob_of_a_sample_equals_log_prob_of_its_copy(cls):
+    # The value, not the tensor object, decides the density: at tau = 0.01,
+    # where samples saturate in floating point.
+    d = cls(0.01, logits=_logits(64, 5) if cls is Concrete else _logits(64))
+    v = d.sample(generator=_gen(1))
+    torch.testing.assert_close(d.log_prob(v), d.log_prob(v.clone()), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cls", [Concrete, BinaryConcrete])
+def test_log_prob_follows_in_place_edits_of_the_value(cls):
+    if cls is Concrete:
+        d = Concrete(0.5, logits=_logits(4, 3, dtype=torch.float64))
+        other = torch.distributions.Dirichlet(torch.ones(3, dtype=torch.float64)).sample((4,))
+    else:
+        d = BinaryConcrete(0.5, logits=_logits(4, dtype=torch.float64))
+        other = torch.tensor([0.1, 0.3, 0.6, 0.9], dtype=torch.float64)
+    v = d.sample(generator=_gen(2))
+    v.copy_(other)
+    torch.testing.assert_close(d.log_prob(v), d.log_prob(other), rtol=0, atol=0)
+
+
+def test_log_prob_is_differentiable_in_the_value_like_torch():
+    # The gradient in the value is that of torch's formula (which autograd
+    # differentiates through its ExpTransform / SigmoidTransform).
+    logits = _logits(6, 4, dtype=torch.float64)
+    tau = torch.tensor(0.7, dtype=torch.float64)
+    pairs = [
+        (Concrete(tau, logits=logits), RelaxedOneHotCategorical(tau, logits=logits)),
+        (BinaryConcrete(tau, logits=logits[:, 0]), RelaxedBernoulli(tau, logits=logits[:, 0])),
+    ]
+    for ours, theirs in pairs:
+        v = ours.sample(generator=_gen(4)).requires_grad_()
+        (g,) = torch.autograd.grad(ours.log_prob(v).sum(), v)
+        w = v.detach().clone().requires_grad_()
+        (g_ref,) = torch.autograd.grad(theirs.log_prob(w).sum(), w)
+        torch.testing.assert_close(g, g_ref)
+
+
+def test_log_prob_of_rsample_differentiates_through_the_sample_like_torch():
+    # d/dθ log p_θ(y_θ): both the density's and the sample's dependence on θ.
+    tau = torch.tensor(0.6, dtype=torch.float64)
+    for make_ours, make_theirs, shape in (
+        (Concrete, RelaxedOneHotCategorical, (5, 4)),
+        (BinaryConcrete, RelaxedBernoulli, (5,)),
+    ):
+        logits = _logits(*shape, dtype=torch.float64).requires_grad_()
+        ours = make_ours(tau, logits=logits)
+        v = ours.rsample(generator=_gen(5))
+        (g,) = torch.autograd.grad(ours.log_prob(v).sum(), logits, retain_graph=True)
+        (g_ref,) = torch.autograd.grad(make_theirs(tau, logits=logits).log_prob(v).sum(), logits)
+        torch.testing.assert_close(g, g_ref)
+
+
+@pytest.mark.parametrize("cls", [Concrete, ExpConcrete, BinaryConcrete])
+def test_log_prob_gradcheck_in_value_and_parameters(cls):
+    # torch's _gradcheck_log_prob, plus the value (off the support under the
+    # perturbation, hence validate_args=False).
+    event = (3,) if cls is not BinaryConcrete else ()
+    logits = _logits(2, *event, dtype=torch.float64, scale=1.0).requires_grad_()
+    tau = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+    d = cls(tau.detach(), logits=logits.detach(), validate_args=False)
+    value = d.sample(generator=_gen(6)).requires_grad_()
+
+    def log_prob(v, lg, t):
+        return cls(t, logits=lg, validate_args=False).log_prob(v)
+
+    assert torch.autograd.gradcheck(log_prob, (value, logits, tau))
+
+
+def test_independent_expand_agrees_with_the_unexpanded_distribution_at_low_temperature():
+    # torch's test_independent_expand, at tau = 0.01 where samples saturate.
+    torch.manual_seed(7)
+    for base in (
+        Concrete(0.01, logits=_logits(3, 5)),
+        ExpConcrete(0.01, logits=_logits(3, 5)),
+        BinaryConcrete(0.01, logits=_logits(3)),
+    ):
+        for ndims in range(len(base.batch_shape) + 1):
+            indep = Independent(base, ndims)
+            for s in (torch.Size(), torch.Size((2,)), torch.Size((2, 3))):
+                expanded = indep.expand(s + indep.batch_shape)
+                v = expanded.sample()
+                assert v.shape == s + indep.batch_shape + indep.event_shape
+                torch.testing.assert_close(expanded.log_prob(v), indep.log_prob(v))
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str
+)
+@pytest.mark.parametrize("tau", [1e-3, 1.0, 100.0])
+def test_log_prob_of_own_samples_has_finite_gradients(dtype, tau):
+    # Without a cache the value's coordinates near 0 enter as log y: the
+    # gradient 1/y overflows the dtype just above the smallest normal number,
+    # which would give NaN through the sample's softmax / sigmoid. Large logits
+    # and many categories put coordinates there.
+    gen = _gen(8)
+    logits = (torch.randn(500, 50, generator=gen) * 100).to(dtype).requires_grad_()
+    for d in (Concrete(tau, logits=logits), BinaryConcrete(tau, logits=logits[:, 0])):
+        (g,) = torch.autograd.grad(d.log_prob(d.rsample(generator=gen)).sum(), logits)
+        assert torch.isfinite(g).all(), type(d).__name__
+
+
+def test_log_prob_gradient_in_the_value_under_torch_func():
+    # The saturating log is a custom autograd function: vmap and torch.func.grad
+    # must give autograd's answer.
+    d = Concrete(0.5, logits=_logits(3, scale=1.0))
+    b = BinaryConcrete(0.5, logits=_logits(3, scale=1.0))
+    for dist, values in ((d, d.sample((5,))), (b, b.sample((5,)))):
+        batched = torch.func.vmap(torch.func.grad(lambda v, dist=dist: dist.log_prob(v).sum()))(
+            values
+        )
+        leaf = values.clone().requires_grad_()
+        (ref,) = torch.autograd.grad(dist.log_prob(leaf).sum(), leaf)
+        torch.testing.assert_close(batched, ref)
+
+
+def test_low_temperature_densities_in_log_space_are_exact():
+    # The documented way to evaluate densities at low temperature: ExpConcrete
+    # and the logit-space Binary Concrete, whose float32 values agree with a
+    # float64 evaluation at the same point (the Concrete path reads underflowed
+    # coordinates as tiny instead).
+    logits = _logits(200, 6)
+    e = ExpConcrete(1e-3, logits=logits)
+    x = e.rsample(generator=_gen(9))
+    assert torch.isfinite(x[logits > -math.inf]).all()
+    ref = ExpConcrete(1e-3, logits=logits.double()).log_prob(x.double())
+    torch.testing.assert_close(e.log_prob(x).double(), ref, rtol=1e-5, atol=1e-3)
+    b = BinaryConcrete(1e-3, logits=logits[:, 0])
+    s = b.rsample_logit(generator=_gen(10))
+    ref_b = BinaryConcrete(1e-3, logits=logits[:, 0].double()).log_prob_logit(s.double())
+    torch.testing.assert_close(b.log_prob_logit(s).double(), ref_b, rtol=1e-5, atol=1e-3)
+
+
+# =============================================================================
 # Item 11: BinaryConcrete takes Python numbers, like RelaxedBernoulli
 # =============================================================================
 

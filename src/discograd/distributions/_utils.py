@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.distributions import biject_to, constraints, transform_to, transforms
 
-from discograd.functional import _compute_dtype, _uniform
+from discograd.functional import _compute_dtype, _pick, _uniform
 
 
 def as_temperature(temperature: float | Tensor, like: Tensor) -> Tensor:
@@ -52,6 +52,76 @@ def check_params(probs: Tensor | None, logits: Tensor | None, what: str = "a ten
     if not param.is_floating_point():
         raise TypeError(f"probs/logits must have a floating dtype, got {param.dtype}")
     return param
+
+
+def _clamped_log(value: Tensor, floor: float, top: float, cdt: torch.dtype, logit: bool) -> Tensor:
+    x = value.to(cdt).clamp(floor, top)
+    return x.log() - torch.log1p(-x) if logit else x.log()
+
+
+def _clamped_log_backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None, None]:
+    (value,) = ctx.saved_tensors
+    x = value.to(ctx.cdt).clamp(ctx.floor, ctx.top)
+    g = grad / x
+    if ctx.logit:
+        g = g + grad / (1 - x)  # same sign as grad / x: no inf - inf
+    big = torch.finfo(value.dtype).max
+    inside = (value >= ctx.floor) & (value <= ctx.top)
+    return torch.where(inside, g.clamp(-big, big), 0.0).to(value.dtype), None, None, None, None
+
+
+class _ClampedLog(torch.autograd.Function):
+    """``log x`` or ``logit x`` of the value clamped into ``[floor, top]``, whose gradient
+    saturates instead of overflowing.
+
+    The gradient is 0 outside ``[floor, top]``. Just inside, the true gradient
+    ``grad / x`` can exceed the range of the value's dtype (``floor`` is its
+    smallest normal number: ``1 / floor`` is within a factor 4 of its largest
+    finite number in float32 and float64, and far beyond it for a float16 value
+    evaluated in float32). An inf there turns into NaN in the next product with
+    ``x`` (a softmax's or sigmoid's backward when the value is a sample), so the
+    gradient is clamped to the largest finite number of the value's dtype.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        value: Tensor, floor: float, top: float, cdt: torch.dtype, logit: bool
+    ) -> Tensor:
+        return _clamped_log(value, floor, top, cdt, logit)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        value, ctx.floor, ctx.top, ctx.cdt, ctx.logit = inputs
+        ctx.save_for_backward(value)
+
+    backward = staticmethod(_clamped_log_backward)
+
+
+class _ClampedLogEager(torch.autograd.Function):
+    """:class:`_ClampedLog` in the classic form, for eager calls (see ``functional._pick``)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx, value: Tensor, floor: float, top: float, cdt: torch.dtype, logit: bool
+    ) -> Tensor:
+        ctx.floor, ctx.top, ctx.cdt, ctx.logit = floor, top, cdt, logit
+        ctx.save_for_backward(value)
+        return _clamped_log(value, floor, top, cdt, logit)
+
+    backward = staticmethod(_clamped_log_backward)
+
+
+def clamped_log(
+    value: Tensor, floor: float, top: float = math.inf, *, cdt: torch.dtype, logit: bool = False
+) -> Tensor:
+    """``log`` (or ``logit``) of ``value`` clamped into ``[floor, top]``, computed in ``cdt``.
+
+    The gradient is 0 outside ``[floor, top]`` and never infinite inside (see
+    :class:`_ClampedLog`).
+    """
+    return _pick(_ClampedLog, _ClampedLogEager).apply(value, floor, top, cdt, logit)
 
 
 def uniform(shape: torch.Size, like: Tensor, generator: torch.Generator | None) -> Tensor:
