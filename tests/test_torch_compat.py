@@ -208,6 +208,135 @@ def test_binary_concrete_number_takes_a_tensor_temperatures_dtype():
 
 
 # =============================================================================
+# Item 12: torch.jit.trace and torch.jit.script
+# =============================================================================
+
+
+def _masked_logits() -> torch.Tensor:
+    x = _logits(6, 5, scale=1.0)
+    x[0, 1] = -math.inf
+    return x
+
+
+def _run(fn, logits: torch.Tensor, w: torch.Tensor, seed: int):
+    """``fn(leaf)`` and its gradient, for a fresh leaf, drawing from the seeded global stream."""
+    leaf = logits.clone().requires_grad_()
+    torch.manual_seed(seed)
+    out = fn(leaf)
+    # where, not a product, on masked entries: ExpConcrete's are -inf.
+    (g,) = torch.autograd.grad((torch.where(out > -math.inf, out, 0.0) * w).sum(), leaf)
+    return out, g
+
+
+def _trace(fn, example: torch.Tensor):
+    # check_trace re-runs fn and compares outputs: meaningless for random ops.
+    return torch.jit.trace(fn, (example,), check_trace=False)
+
+
+@JIT
+@pytest.mark.parametrize("hard", [False, True])
+def test_gumbel_softmax_traced_without_grad_runs_with_grad(hard):
+    logits = _masked_logits()
+    w = _logits(6, 5, seed=1)
+
+    def fn(t):
+        return dg.gumbel_softmax(t, 0.5, hard)
+
+    traced = _trace(fn, logits)  # example without grad
+    buf = io.BytesIO()
+    torch.jit.save(traced, buf)  # aten ops only: a trace that can be saved ...
+    buf.seek(0)
+    loaded = torch.jit.load(buf)
+    y_ref, g_ref = _run(fn, logits, w, seed=3)
+    for replay in (traced, loaded):  # ... and replayed on logits that require grad
+        y, g = _run(replay, logits, w, seed=3)
+        assert y.requires_grad
+        torch.testing.assert_close(y, y_ref)
+        torch.testing.assert_close(g, g_ref)
+        assert torch.isfinite(g).all() and (g[0, 1] == 0)
+
+
+@JIT
+@pytest.mark.parametrize("cls", [Concrete, ExpConcrete, BinaryConcrete])
+def test_distribution_sampling_traced_without_grad_runs_with_grad(cls):
+    logits = _masked_logits() if cls is not BinaryConcrete else _logits(6, scale=1.0)
+    w = _logits(*logits.shape, seed=2)
+
+    def rsample(t):
+        return cls(0.5, logits=t, validate_args=False).rsample((2,))
+
+    def sample(t):
+        return cls(0.5, logits=t, validate_args=False).sample((2,))
+
+    y_ref, g_ref = _run(rsample, logits, w, seed=4)
+    y, g = _run(_trace(rsample, logits), logits, w, seed=4)
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(g, g_ref)
+    # sample() stays without grad when the trace is replayed with grad.
+    leaf = logits.clone().requires_grad_()
+    assert not _trace(sample, logits)(leaf).requires_grad
+
+
+@JIT
+@pytest.mark.parametrize("hard", [False, True])
+def test_gumbel_softmax_scripts_and_matches_eager(hard):
+    scripted = torch.jit.script(dg.gumbel_softmax)
+    logits = _masked_logits()
+    w = _logits(6, 5, seed=1)
+    y_ref, g_ref = _run(lambda t: dg.gumbel_softmax(t, 0.5, hard), logits, w, seed=5)
+    y, g = _run(lambda t: scripted(t, 0.5, hard, 1e-10, -1), logits, w, seed=5)
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(g, g_ref)
+    assert torch.isfinite(g).all() and g[0, 1] == 0
+
+
+@JIT
+def test_scripted_gumbel_softmax_options():
+    scripted = torch.jit.script(dg.gumbel_softmax)
+    x = _logits(4, 3, scale=1.0)
+    # dim, a tensor temperature with grad, generator=, 16-bit dtypes.
+    a = scripted(x, 1.0, True, 1e-10, 0, generator=_gen(1))
+    assert torch.equal(a, dg.gumbel_softmax(x, 1.0, True, 1e-10, 0, generator=_gen(1)))
+    tau = torch.tensor(0.4, requires_grad=True)
+    masked = _masked_logits()
+    (g,) = torch.autograd.grad(scripted(masked, tau).pow(2).sum(), tau)
+    assert torch.isfinite(g)
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):
+        y = scripted(masked.to(dtype), 1e-3, generator=_gen(2))
+        ref = dg.gumbel_softmax(masked.to(dtype), 1e-3, generator=_gen(2))
+        assert y.dtype == dtype and torch.isfinite(y).all()
+        torch.testing.assert_close(y, ref)
+    with pytest.raises(torch.jit.Error, match="tau must be positive"):
+        scripted(x, 0.0)
+    with pytest.raises(torch.jit.Error, match="floating"):
+        scripted(x.long(), 1.0)
+
+
+@JIT
+def test_scripted_module_calling_gumbel_softmax():
+    # TorchScript's recursive compilation reaches the function from a module.
+    class Head(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return dg.gumbel_softmax(x, 0.5, True)
+
+    scripted = torch.jit.script(Head())
+    y = scripted(_logits(4, 3))
+    assert ((y == 0) | (y == 1)).all() and (y.sum(-1) == 1).all()
+
+
+def test_scripted_clamp_bounds_are_the_dtype_constants():
+    # _gumbel_softmax_script spells finfo out (TorchScript has none).
+    import inspect
+
+    from discograd.functional import _gumbel_softmax_script
+
+    src = inspect.getsource(_gumbel_softmax_script)
+    for dt in (torch.float32, torch.float64):
+        fi = torch.finfo(dt)
+        assert repr(fi.tiny) in src and repr(1.0 - fi.eps / 2) in src
+
+
+# =============================================================================
 # Item 13: the simplex support has biject_to / transform_to
 # =============================================================================
 

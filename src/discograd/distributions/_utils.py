@@ -26,7 +26,8 @@ def as_temperature(temperature: float | Tensor, like: Tensor) -> Tensor:
         )
     if not (temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"temperature must be positive and finite, got temperature={temperature}")
-    return torch.tensor(float(temperature), dtype=like.dtype, device=like.device)
+    # torch.full, not torch.tensor: the same value, and no warning under torch.jit.trace.
+    return torch.full((), float(temperature), dtype=like.dtype, device=like.device)
 
 
 def number_as_tensor(param: Any, temperature: float | Tensor) -> Any:
@@ -121,6 +122,9 @@ def clamped_log(
     The gradient is 0 outside ``[floor, top]`` and never infinite inside (see
     :class:`_ClampedLog`).
     """
+    if torch.jit.is_tracing():
+        # Aten ops only, so that the trace can be saved (no saturation there).
+        return _clamped_log(value, floor, top, cdt, logit)
     return _pick(_ClampedLog, _ClampedLogEager).apply(value, floor, top, cdt, logit)
 
 

@@ -141,7 +141,10 @@ class BinaryConcrete(Distribution):
         self, sample_shape: _size = torch.Size(), generator: torch.Generator | None = None
     ) -> Tensor:
         with torch.no_grad():
-            return self.rsample(sample_shape, generator)
+            x = self.rsample(sample_shape, generator)
+        # A trace does not record no_grad: detach, so that a graph traced on
+        # parameters without grad still returns a sample without grad.
+        return x.detach() if torch.jit.is_tracing() else x
 
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:

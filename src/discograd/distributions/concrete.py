@@ -105,9 +105,10 @@ class _RelaxedCategorical(Distribution):
         self._dtype = param.dtype
         # A number temperature is also kept as a number (rounded like the tensor):
         # sampling then needs no tensor division at tau = 1, no device read ever.
+        # (Not while tracing: the tensor is the trace's constant, the number a warning.)
         self._tau_number = (
             None
-            if isinstance(temperature, Tensor)
+            if isinstance(temperature, Tensor) or torch.jit.is_tracing()
             else float(torch.tensor(float(temperature), dtype=param.dtype))
         )
         super().__init__(batch_shape, torch.Size([C]), validate_args=validate_args)
@@ -160,7 +161,10 @@ class _RelaxedCategorical(Distribution):
         self, sample_shape: _size = torch.Size(), generator: torch.Generator | None = None
     ) -> Tensor:
         with torch.no_grad():
-            return self.rsample(sample_shape, generator)
+            y = self.rsample(sample_shape, generator)
+        # A trace does not record no_grad: detach, so that a graph traced on
+        # parameters without grad still returns a sample without grad.
+        return y.detach() if torch.jit.is_tracing() else y
 
     @property
     def _tau_batch(self) -> Tensor:
