@@ -359,3 +359,194 @@ def test_concrete_support_has_torchs_simplex_transforms(dtype):
     t = biject_to(indep.support)
     torch.testing.assert_close(t(t.inv(y)), y)
     assert t.log_abs_det_jacobian(t.inv(y), y).shape == ()
+
+
+# =============================================================================
+# Ported from torch's test suite
+# =============================================================================
+
+_TAU_ROW = torch.tensor([[0.3], [1.0]])
+
+# (class, constructor arguments): shapes, parameter kinds, temperatures.
+EXAMPLES = [
+    (Concrete, {"temperature": 0.5, "logits": _logits(2, 3)}),
+    (Concrete, {"temperature": _TAU_ROW, "probs": torch.tensor([0.2, 0.3, 0.5])}),
+    (Concrete, {"temperature": 0.01, "logits": _logits(4)}),
+    (ExpConcrete, {"temperature": 0.5, "logits": _logits(2, 3)}),
+    (ExpConcrete, {"temperature": _TAU_ROW, "probs": torch.tensor([0.2, 0.3, 0.5])}),
+    (ExpConcrete, {"temperature": 0.01, "logits": _logits(4)}),
+    (BinaryConcrete, {"temperature": 0.5, "probs": torch.tensor([0.2, 0.7])}),
+    (BinaryConcrete, {"temperature": _TAU_ROW, "logits": _logits(3)}),
+    (BinaryConcrete, {"temperature": 0.01, "logits": 0.4}),
+]
+IDS = [f"{cls.__name__}-{i}" for i, (cls, _) in enumerate(EXAMPLES)]
+
+# Constructor arguments torch's validation must refuse.
+BAD_EXAMPLES = [
+    (Concrete, {"temperature": torch.tensor(-0.5), "logits": torch.zeros(3)}),
+    (Concrete, {"temperature": 0.5, "probs": torch.tensor([0.5, -0.5, 1.0])}),
+    (Concrete, {"temperature": 0.5, "logits": torch.tensor([0.0, math.nan])}),
+    (ExpConcrete, {"temperature": torch.tensor([[0.0]]), "logits": torch.zeros(3)}),
+    (BinaryConcrete, {"temperature": 0.5, "probs": torch.tensor([0.5, 1.5])}),
+    (BinaryConcrete, {"temperature": 0.5, "logits": torch.tensor(math.nan)}),
+    (BinaryConcrete, {"temperature": torch.tensor(-1.0), "logits": 0.0}),
+]
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize(("cls", "params"), EXAMPLES, ids=IDS)
+def test_support_attributes(cls, params):
+    d = cls(**params)
+    assert d.support.event_dim == cls.support.event_dim == len(d.event_shape)
+    assert not d.support.is_discrete and not cls.support.is_discrete
+
+
+@pytest.mark.parametrize(("cls", "params"), EXAMPLES, ids=IDS)
+def test_sample_rsample_log_prob_shapes(cls, params):
+    d = cls(**params)
+    full = d.batch_shape + d.event_shape
+    for shape in (torch.Size(), torch.Size((3,)), torch.Size((3, 2))):
+        s = d.sample(shape)
+        assert s.shape == shape + full and not s.requires_grad
+        assert d.rsample(shape).shape == shape + full
+        assert d.log_prob(s).shape == shape + d.batch_shape
+
+
+@pytest.mark.parametrize(("cls", "params"), EXAMPLES, ids=IDS)
+def test_rsample_requires_grad(cls, params):
+    leaf = {k: v.clone().requires_grad_() for k, v in params.items() if isinstance(v, torch.Tensor)}
+    d = cls(**{**params, **leaf})
+    assert d.rsample().requires_grad == bool(leaf) and not d.sample().requires_grad
+
+
+@pytest.mark.parametrize(("cls", "params"), EXAMPLES, ids=IDS)
+def test_log_prob_of_a_batch_equals_log_prob_of_each_sample(cls, params):
+    # torch's _check_log_prob: no cross-talk between the samples of a batch.
+    d = cls(**params)
+    s = d.sample((4,))
+    lp = d.log_prob(s)
+    for k in range(4):
+        torch.testing.assert_close(lp[k], d.log_prob(s[k]))
+
+
+@pytest.mark.parametrize(("cls", "params"), EXAMPLES, ids=IDS)
+def test_distribution_expand(cls, params):
+    for shape in (torch.Size(), torch.Size((2,)), torch.Size((2, 1))):
+        d = cls(**params)
+        expanded = d.expand(list(shape + d.batch_shape))
+        sample = expanded.sample()
+        assert type(expanded) is type(d)
+        assert expanded.batch_shape == shape + d.batch_shape
+        assert sample.shape == shape + d.batch_shape + d.event_shape
+        assert d.sample().shape == d.batch_shape + d.event_shape
+        torch.testing.assert_close(expanded.log_prob(sample), d.log_prob(sample))
+
+
+@pytest.mark.parametrize(("cls", "params"), EXAMPLES, ids=IDS)
+def test_distribution_subclass_expand(cls, params):
+    class SubClass(cls):  # type: ignore[valid-type, misc]
+        pass
+
+    d = SubClass(**params)
+    expanded = d.expand(torch.Size((2,)) + d.batch_shape)
+    assert type(expanded) is SubClass
+    sample = expanded.sample()
+    torch.testing.assert_close(expanded.log_prob(sample), d.log_prob(sample))
+
+
+@pytest.mark.parametrize(("cls", "params"), EXAMPLES, ids=IDS)
+def test_independent_shape_and_expand(cls, params):
+    base = cls(**params)
+    for ndims in range(len(base.batch_shape) + 1):
+        indep = Independent(base, ndims)
+        assert indep.batch_shape == base.batch_shape[: len(base.batch_shape) - ndims]
+        assert indep.event_shape == base.batch_shape[len(indep.batch_shape) :] + base.event_shape
+        assert indep.log_prob(indep.sample()).shape == indep.batch_shape
+        for s in (torch.Size(), torch.Size((2,)), torch.Size((2, 3))):
+            expanded = indep.expand(s + indep.batch_shape)
+            v = expanded.sample()
+            assert v.shape == s + indep.batch_shape + indep.event_shape
+            assert expanded.event_shape == indep.event_shape
+            torch.testing.assert_close(expanded.log_prob(v), indep.log_prob(v))
+
+
+@pytest.mark.parametrize(("cls", "params"), EXAMPLES, ids=IDS)
+def test_params_and_samples_satisfy_their_constraints(cls, params):
+    # torch's test_params_constraints / test_support_constraints.
+    d = cls(**params, validate_args=True)
+    for name, constraint in d.arg_constraints.items():
+        if name in d.__dict__:  # parameters computed lazily are not validated by torch either
+            assert constraint.check(getattr(d, name)).all(), name
+    assert d.support.check(d.sample((20,))).all()
+
+
+@pytest.mark.parametrize(("cls", "params"), EXAMPLES, ids=IDS)
+def test_support_bijections_round_trip(cls, params):
+    # torch's test_biject_to / test_transform_to, on each class's support and
+    # on an Independent over all batch dimensions.
+    d = cls(**params)
+    for dist in (d, Independent(d, len(d.batch_shape))):
+        for registry in (biject_to, transform_to):
+            t = registry(dist.support)
+            v = dist.sample((3,))
+            torch.testing.assert_close(t(t.inv(v)), v, rtol=1e-5, atol=1e-6)
+            free = torch.randn_like(t.inv(v))
+            assert dist.support.check(t(free)).all()
+            if registry is biject_to:
+                assert t.bijective
+                torch.testing.assert_close(t.inv(t(free)), free, rtol=1e-4, atol=1e-4)
+                assert t.log_abs_det_jacobian(free, t(free)).shape == v.shape[:1] + dist.batch_shape
+
+
+@pytest.mark.parametrize(("cls", "params"), EXAMPLES, ids=IDS)
+def test_validate_args_on_values(cls, params):
+    # torch's test_invalid_log_probs_arg: NaN and out-of-support values are
+    # refused with validation on, evaluated without it.
+    d_val = cls(**params, validate_args=True)
+    d_nonval = cls(**params, validate_args=False)
+    valid = d_val.sample()
+    d_val.log_prob(valid)
+    invalid = torch.full_like(valid, math.nan)
+    with pytest.raises(ValueError, match=r"Expected value argument .* to be within the support"):
+        d_val.log_prob(invalid)
+    assert torch.isnan(d_nonval.log_prob(invalid)).all()
+    if cls is not ExpConcrete:  # real_vector: every finite value is in the support
+        outside = torch.full_like(valid, 2.0)
+        with pytest.raises(ValueError, match="support"):
+            d_val.log_prob(outside)
+        d_nonval.log_prob(outside)
+
+
+@pytest.mark.parametrize(("cls", "params"), BAD_EXAMPLES)
+def test_validate_args_on_parameters(cls, params):
+    with pytest.raises(ValueError):
+        cls(**params, validate_args=True)
+
+
+def test_validation_follows_torchs_default():
+    logits = torch.tensor([0.0, math.nan, 1.0])
+    default = Distribution._validate_args
+    try:
+        Distribution.set_default_validate_args(True)
+        with pytest.raises(ValueError):
+            Concrete(0.5, logits=logits)
+        Distribution.set_default_validate_args(False)
+        Concrete(0.5, logits=logits)  # refused only on request, as in torch
+    finally:
+        Distribution.set_default_validate_args(default)
+
+
+def test_concrete_and_torchs_relaxed_one_hot_agree_on_supports():
+    # torch's classes and ours describe the same sets.
+    logits = _logits(3, 4)
+    ours = Concrete(0.5, logits=logits)
+    theirs = RelaxedOneHotCategorical(torch.tensor(0.5), logits=logits)
+    y = ours.sample((5,))
+    assert theirs.support.check(y).all() and ours.support.check(theirs.sample((5,))).all()
+    assert isinstance(biject_to(ours.support), type(biject_to(theirs.support)))
+    assert isinstance(transform_to(ours.support), type(transform_to(theirs.support)))
+    assert BinaryConcrete.support is constraints.unit_interval
