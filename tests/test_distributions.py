@@ -246,6 +246,8 @@ def test_temperature_without_trailing_singleton_is_refused():
 @pytest.mark.parametrize("tau", [1e-2, 1e-3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_log_prob_finite_for_own_samples_at_low_temperature(tau, dtype):
+    # Finite values and gradients; for Concrete and BinaryConcrete a stand-in
+    # where samples saturated (exact densities: test_torch_compat).
     gen = torch.Generator().manual_seed(9)
     logits = (torch.randn(200, 6, generator=gen) * 3).to(dtype).requires_grad_()
     for d in (Concrete(tau, logits=logits), ExpConcrete(tau, logits=logits)):
@@ -263,15 +265,19 @@ def test_log_prob_finite_for_own_samples_at_low_temperature(tau, dtype):
     assert torch.isfinite(g).all()
 
 
-def test_cached_log_coordinates_agree_with_the_closed_form():
-    # Where no coordinate underflows, the cache and the plain path agree.
+def test_concrete_log_prob_is_the_exp_concrete_density_changed_to_the_simplex():
+    # log p(y) = log p_Exp(log y) - sum log y where no coordinate underflows;
+    # below that, only the log-space class keeps exact densities (docs).
     gen = torch.Generator().manual_seed(2)
-    d = Concrete(0.7, logits=torch.randn(50, 4, dtype=torch.float64, generator=gen))
-    y = d.sample(generator=gen)
-    torch.testing.assert_close(d.log_prob(y), d.log_prob(y.clone()))
-    b = BinaryConcrete(0.7, logits=torch.randn(50, dtype=torch.float64, generator=gen))
-    x = b.sample(generator=gen)
-    torch.testing.assert_close(b.log_prob(x), b.log_prob(x.clone()))
+    logits = torch.randn(50, 4, dtype=torch.float64, generator=gen)
+    for tau in (0.1, 0.7, 3.0):
+        x = ExpConcrete(tau, logits=logits).sample(generator=gen)
+        lp = Concrete(tau, logits=logits).log_prob(x.exp())
+        ref = ExpConcrete(tau, logits=logits).log_prob(x) - x.sum(-1)
+        torch.testing.assert_close(lp, ref)
+    b = BinaryConcrete(0.7, logits=logits[:, 0])
+    s = b.rsample_logit(generator=gen)
+    torch.testing.assert_close(b.log_prob(torch.sigmoid(s)), b.log_prob_logit(s))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -137,6 +138,26 @@ def test_accepts_torch_positional_and_eps_keyword():
     x = torch.randn(3, 4)
     y = dg.gumbel_softmax(x, 0.5, True, eps=1e-10, dim=-1)
     assert (y.sum(-1) == 1).all()
+
+
+def test_torch_positional_signature():
+    # Issue 11, item 10: torch's (logits, tau, hard, eps, dim) by position.
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(1)
+    y = dg.gumbel_softmax(x, 1.0, True, 1e-10, 0)
+    assert ((y == 0) | (y == 1)).all() and (y.sum(0) == 1).all()  # one-hot along dim 0
+    torch.manual_seed(1)
+    assert torch.equal(y, dg.gumbel_softmax(x, tau=1.0, hard=True, dim=0))
+    theirs = F.gumbel_softmax(x, 1.0, True, 1e-10, 0)  # the same call means the same in torch
+    assert theirs.shape == y.shape and (theirs.sum(0) == 1).all()
+    soft = dg.gumbel_softmax(x, 0.5, False, 1e-10, 0, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(soft.sum(0), torch.ones(3))
+    # Parameter names and order follow torch's; generator= stays keyword-only.
+    ours = inspect.signature(dg.gumbel_softmax).parameters
+    assert list(ours)[:5] == list(inspect.signature(F.gumbel_softmax).parameters)
+    assert ours["generator"].kind is inspect.Parameter.KEYWORD_ONLY
+    with pytest.raises(TypeError):
+        dg.gumbel_softmax(x, 1.0, False, 1e-10, -1, torch.Generator())  # type: ignore[misc]
 
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]

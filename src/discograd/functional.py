@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -114,7 +115,12 @@ def _uniform(
     generator: torch.Generator | None,
 ) -> Tensor:
     """``torch.rand``, drawn chunk-parallel for large CPU tensors (see ``discograd._rng``)."""
-    return _rng.uniform_(torch.empty(tuple(shape), dtype=dtype, device=device), generator)
+    out = torch.empty(tuple(shape), dtype=dtype, device=device)
+    if torch.jit.is_tracing():
+        # A trace would record the chunk generators as constants, cut off from the
+        # caller's seed; one plain op replays from the default stream.
+        return out.uniform_(generator=generator)
+    return _rng.uniform_(out, generator)
 
 
 def _open_uniform(
@@ -152,8 +158,10 @@ def _perturbed(
     u = _uniform(logits.shape if shape is None else shape, cdt, logits.device, generator)
     neg_g = _clamp_open_(u).log_().neg_().log_()  # log(-log u) = -G
     x = logits.to(cdt)
-    if _transformed():
+    if _transformed() or torch.jit.is_tracing():
         # Under vmap the noise may be unbatched while x is batched: no in place.
+        # A traced graph must also replay for logits that require grad, which
+        # the out= below refuses.
         return x - neg_g
     if x.requires_grad and torch.is_grad_enabled():
         # out= refuses autograd; in place on the noise buffer keeps one allocation.
@@ -182,10 +190,15 @@ def _softmax_last(x: Tensor) -> Tensor:
     several times slower (forward and backward) when it has fewer than 16
     entries; there ``exp(x - max) / sum`` is used instead (the subtracted max is
     a constant, so the value and every derivative are the softmax's; ``-inf``
-    entries give 0 with zero gradient). Other devices, dtypes and sizes call
-    ``torch.softmax``.
+    entries give 0 with zero gradient). Other devices, dtypes and sizes, and
+    ``torch.jit.trace``, call ``torch.softmax``.
     """
-    if x.device.type != "cpu" or x.shape[-1] >= 16 or x.dtype not in _WIDE:
+    if (
+        x.device.type != "cpu"
+        or x.dtype not in _WIDE
+        or torch.jit.is_tracing()  # one op, and no branch on a traced size
+        or x.shape[-1] >= 16
+    ):
         return torch.softmax(x, -1)
     e = (x - x.detach().amax(-1, keepdim=True)).exp()
     return e / e.sum(-1, keepdim=True)
@@ -320,16 +333,17 @@ def gumbel_softmax(
     logits: Tensor,
     tau: float | Tensor = 1.0,
     hard: bool = False,
+    eps: float = 1e-10,
     dim: int = -1,
-    generator: torch.Generator | None = None,
     *,
-    eps: float | None = None,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     r"""Gumbel-Softmax (Concrete) sample :math:`y = \mathrm{softmax}((\text{logits} + G)/\tau)`.
 
     A drop-in for :func:`torch.nn.functional.gumbel_softmax` (Jang et al. 2017,
     "Categorical Reparameterization with Gumbel-Softmax"; Maddison et al. 2017,
-    "The Concrete Distribution"), with ``generator=`` for reproducibility.
+    "The Concrete Distribution"): same positional signature
+    ``(logits, tau, hard, eps, dim)``, plus a keyword-only ``generator=``.
 
     Args:
         logits: unnormalised log-probabilities; ``-inf`` masks a category, which
@@ -338,20 +352,30 @@ def gumbel_softmax(
         hard: if True, return the one-hot :math:`\arg\max_k(\text{logits}_k + G_k)`
             (an exact categorical sample) with the gradient of the soft sample:
             the straight-through Gumbel-Softmax estimator.
+        eps: accepted for signature compatibility with torch and ignored (torch
+            ignores it too): the noise here never takes ``log(0)``.
         dim: the category dimension.
-        generator: a ``torch.Generator`` for reproducible noise.
-        eps: accepted for signature compatibility with torch and ignored: the
-            noise here never takes ``log(0)``, so no epsilon is needed.
+        generator: a ``torch.Generator`` for reproducible noise (keyword only).
 
     Returns:
         A tensor with the shape and dtype of ``logits``, finite (values and
         gradients) for finite or ``-inf``-masked logits and any ``tau > 0``.
+
+    TorchScript: ``torch.jit.trace`` records plain aten ops (no ``out=``, no
+    Python autograd function), so a graph traced on logits without grad runs,
+    and differentiates, on logits with grad, and can be saved.
+    ``torch.jit.script(gumbel_softmax)`` compiles :func:`_gumbel_softmax_script`,
+    the same computation written for TorchScript (there ``generator`` may also
+    be passed by position: TorchScript has no keyword-only arguments).
     """
     del eps  # see docstring
     _check_logits(logits)
     _check_tau(tau)
-    needs_grad = torch.is_grad_enabled() and (
-        logits.requires_grad or (isinstance(tau, Tensor) and tau.requires_grad)
+    # A trace must not depend on whether its example input required grad.
+    tracing = torch.jit.is_tracing()
+    needs_grad = tracing or (
+        torch.is_grad_enabled()
+        and (logits.requires_grad or (isinstance(tau, Tensor) and tau.requires_grad))
     )
     scores = _perturbed(logits, generator)
     if hard and not needs_grad:
@@ -363,9 +387,70 @@ def gumbel_softmax(
     if hard:
         # argmax of the undivided scores: tau-invariant, and exact even where
         # a low temperature saturates the softmax.
+        if tracing:
+            # Aten ops only, so the graph can be saved; exact because soft is
+            # finite, so soft - soft.detach() is exactly 0.
+            onehot = _one_hot_like(scores.detach(), dim, soft.dtype)
+            return (onehot + (soft - soft.detach())).to(logits.dtype)
         st = _pick(_ArgmaxStraightThrough, _ArgmaxStraightThroughEager)
         return st.apply(scores.detach(), soft, dim).to(logits.dtype)
     return soft.to(logits.dtype)
+
+
+def _gumbel_softmax_script(
+    logits: Tensor,
+    tau: Union[float, Tensor] = 1.0,  # noqa: UP007 (typing forms: TorchScript before 2.x)
+    hard: bool = False,
+    eps: float = 1e-10,
+    dim: int = -1,
+    generator: Optional[torch.Generator] = None,  # noqa: UP045
+) -> Tensor:
+    """:func:`gumbel_softmax` for TorchScript: what ``torch.jit.script(gumbel_softmax)`` compiles.
+
+    The same arithmetic and dtype handling, and below 2^20 elements the same
+    noise stream (one ``uniform_`` draw of the compute dtype, clamped into
+    ``[tiny, 1 - eps/2]``), without the eager fast paths TorchScript cannot
+    compile: in place and ``out=`` noise, the Python straight-through function
+    (replaced by the exact ``onehot + (soft - soft.detach())``), chunk-parallel
+    draws (see ``discograd._rng``).
+    """
+    if not logits.is_floating_point():
+        raise TypeError("logits must have a floating dtype")
+    if isinstance(tau, Tensor):
+        if not tau.is_floating_point():
+            raise TypeError("tau must be a float or floating tensor")
+        if not bool(((tau > 0) & torch.isfinite(tau)).all()):
+            raise ValueError("tau must be positive and finite")
+    elif not (tau > 0.0 and math.isfinite(tau)):
+        raise ValueError("tau must be positive and finite")
+    cdt = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    # finfo(cdt).tiny and 1 - finfo(cdt).eps / 2 (TorchScript has no finfo and
+    # cannot read module-level floats); tested against finfo.
+    if cdt == torch.float64:
+        tiny, top = 2.2250738585072014e-308, 0.9999999999999999
+    else:
+        tiny, top = 1.1754943508222875e-38, 0.9999999403953552
+    u = torch.empty(logits.shape, dtype=cdt, device=logits.device).uniform_(generator=generator)
+    scores = logits.to(cdt) - u.clamp(tiny, top).log().neg().log()
+    if isinstance(tau, Tensor):
+        tau_c = tau.to(cdt)
+        # d(x/tau)/dtau is NaN at x = -inf: divide finite stand-ins, re-mask.
+        masked = torch.isneginf(scores)
+        tempered = (scores.masked_fill(masked, 0.0) / tau_c).masked_fill(masked, -math.inf)
+    else:
+        tempered = scores / tau
+    soft = torch.softmax(tempered, dim)
+    if hard:
+        index = scores.detach().argmax(dim, keepdim=True)
+        onehot = torch.zeros_like(soft).scatter_(dim, index, 1.0)
+        soft = onehot + (soft - soft.detach())
+    return soft.to(logits.dtype)
+
+
+# torch.jit.script and TorchScript's recursive compilation call a function's
+# __prepare_scriptable__ and compile what it returns: gumbel_softmax's
+# keyword-only generator= is not TorchScript.
+gumbel_softmax.__prepare_scriptable__ = lambda: _gumbel_softmax_script  # type: ignore[attr-defined]
 
 
 def conditional_gumbel(

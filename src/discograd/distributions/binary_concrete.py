@@ -16,10 +16,14 @@ using :math:`\log x = -\mathrm{softplus}(-s)` and
 .. math:: \log p(x) = \log\tau + \alpha + (\tau+1)\,[\mathrm{sp}(s) + \mathrm{sp}(-s)]
           - 2\tau\,\mathrm{sp}(s) - 2\,\mathrm{sp}(\alpha - \tau s).
 
-At low temperature samples saturate to exactly 0 or 1 in floating point; the
-distribution keeps the logit of its last sample so that ``log_prob`` of its own
-sample stays exact and finite. Other values at 0 or 1 are evaluated at distance
-``tiny`` / ``eps`` from the boundary. ``x > 1/2`` is an exact Bernoulli(σ(α)) sample.
+``log_prob`` is a pure, differentiable function of its value, as in every
+``torch.distributions`` class. Trade-off: at low temperature samples saturate to
+exactly 0 or 1 in floating point, and ``log_prob`` evaluates such a value at
+distance ``tiny`` (the dtype's smallest normal number) from 0 or ``eps/2`` from 1,
+a finite stand-in, not the density of the sample that was drawn. For
+low-temperature densities stay in logit space: :meth:`BinaryConcrete.rsample_logit`
+and :meth:`BinaryConcrete.log_prob_logit` are exact at any temperature.
+``x > 1/2`` is an exact Bernoulli(σ(α)) sample.
 """
 
 from __future__ import annotations
@@ -31,7 +35,13 @@ from torch.distributions import Distribution, constraints
 from torch.distributions.utils import lazy_property, logits_to_probs, probs_to_logits
 from torch.types import _size
 
-from discograd.distributions._utils import as_temperature, check_params, uniform
+from discograd.distributions._utils import (
+    as_temperature,
+    check_params,
+    clamped_log,
+    number_as_tensor,
+    uniform,
+)
 from discograd.functional import _compute_dtype, _divide_by_tau
 
 __all__ = ["BinaryConcrete"]
@@ -43,9 +53,17 @@ class BinaryConcrete(Distribution):
     Args:
         temperature: :math:`\tau > 0`; a float or a tensor broadcasting against
             the logits (it joins the batch shape).
-        probs: probability of 1 of the Bernoulli being relaxed.
-        logits: its logit :math:`\alpha`.
+        probs: probability of 1 of the Bernoulli being relaxed: a tensor or a
+            Python number (as in ``RelaxedBernoulli``; a number takes the dtype
+            and device of a tensor temperature, else the default dtype).
+        logits: its logit :math:`\alpha`, a tensor or a Python number.
         validate_args: as in ``torch.distributions``.
+
+    ``log_prob(x)`` is a pure function of ``x``, differentiable in it. A sample
+    that saturated to 0 or 1 (low temperature) is evaluated next to the
+    boundary, not at its exact logit: for relaxed KL terms and likelihood
+    ratios at low temperature use :meth:`rsample_logit` with
+    :meth:`log_prob_logit`, which never leave logit space.
     """
 
     arg_constraints = {
@@ -59,11 +77,12 @@ class BinaryConcrete(Distribution):
     def __init__(
         self,
         temperature: float | Tensor,
-        probs: Tensor | None = None,
-        logits: Tensor | None = None,
+        probs: Tensor | float | None = None,
+        logits: Tensor | float | None = None,
         validate_args: bool | None = None,
     ) -> None:
-        param = check_params(probs, logits)
+        probs, logits = number_as_tensor(probs, temperature), number_as_tensor(logits, temperature)
+        param = check_params(probs, logits, "a tensor or a number")
         tau = as_temperature(temperature, param)
         batch_shape = torch.broadcast_shapes(param.shape, tau.shape)
         if probs is not None:
@@ -72,7 +91,6 @@ class BinaryConcrete(Distribution):
             assert logits is not None
             self.logits = logits.expand(batch_shape)
         self.temperature = tau
-        self._last: tuple[Tensor, Tensor] | None = None
         super().__init__(batch_shape, validate_args=validate_args)
 
     @lazy_property
@@ -95,7 +113,6 @@ class BinaryConcrete(Distribution):
         if "logits" in self.__dict__:
             new.logits = self.logits.expand(batch_shape)
         new.temperature = self.temperature
-        new._last = None
         super(BinaryConcrete, new).__init__(batch_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
@@ -118,28 +135,26 @@ class BinaryConcrete(Distribution):
     def rsample(
         self, sample_shape: _size = torch.Size(), generator: torch.Generator | None = None
     ) -> Tensor:
-        s = self.rsample_logit(sample_shape, generator)
-        x = torch.sigmoid(s).to(self.logits.dtype)
-        self._last = (x, s)
-        return x
+        return torch.sigmoid(self.rsample_logit(sample_shape, generator)).to(self.logits.dtype)
 
     def sample(
         self, sample_shape: _size = torch.Size(), generator: torch.Generator | None = None
     ) -> Tensor:
         with torch.no_grad():
-            return self.rsample(sample_shape, generator)
-
-    def _logit(self, x: Tensor) -> Tensor:
-        if self._last is not None and x is self._last[0]:
-            return self._last[1]
-        finfo = torch.finfo(x.dtype)
-        x = x.clamp(finfo.tiny, 1.0 - finfo.eps / 2)
-        return x.log() - torch.log1p(-x)
+            x = self.rsample(sample_shape, generator)
+        # A trace does not record no_grad: detach, so that a graph traced on
+        # parameters without grad still returns a sample without grad.
+        return x.detach() if torch.jit.is_tracing() else x
 
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:
             self._validate_sample(value)
-        return self.log_prob_logit(self._logit(value)).to(value.dtype)
+        # 0 and 1 are read as tiny and 1 - eps/2 (of the value's dtype): the
+        # density there is 0 or infinite, and a finite stand-in is more useful.
+        finfo = torch.finfo(value.dtype)
+        cdt = _compute_dtype(value.dtype)
+        s = clamped_log(value, finfo.tiny, 1.0 - finfo.eps / 2, cdt=cdt, logit=True)
+        return self.log_prob_logit(s).to(value.dtype)
 
     def log_prob_logit(self, s: Tensor) -> Tensor:
         """The density of :math:`x = \\sigma(s)` (w.r.t. dx), computed from its logit ``s``.

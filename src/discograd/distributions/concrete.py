@@ -38,10 +38,15 @@ Masked categories (``-inf`` logits, zero probabilities) are supported: they are
 never sampled and the density is that of the Concrete over the remaining
 categories.
 
-Low temperatures: ``Concrete`` keeps the log-space value of its last sample, so
-``log_prob`` of its own sample is computed from the exact log-coordinates even
-where :math:`y_k` underflowed to 0 (finite down to :math:`\tau = 10^{-2}` and
-below). Other values on the boundary are evaluated at distance ``tiny`` from it.
+Low temperatures: ``log_prob`` is a pure, differentiable function of its value,
+as in every ``torch.distributions`` class. The price is paid at low temperature:
+coordinates of a Concrete sample underflow to exact 0 (at :math:`\tau = 10^{-2}`
+most of them do in float32), and ``Concrete.log_prob`` evaluates such a value at
+distance ``tiny`` (the dtype's smallest normal number) from the boundary, a
+finite stand-in for a density that is 0 or infinite there, not the density of
+the sample that was drawn. For densities at low temperature (a relaxed KL term,
+a likelihood ratio) sample and evaluate in log space with :class:`ExpConcrete`,
+whose samples are ``log_softmax`` outputs and never underflow.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ from torch.distributions import Distribution, constraints
 from torch.distributions.utils import lazy_property
 from torch.types import _size
 
-from discograd.distributions._utils import as_temperature, check_params, simplex
+from discograd.distributions._utils import as_temperature, check_params, clamped_log, simplex
 from discograd.functional import _compute_dtype, _divide_by_tau, _perturbed, _softmax_last
 
 __all__ = ["Concrete", "ExpConcrete"]
@@ -100,9 +105,10 @@ class _RelaxedCategorical(Distribution):
         self._dtype = param.dtype
         # A number temperature is also kept as a number (rounded like the tensor):
         # sampling then needs no tensor division at tau = 1, no device read ever.
+        # (Not while tracing: the tensor is the trace's constant, the number a warning.)
         self._tau_number = (
             None
-            if isinstance(temperature, Tensor)
+            if isinstance(temperature, Tensor) or torch.jit.is_tracing()
             else float(torch.tensor(float(temperature), dtype=param.dtype))
         )
         super().__init__(batch_shape, torch.Size([C]), validate_args=validate_args)
@@ -150,6 +156,15 @@ class _RelaxedCategorical(Distribution):
         super(_RelaxedCategorical, new).__init__(batch_shape, self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
+
+    def sample(
+        self, sample_shape: _size = torch.Size(), generator: torch.Generator | None = None
+    ) -> Tensor:
+        with torch.no_grad():
+            y = self.rsample(sample_shape, generator)
+        # A trace does not record no_grad: detach, so that a graph traced on
+        # parameters without grad still returns a sample without grad.
+        return y.detach() if torch.jit.is_tracing() else y
 
     @property
     def _tau_batch(self) -> Tensor:
@@ -216,12 +231,6 @@ class ExpConcrete(_RelaxedCategorical):
     ) -> Tensor:
         return self._log_rsample(sample_shape, generator).to(self._dtype)
 
-    def sample(
-        self, sample_shape: _size = torch.Size(), generator: torch.Generator | None = None
-    ) -> Tensor:
-        with torch.no_grad():
-            return self.rsample(sample_shape, generator)
-
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:
             self._validate_sample(value)
@@ -244,56 +253,31 @@ class Concrete(_RelaxedCategorical):
 
     ``log_prob`` implements the closed form
     :math:`p(y) = \Gamma(C)\,\tau^{C-1} (\sum_i \pi_i y_i^{-\tau})^{-C} \prod_k \pi_k y_k^{-\tau-1}`
-    in log space.
+    in log space, as a pure function of the value (differentiable in it, like
+    torch's ``RelaxedOneHotCategorical``). Trade-off at low temperature: a
+    coordinate of a sample that underflowed to 0 is read as ``tiny`` (the
+    dtype's smallest normal number), so ``log_prob`` of such a sample is
+    finite but is not its density; use :class:`ExpConcrete` (samples and
+    densities in log space) for low-temperature densities.
     """
 
     support = simplex
 
-    def __init__(
-        self,
-        temperature: float | Tensor,
-        probs: Tensor | None = None,
-        logits: Tensor | None = None,
-        validate_args: bool | None = None,
-    ) -> None:
-        super().__init__(temperature, probs, logits, validate_args)
-        self._last: tuple[Tensor, Tensor] | None = None
-
-    def expand(self, batch_shape: _size, _instance=None):
-        new = super().expand(batch_shape, _instance)
-        new._last = None
-        return new
-
     def rsample(
         self, sample_shape: _size = torch.Size(), generator: torch.Generator | None = None
     ) -> Tensor:
-        s = self._tempered_scores(sample_shape, generator)
-        y = _softmax_last(s).to(self._dtype)
-        # log_prob of this very sample reads its log-coordinates from the scores
-        # (exact where y underflows), computed only if asked for.
-        self._last = (y, s)
-        return y
-
-    def sample(
-        self, sample_shape: _size = torch.Size(), generator: torch.Generator | None = None
-    ) -> Tensor:
-        with torch.no_grad():
-            return self.rsample(sample_shape, generator)
-
-    def _log_coordinates(self, y: Tensor) -> Tensor:
-        if self._last is not None and y is self._last[0]:
-            return torch.log_softmax(self._last[1], -1)
-        finite = self.logits > -torch.inf
-        tiny = torch.finfo(y.dtype).tiny
-        # A zero coordinate of a category that can occur is read as "tiny": the
-        # density there is 0 or infinite, and a finite stand-in is more useful.
-        return torch.where(finite, y.clamp_min(tiny), y).log()
+        return _softmax_last(self._tempered_scores(sample_shape, generator)).to(self._dtype)
 
     def log_prob(self, value: Tensor) -> Tensor:
         if self._validate_args:
             self._validate_sample(value)
-        x = self._log_coordinates(value)
+        cdt = _compute_dtype(value.dtype)
         finite = self.logits > -torch.inf
-        x = x.to(_compute_dtype(x.dtype))
+        # A zero coordinate of a category that can occur is read as "tiny" (of
+        # the value's dtype): the density there is 0 or infinite, and a finite
+        # stand-in is more useful. A masked category enters as log 0 = -inf, or
+        # finite where it holds mass (outside the support), without gradient.
+        log_y = clamped_log(torch.where(finite, value, 1.0), torch.finfo(value.dtype).tiny, cdt=cdt)
+        x = torch.where(finite, log_y, value.detach().to(cdt).log())
         out = self._exp_log_prob(x) - torch.where(finite, x, 0.0).sum(-1)
         return out.to(value.dtype)
