@@ -131,8 +131,7 @@ def _canonical_logits(base: Distribution, kind: Kind) -> Tensor:
     if _given_probs(base):
         p = base.probs
         pc = p.to(_compute_dtype(p.dtype))
-        ok = pc >= 0 if kind == "categorical" else (pc >= 0) & (pc <= 1)  # False for NaN
-        _require(ok, "probs", base)
+        _check_params(pc, "probs", base, kind)
         positive = pc > 0
         # The inner where keeps d log(p)/dp finite where p = 0 (never selected).
         if kind == "categorical":
@@ -144,37 +143,57 @@ def _canonical_logits(base: Distribution, kind: Kind) -> Tensor:
             logits = torch.where(inside, ps.log() - torch.log1p(-ps), certain)
         return logits.to(p.dtype)
     logits = base.logits
-    # Categorical logits are normalised by torch: NaN, +inf and all-masked rows
-    # all come out as NaN. A Bernoulli logit may be ±inf (a deterministic variable).
-    _require(~torch.isnan(logits), "logits", base)
+    _check_params(logits, "logits", base, kind)
     return logits
 
 
-def _require(ok: Tensor, name: str, base: Distribution) -> None:
-    """``ValueError`` naming the parameter unless ``ok`` holds everywhere.
+def _invalid(x: Tensor, name: str, kind: Kind) -> Tensor:
+    """Where the parameter is invalid. Categorical logits are normalised by torch:
+    NaN, +inf and all-masked rows all come out as NaN. A Bernoulli logit may be
+    ±inf (a deterministic variable)."""
+    if name == "logits":
+        return torch.isnan(x)
+    return ~((x >= 0) & (x <= 1)) if kind == "bernoulli" else ~(x >= 0)  # NaN: invalid
 
-    One reduction per call; on CUDA reading its result synchronises with the
-    device once. Under ``torch.compile`` the check is an in-graph assertion
-    (``RuntimeError``) instead, which does not break the graph.
+
+def _check_params(x: Tensor, name: str, base: Distribution, kind: Kind) -> None:
+    """``ValueError`` naming the parameter if any entry of ``x`` is invalid.
+
+    The common case costs one vectorised reduction: the sum of valid logits is
+    not NaN (unless ``+inf`` and ``-inf`` Bernoulli logits meet, when the exact
+    check runs), and valid probabilities have ``min >= 0`` (``max <= 1``). On
+    CUDA reading the result synchronises with the device once per call. Under
+    ``torch.compile`` the check is an in-graph assertion (``RuntimeError``),
+    which does not break the graph.
     """
+    x = x.detach()  # no autograd nodes for a check
     if _is_compiling():
-        torch._assert_async(ok.all(), f"invalid {name} of {type(base).__name__}")
+        ok = ~_invalid(x, name, kind).any()
+        torch._assert_async(ok, f"invalid {name} of {type(base).__name__}")
         return
-    if bool(ok.all()):
+    if name == "logits":
+        if not bool(torch.isnan(x.sum())):
+            return
+    elif kind == "categorical":
+        if bool(x.amin() >= 0):  # amin propagates NaN
+            return
+    elif bool((x.amin() >= 0) & (x.amax() <= 1)):
         return
-    bad = (~ok).nonzero()[0].tolist()
-    value = getattr(base, name)[tuple(bad)] if name == "probs" else None
+    bad = _invalid(x, name, kind)
+    if not bool(bad.any()):
+        return
+    at = tuple(bad.nonzero()[0].tolist())
     if name == "probs":
-        rule = "a number in [0, 1]" if isinstance(base, Bernoulli) else "non-negative, not NaN"
-        found = f"found {float(value)!r} at index {tuple(bad)}"
-    elif isinstance(base, Bernoulli):
-        rule, found = "a number or ±inf (not NaN)", f"found NaN at index {tuple(bad)}"
+        rule = "a number in [0, 1]" if kind == "bernoulli" else "non-negative, not NaN"
+        found = f"found {float(x[at])!r} at index {at}"
+    elif kind == "bernoulli":
+        rule, found = "a number or ±inf (not NaN)", f"found NaN at index {at}"
     else:
         rule = (
             "a real number or -inf (a masked category), with at least one finite entry per "
             "row; NaN and +inf are refused"
         )
-        found = f"row {tuple(bad[:-1])} has NaN, +inf or every category masked"
+        found = f"row {at[:-1]} has NaN, +inf or every category masked"
     raise ValueError(
         f"invalid {name} of {type(base).__name__} (validate_args=False lets torch accept "
         f"them): each entry must be {rule}; {found}"
