@@ -60,11 +60,11 @@ def test_toy_resumes_after_an_interruption(tmp_path, monkeypatch, capsys):
     calls = {"n": 0}
     original = RunDir.save_checkpoint
 
-    def flaky(self, phase, state):
+    def flaky(self, phase, state, *args):
         calls["n"] += 1
         if calls["n"] == 6:
             raise KeyboardInterrupt
-        return original(self, phase, state)
+        return original(self, phase, state, *args)
 
     monkeypatch.setattr(RunDir, "save_checkpoint", flaky)
     assert run_cli(*args, "--out", str(interrupted)) == cli.EXIT_INTERRUPTED
