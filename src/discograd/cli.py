@@ -43,6 +43,10 @@ def _demo(args: argparse.Namespace) -> int:
     import discograd as dg
     from discograd.diagnostics import gradient_stats
 
+    if args.draws < 2:
+        raise ConfigError(
+            f"--draws must be >= 2 (gradient_stats needs n_draws >= 2), got {args.draws}"
+        )
     gen = torch.Generator().manual_seed(args.seed)
     torch.set_printoptions(precision=4, sci_mode=False)
     logits = torch.tensor([2.0, 0.5, 0.0, -1.0])

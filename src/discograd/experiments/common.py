@@ -190,9 +190,17 @@ def check_sizes(name: str, sizes: Sequence[int]) -> None:
 
 
 def check_estimators(
-    specs: Sequence[str], kind: str | None = None, field: str = "estimators"
+    specs: Sequence[str],
+    kind: str | None = None,
+    field: str = "estimators",
+    support: int | None = None,
 ) -> list[Estimator]:
-    """Build each spec (``ConfigError`` for unknown ones); none repeated; all support ``kind``."""
+    """Build each spec (``ConfigError`` for unknown ones); none repeated; all support ``kind``.
+
+    ``support``: configurations per data point, for estimators that enumerate
+    them (``Exact``): more than their ``max_support`` is refused here rather
+    than at the first training step.
+    """
     from discograd.estimators.registry import canonical, make
 
     if not specs:
@@ -204,6 +212,12 @@ def check_estimators(
         est = make(spec)
         if kind is not None and kind not in est.supports:
             raise ConfigError(f"{field}: {spec} does not support {kind} variables")
+        limit = getattr(est, "max_support", None)
+        if support is not None and limit is not None and support > limit:
+            raise ConfigError(
+                f"{field}: {spec} would enumerate {support} configurations per data point "
+                f"(at most {limit}); use a sampling estimator or a smaller problem"
+            )
         built.append(est)
     return built
 

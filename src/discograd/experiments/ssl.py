@@ -141,7 +141,7 @@ class SSLConfig:
             raise ConfigError(f"methods must not repeat a method, got {self.methods}")
         specs = [m for m in self.methods if canonical(m) != "marginal"]
         if specs:
-            check_estimators(specs, "categorical", field="methods")
+            check_estimators(specs, "categorical", field="methods", support=self.n_classes)
 
 
 def build_model(cfg: SSLConfig, x_dim: int) -> M2:

@@ -87,7 +87,7 @@ class ToyConfig:
         check_ints(self, ("seed",), minimum=0)
         check_ints(self, ("C", "var_draws"), minimum=2)
         check_floats(self, ("lr", "cv_lr"))
-        check_estimators(self.estimators, "categorical")
+        check_estimators(self.estimators, "categorical", support=self.C)
 
 
 def toy_rewards(C: int, R: int, device: torch.device | str = "cpu") -> Tensor:

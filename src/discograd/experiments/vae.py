@@ -130,9 +130,9 @@ class VAEConfig:
                     f"grad_check_every needs an enumerable posterior ({k}^{self.n_latent} "
                     "configurations is above 65536); use e.g. --n-latent 1 --n-categories 10"
                 )
-        for spec, est in zip(
-            self.estimators, check_estimators(self.estimators, self.latent), strict=True
-        ):
+        k = self.n_categories if self.latent == "categorical" else 2
+        built = check_estimators(self.estimators, self.latent, support=k**self.n_latent)
+        for spec, est in zip(self.estimators, built, strict=True):
             if self.kl == "relaxed" and not hasattr(est, "schedule"):
                 raise ConfigError(
                     f"kl='relaxed' needs a relaxed estimator with a temperature; {spec} has none"
