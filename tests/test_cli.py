@@ -60,11 +60,11 @@ def test_toy_resumes_after_an_interruption(tmp_path, monkeypatch, capsys):
     calls = {"n": 0}
     original = RunDir.save_checkpoint
 
-    def flaky(self, phase, state):
+    def flaky(self, phase, state, *args):
         calls["n"] += 1
         if calls["n"] == 6:
             raise KeyboardInterrupt
-        return original(self, phase, state)
+        return original(self, phase, state, *args)
 
     monkeypatch.setattr(RunDir, "save_checkpoint", flaky)
     assert run_cli(*args, "--out", str(interrupted)) == cli.EXIT_INTERRUPTED
@@ -174,6 +174,58 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err and "Traceback" not in err
     assert err.startswith(f"discograd {argv[0]}: error:")
+
+
+@pytest.mark.parametrize("bug", [TypeError, ValueError, OSError, ImportError])
+def test_a_bug_keeps_its_traceback_instead_of_passing_for_bad_input(bug, tmp_path, monkeypatch):
+    import discograd.experiments.toy as toy
+
+    def broken(*args, **kwargs):
+        raise bug("a bug in discograd")
+
+    monkeypatch.setattr(toy, "estimator_step", broken)  # deep inside a run
+    with pytest.raises(bug, match="a bug in discograd"):
+        run_cli(*TOY, "--estimators", "arsm", "--out", str(tmp_path / "x"))
+
+
+def test_debug_shows_the_traceback_of_bad_input_too(tmp_path, capsys):
+    out = str(tmp_path / "x")
+    assert run_cli("toy", "--estimators", "nonsense", "--debug", "--out", out) == cli.EXIT_USAGE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("Traceback")
+    assert "discograd.errors.ConfigError: unknown estimator 'nonsense'" in err[-2]
+    assert err[-1].startswith("discograd toy: error: unknown estimator 'nonsense'")
+
+
+def test_bad_settings_are_config_errors_and_still_value_errors():
+    from discograd.errors import ConfigError
+    from discograd.estimators.registry import make, parse_spec
+    from discograd.experiments.common import resolve_device
+
+    calls = [
+        lambda: make("nonsense"),
+        lambda: make("gumbel_softmax:tau=-1"),  # the constructor's ValueError
+        lambda: make("rloo:bogus=1"),
+        lambda: make("rloo:n_samples=two"),  # the constructor's TypeError
+        lambda: parse_spec("rloo:4"),
+        lambda: resolve_device("tpu"),
+        lambda: ToyConfig(steps=0).validate(),
+        lambda: VAEConfig(activation="swish").validate(),
+        lambda: VarianceConfig(problems=("nope",)).validate(),
+    ]
+    for call in calls:
+        with pytest.raises(ConfigError) as exc:
+            call()
+        assert isinstance(exc.value, ValueError)  # library users catching ValueError
+
+
+def test_a_dataset_folder_that_cannot_be_read_is_bad_input(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc = run_cli(*VAE, "--dataset", str(empty), "--out", str(tmp_path / "x"))
+    assert rc == cli.EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("discograd vae: error: ") and "lacks" in err and "\n" not in err
 
 
 def test_unwritable_out_is_a_clear_error(tmp_path, capsys):

@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 
+from discograd.errors import ConfigError
 from discograd.experiments import RunDir, progress
 
 
@@ -15,7 +16,7 @@ def test_config_is_written_and_guarded(tmp_path):
     run = RunDir(tmp_path / "r", {"seed": 1, "steps": 10, "quiet": True}, volatile=["quiet"])
     assert json.loads((tmp_path / "r" / "config.json").read_text())["steps"] == 10
     RunDir(tmp_path / "r", {"seed": 1, "steps": 10, "quiet": False}, volatile=["quiet"])  # ok
-    with pytest.raises(ValueError, match=r"different configuration \(steps: 10 -> 20\)"):
+    with pytest.raises(ConfigError, match=r"different configuration \(steps: 10 -> 20\)"):
         RunDir(tmp_path / "r", {"seed": 1, "steps": 20, "quiet": True}, volatile=["quiet"])
     assert run.path.is_dir()
 
@@ -23,7 +24,7 @@ def test_config_is_written_and_guarded(tmp_path):
 def test_unwritable_folder_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(OSError, match="cannot write to output folder"):
+    with pytest.raises(ConfigError, match="cannot write to output folder"):
         RunDir(blocker / "sub", {})
 
 
@@ -55,7 +56,7 @@ def test_phases_and_checkpoints(tmp_path):
     again.write_results({"p": again.result("p")})
     assert json.loads((tmp_path / "results.json").read_text()) == {"p": {"score": 0.5}}
     leftovers = [n for n in os.listdir(tmp_path) if n.startswith(".")]
-    assert leftovers == []
+    assert leftovers == [".lock"]
 
 
 def test_progress_quiet_and_loud():

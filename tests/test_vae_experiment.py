@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from discograd.data.datasets import ImageData
+from discograd.errors import ConfigError
 from discograd.experiments import RunDir
 from discograd.experiments.vae import Interrupted, VAEConfig, run_vae
 
@@ -111,3 +112,10 @@ def test_gradient_checks_against_the_exact_encoder_gradient(tmp_path):
         assert r["grad_variance"] > 0 and r["grad_bias"] < 5 * r["grad_bias_noise"]
     with pytest.raises(ValueError, match="enumerable posterior"):
         dataclasses.replace(cfg, n_latent=20, n_categories=10).validate()
+
+
+def test_exact_on_a_posterior_too_large_to_enumerate_is_refused_up_front():
+    cfg = dataclasses.replace(CFG, n_latent=20, estimators=("exact",))
+    with pytest.raises(ConfigError, match="exact would enumerate 3486784401 configurations"):
+        cfg.validate()
+    dataclasses.replace(cfg, n_latent=2).validate()

@@ -4,7 +4,10 @@ Subcommands: ``bench`` (the main job: toy + variance + a short VAE, one
 report), ``toy``, ``variance``, ``vae``, ``sbn``, ``ssl``, ``demo``. Each writes
 ``config.json``, ``metrics.jsonl``, ``results.json``, PNG plots and
 ``report.md`` into ``--out`` and resumes when re-run with the same ``--out``.
-Errors in the input end the command with one line on stderr and exit status 2.
+Errors in the input (:class:`~discograd.errors.ConfigError`: bad settings, an
+unknown estimator or dataset, a run folder in use or damaged) end the command
+with one line on stderr and exit status 2; ``--debug`` adds their traceback.
+Any other exception is a bug in discograd and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,11 +16,15 @@ import argparse
 import dataclasses
 import sys
 import time
+import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from discograd.errors import ConfigError, RunFolderWarning
 
 __all__ = ["build_parser", "main"]
 
@@ -36,6 +43,10 @@ def _demo(args: argparse.Namespace) -> int:
     import discograd as dg
     from discograd.diagnostics import gradient_stats
 
+    if args.draws < 2:
+        raise ConfigError(
+            f"--draws must be >= 2 (gradient_stats needs n_draws >= 2), got {args.draws}"
+        )
     gen = torch.Generator().manual_seed(args.seed)
     torch.set_printoptions(precision=4, sci_mode=False)
     logits = torch.tensor([2.0, 0.5, 0.0, -1.0])
@@ -74,9 +85,18 @@ def _demo(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------ shared helpers
 def _run_dir(args: argparse.Namespace, config: dict[str, Any]):
+    """The locked run folder of ``--out``; the device may change between runs."""
     from discograd.experiments import RunDir
 
-    return RunDir(args.out, {"command": args.command, **config})
+    return RunDir(args.out, {"command": args.command, **config}, volatile=("device",))
+
+
+def _diverged(result: dict[str, Any]) -> str | None:
+    """The note "diverged at step 37 (non-finite loss)" for a diverged estimator, else None."""
+    d = result.get("diverged")
+    if not isinstance(d, dict):
+        return None
+    return f"diverged at step {d['step']} (non-finite {d['quantity']})"
 
 
 def _print_table(title: str, rows: list[tuple[str, str]]) -> None:
@@ -140,7 +160,7 @@ def _dataset_fields(value: str) -> dict[str, Any]:
     folder = Path(value).expanduser()
     if not folder.is_dir():
         known = ", ".join(["digits", *DATASETS])
-        raise FileNotFoundError(
+        raise ConfigError(
             f"--dataset {value!r} is neither a known dataset ({known}) nor an existing folder"
         )
     return {"dataset": folder.name, "dataset_path": str(folder.resolve())}
@@ -185,11 +205,11 @@ def _vae_config(args: argparse.Namespace, **overrides: Any):
 def _single_study(args: argparse.Namespace, key: str, cfg: Any, runner, section, *extra) -> dict:
     """Validate, run (or resume) one study, write its results and report."""
     cfg.validate()
-    run = _run_dir(args, dataclasses.asdict(cfg))
-    results = runner(cfg, run, quiet=args.quiet)
-    run.write_results({key: results})
-    text, summary = section(run, results, cfg, *extra)
-    _finish(run, f"discograd {key}", args.command_line, [text], summary)
+    with _run_dir(args, dataclasses.asdict(cfg)) as run:
+        results = runner(cfg, run, quiet=args.quiet)
+        run.write_results({key: results})
+        text, summary = section(run, results, cfg, *extra)
+        _finish(run, f"discograd {key}", args.command_line, [text], summary)
     return results
 
 
@@ -218,8 +238,10 @@ def _vae(args: argparse.Namespace) -> int:
     rows = [
         (
             k,
-            f"test -ELBO {v['test_neg_elbo']:.2f}  IW({v['iw_samples']}) {v['test_iw_bound']:.2f}  "
-            f"{1000 * v['seconds_per_step']:.1f} ms/step  {v['evals_per_step']:.2f} evals/step",
+            _diverged(v)
+            or f"test -ELBO {v['test_neg_elbo']:.2f}  IW({v['iw_samples']}) "
+            f"{v['test_iw_bound']:.2f}  {1000 * v['seconds_per_step']:.1f} ms/step  "
+            f"{v['evals_per_step']:.2f} evals/step",
         )
         for k, v in results.items()
     ]
@@ -259,7 +281,8 @@ def _sbn(args: argparse.Namespace) -> int:
         [
             (
                 k,
-                f"test NLL {v['test_nll']:.2f}  {1000 * v['seconds_per_step']:.1f} ms/step  "
+                _diverged(v)
+                or f"test NLL {v['test_nll']:.2f}  {1000 * v['seconds_per_step']:.1f} ms/step  "
                 f"{v['evals_per_step']:.1f} decoder passes/step",
             )
             for k, v in results.items()
@@ -313,17 +336,21 @@ def _ssl(args: argparse.Namespace) -> int:
     config = {"main": dataclasses.asdict(cfg)}
     if timing_cfg is not None:
         config["timing"] = dataclasses.asdict(timing_cfg)
-    run = _run_dir(args, config)
-    results = run_ssl(cfg, run, quiet=args.quiet)
-    timing = None
-    if timing_cfg is not None:
-        from discograd.experiments import RunDir
+    with _run_dir(args, config) as run:
+        results = run_ssl(cfg, run, quiet=args.quiet)
+        timing = None
+        if timing_cfg is not None:
+            from discograd.experiments import RunDir
 
-        sub_run = RunDir(run.path / f"timing-{args.timing_classes}", dataclasses.asdict(timing_cfg))
-        timing = run_ssl(timing_cfg, sub_run, quiet=args.quiet)
-    run.write_results({"ssl": results, "timing": timing})
-    text, summary = ssl_section(run, results, cfg, cfg.dataset, timing, args.timing_classes)
-    _finish(run, "discograd ssl", args.command_line, [text], summary)
+            with RunDir(
+                run.path / f"timing-{args.timing_classes}",
+                dataclasses.asdict(timing_cfg),
+                volatile=("device",),
+            ) as sub_run:
+                timing = run_ssl(timing_cfg, sub_run, quiet=args.quiet)
+        run.write_results({"ssl": results, "timing": timing})
+        text, summary = ssl_section(run, results, cfg, cfg.dataset, timing, args.timing_classes)
+        _finish(run, "discograd ssl", args.command_line, [text], summary)
     return 0
 
 
@@ -376,12 +403,6 @@ def bench_configs(args: argparse.Namespace):
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from discograd.experiments.toy import run_toy
-    from discograd.experiments.vae import run_vae
-    from discograd.experiments.variance import run_variance
-    from discograd.report import toy_section, vae_section, variance_section
-    from discograd.report.markdown import bench_summary
-
     toy_cfg, var_cfg, vae_cfg = bench_configs(args)
     for cfg in (toy_cfg, var_cfg, vae_cfg):
         cfg.validate()
@@ -391,7 +412,18 @@ def _bench(args: argparse.Namespace) -> int:
         "variance": dataclasses.asdict(var_cfg),
         "vae": dataclasses.asdict(vae_cfg),
     }
-    run = _run_dir(args, config)
+    with _run_dir(args, config) as run:
+        _bench_studies(args, run, toy_cfg, var_cfg, vae_cfg)
+    return 0
+
+
+def _bench_studies(args: argparse.Namespace, run, toy_cfg, var_cfg, vae_cfg) -> None:
+    from discograd.experiments.toy import run_toy
+    from discograd.experiments.vae import run_vae
+    from discograd.experiments.variance import run_variance
+    from discograd.report import toy_section, vae_section, variance_section
+    from discograd.report.markdown import bench_summary
+
     start = time.perf_counter()
     sections, summary, results = [], [], {}
     studies: list[tuple[str, Callable[[], tuple[str, list[str]]]]] = []
@@ -428,7 +460,6 @@ def _bench(args: argparse.Namespace) -> int:
     run.write_results(results)
     _finish(run, "discograd bench", args.command_line, sections, bench_summary(results))
     print(f"bench took {time.perf_counter() - start:.0f} s")
-    return 0
 
 
 def _study(run, key, runner, section, cfg, args, results, *extra):
@@ -468,6 +499,15 @@ def _common(p: argparse.ArgumentParser, out_default: str) -> None:
         default=None,
         help="CPU threads for torch (default: torch's choice; 1 avoids oversubscription "
         "when several runs share a machine)",
+    )
+    _debug_arg(p)
+
+
+def _debug_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="print the traceback of errors in the input too (other errors always show one)",
     )
 
 
@@ -697,6 +737,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--draws", type=int, default=20, help="draws for gradient_stats (default: 20)"
     )
+    _debug_arg(demo)
     demo.set_defaults(func=_demo)
     return parser
 
@@ -714,19 +755,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return EXIT_USAGE
         torch.set_num_threads(threads)
-    try:
-        return int(args.func(args))
-    except KeyboardInterrupt:
-        out = getattr(args, "out", None)
-        hint = f" (finished work is kept in {out})" if out else ""
-        print(
-            f"\ndiscograd {args.command}: interrupted; run the same command again to resume{hint}",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
-    except (ValueError, TypeError, OSError, ImportError) as err:
-        print(f"discograd {args.command}: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", RunFolderWarning)
+        warnings.showwarning = _warning_printer(args.command, warnings.showwarning)
+        try:
+            return int(args.func(args))
+        except KeyboardInterrupt:
+            out = getattr(args, "out", None)
+            hint = f" (finished work is kept in {out})" if out else ""
+            print(
+                f"\ndiscograd {args.command}: interrupted; run the same command again to "
+                f"resume{hint}",
+                file=sys.stderr,
+            )
+            return EXIT_INTERRUPTED
+        except ConfigError as err:
+            # Only errors in the input: anything else is a bug and keeps its traceback.
+            if args.debug:
+                traceback.print_exc()
+            message = " ".join(str(err).split("\n"))
+            print(f"discograd {args.command}: error: {message}", file=sys.stderr)
+            return EXIT_USAGE
+
+
+def _warning_printer(command: str, fallback: Callable[..., None]) -> Callable[..., None]:
+    """Run-folder repairs as one line each on stderr; other warnings as usual."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # type: ignore[no-untyped-def]
+        if issubclass(category, RunFolderWarning):
+            print(f"discograd {command}: warning: {message}", file=sys.stderr)
+        else:
+            fallback(message, category, filename, lineno, file, line)
+
+    return show
 
 
 if __name__ == "__main__":  # pragma: no cover

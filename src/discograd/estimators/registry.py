@@ -4,6 +4,7 @@ A spec is ``name`` or ``name:key=value,key=value``; values are parsed as int,
 float, bool (``true``/``false``) or kept as strings. Names are the snake-case
 class names (``st_gumbel_softmax``, ``arsm_plus``, ...); ``reinforce_ema`` is
 REINFORCE with an :class:`~discograd.baselines.EMA` baseline (``decay=``).
+A bad spec is a :class:`~discograd.errors.ConfigError`, which is a ``ValueError``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import inspect
 from typing import Any
 
 from discograd import estimators as _est
+from discograd.errors import ConfigError
 from discograd.estimators.base import Estimator
 
 __all__ = ["ESTIMATORS", "canonical", "make", "parse_spec"]
@@ -53,16 +55,16 @@ def _value(text: str) -> Any:
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"rloo:n_samples=4"`` -> ``("rloo", {"n_samples": 4})``; ``ValueError`` if malformed."""
+    """``"rloo:n_samples=4"`` -> ``("rloo", {"n_samples": 4})``; ``ConfigError`` if malformed."""
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"an estimator spec must be a non-empty string, got {spec!r}")
+        raise ConfigError(f"an estimator spec must be a non-empty string, got {spec!r}")
     name, _, rest = spec.strip().partition(":")
     name = name.strip().lower().replace("-", "_")
     kwargs: dict[str, Any] = {}
     for item in filter(None, (part.strip() for part in rest.split(","))):
         key, eq, val = item.partition("=")
         if not eq or not key.strip():
-            raise ValueError(
+            raise ConfigError(
                 f"bad hyper-parameter {item!r} in estimator spec {spec!r}: use key=value"
             )
         kwargs[key.strip()] = _value(val.strip())
@@ -76,13 +78,13 @@ def canonical(spec: str) -> str:
 
 
 def make(spec: str) -> Estimator:
-    """Build an estimator from its spec; ``ValueError`` naming unknown names or arguments."""
+    """Build an estimator from its spec; ``ConfigError`` naming unknown names or bad arguments."""
     name, kwargs = parse_spec(spec)
     if name not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {name!r}; known: {', '.join(ESTIMATORS)}")
+        raise ConfigError(f"unknown estimator {name!r}; known: {', '.join(ESTIMATORS)}")
     cls = getattr(_est, ESTIMATORS[name], None)
     if cls is None:  # pragma: no cover - only while a family is missing
-        raise ValueError(f"estimator {name!r} is not available in this build")
+        raise ConfigError(f"estimator {name!r} is not available in this build")
     if name == "reinforce_ema":
         from discograd.baselines import EMA
 
@@ -93,8 +95,12 @@ def make(spec: str) -> Estimator:
     unknown = [k for k in kwargs if k not in params or k == "self"]
     if unknown:
         takes = ", ".join(allowed) or "no hyper-parameters"
-        raise ValueError(f"unknown hyper-parameter {unknown[0]!r} for {name}; it takes: {takes}")
+        raise ConfigError(f"unknown hyper-parameter {unknown[0]!r} for {name}; it takes: {takes}")
     try:
         return cls(**kwargs)
+    except ConfigError:
+        raise
     except TypeError as err:  # e.g. a string where a number was needed
-        raise ValueError(f"bad hyper-parameters for {name}: {err}") from err
+        raise ConfigError(f"bad hyper-parameters for {name}: {err}") from err
+    except ValueError as err:  # the constructors' contract: a bad hyper-parameter
+        raise ConfigError(str(err)) from err

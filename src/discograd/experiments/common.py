@@ -1,4 +1,9 @@
-"""Pieces every experiment shares: devices, seeds, one optimisation step with control variates."""
+"""Pieces every experiment shares: devices, seeds, config checks, data, divergence, CVs.
+
+Bad settings raise :class:`~discograd.errors.ConfigError` (a ``ValueError``):
+the command line reports those in one line and lets every other exception,
+a bug, keep its traceback.
+"""
 
 from __future__ import annotations
 
@@ -9,32 +14,37 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from discograd.errors import ConfigError
 from discograd.estimators.base import Estimate, Estimator
 
 __all__ = [
+    "Diverged",
     "check_choice",
+    "check_finite",
     "check_floats",
     "check_ints",
     "check_sizes",
     "cv_optimizer",
     "cv_step",
     "estimator_step",
+    "load_data",
+    "log_divergence",
     "resolve_device",
 ]
 
 
 def resolve_device(device: str) -> torch.device:
-    """``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``; ``ValueError`` if unavailable."""
+    """``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``; ``ConfigError`` if unavailable."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except RuntimeError as err:
-        raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from err
+        raise ConfigError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+        raise ConfigError("--device cuda was asked for, but torch sees no CUDA device")
     if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {device!r}; use cpu, cuda, cuda:N or auto")
+        raise ConfigError(f"unsupported device {device!r}; use cpu, cuda, cuda:N or auto")
     return dev
 
 
@@ -98,6 +108,41 @@ def cv_step(cv_loss: Tensor, cv_opt: torch.optim.Optimizer) -> None:
     cv_opt.step()
 
 
+# -------------------------------------------------------------- divergence
+class Diverged(Exception):
+    """A training step produced a non-finite ``quantity``; raised by :func:`check_finite`."""
+
+    def __init__(self, quantity: str) -> None:
+        super().__init__(f"non-finite {quantity}")
+        self.quantity = quantity
+
+
+def check_finite(quantity: str, *tensors: Tensor | None) -> None:
+    """Raise :class:`Diverged` naming ``quantity`` unless every tensor (``None`` skipped) is finite.
+
+    Called before the step uses the values: a non-finite loss or gradient
+    must not reach the model or the control variates.
+    """
+    for t in tensors:
+        if t is not None and not bool(torch.isfinite(t).all()):
+            raise Diverged(quantity)
+
+
+def log_divergence(
+    run: Any, phase: str, estimator: str, step: int, quantity: str
+) -> dict[str, Any]:
+    """Log that ``estimator`` diverged in ``phase``; returns the entry for its results.
+
+    ``step`` is the number of steps completed before the one that failed.
+    The caller stops training and finishes the phase with this entry as its
+    ``diverged`` result: a re-run then neither retries the estimator nor
+    fails on it, and the next estimator runs.
+    """
+    info = {"estimator": estimator, "step": step, "quantity": quantity}
+    run.log({"phase": phase, "diverged": True, **info})
+    return info
+
+
 def mean_or_nan(values: Sequence[float]) -> float:
     vals = [v for v in values if math.isfinite(v)]
     return sum(vals) / len(vals) if vals else math.nan
@@ -115,12 +160,12 @@ BINARIZATIONS = ("threshold", "fixed", "dynamic")
 
 
 def check_ints(cfg: Any, names: Sequence[str], minimum: int = 1) -> None:
-    """Each named field is an int (not a bool) >= ``minimum``; ``ValueError`` naming it."""
+    """Each named field is an int (not a bool) >= ``minimum``; ``ConfigError`` naming it."""
     for name in names:
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
             kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-            raise ValueError(f"{name} must be {kind}, got {name}={v!r}")
+            raise ConfigError(f"{name} must be {kind}, got {name}={v!r}")
 
 
 def check_floats(cfg: Any, names: Sequence[str], *, allow_zero: bool = False) -> None:
@@ -130,40 +175,69 @@ def check_floats(cfg: Any, names: Sequence[str], *, allow_zero: bool = False) ->
         ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
         if not ok or v < 0 or (v == 0 and not allow_zero):
             kind = "a finite number >= 0" if allow_zero else "positive"
-            raise ValueError(f"{name} must be {kind}, got {name}={v!r}")
+            raise ConfigError(f"{name} must be {kind}, got {name}={v!r}")
 
 
 def check_choice(cfg: Any, name: str, choices: Sequence[str]) -> None:
     v = getattr(cfg, name)
     if v not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {name}={v!r}")
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {name}={v!r}")
 
 
 def check_sizes(name: str, sizes: Sequence[int]) -> None:
     if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in sizes):
-        raise ValueError(f"{name} must hold positive ints, got {name}={tuple(sizes)!r}")
+        raise ConfigError(f"{name} must hold positive ints, got {name}={tuple(sizes)!r}")
 
 
 def check_estimators(
-    specs: Sequence[str], kind: str | None = None, field: str = "estimators"
+    specs: Sequence[str],
+    kind: str | None = None,
+    field: str = "estimators",
+    support: int | None = None,
 ) -> list[Estimator]:
-    """Build each spec (``ValueError`` for unknown ones); none repeated; all support ``kind``."""
+    """Build each spec (``ConfigError`` for unknown ones); none repeated; all support ``kind``.
+
+    ``support``: configurations per data point, for estimators that enumerate
+    them (``Exact``): more than their ``max_support`` is refused here rather
+    than at the first training step.
+    """
     from discograd.estimators.registry import canonical, make
 
     if not specs:
-        raise ValueError(f"{field} must name at least one estimator")
+        raise ConfigError(f"{field} must name at least one estimator")
     if len({canonical(s) for s in specs}) != len(specs):
-        raise ValueError(f"{field} must not repeat an estimator, got {tuple(specs)}")
+        raise ConfigError(f"{field} must not repeat an estimator, got {tuple(specs)}")
     built = []
     for spec in specs:
         est = make(spec)
         if kind is not None and kind not in est.supports:
-            raise ValueError(f"{field}: {spec} does not support {kind} variables")
+            raise ConfigError(f"{field}: {spec} does not support {kind} variables")
+        limit = getattr(est, "max_support", None)
+        if support is not None and limit is not None and support > limit:
+            raise ConfigError(
+                f"{field}: {spec} would enumerate {support} configurations per data point "
+                f"(at most {limit}); use a sampling estimator or a smaller problem"
+            )
         built.append(est)
     return built
 
 
 # ------------------------------------------------------------------- data
+def load_data(cfg: Any, *, quiet: bool = False) -> Any:
+    """The dataset of ``cfg`` (its ``dataset``, ``dataset_path`` and ``data_dir`` fields).
+
+    :func:`discograd.data.load` reports a dataset it cannot find, read or
+    download as ``OSError``, ``ValueError`` or ``ImportError`` (the offline
+    digits need scikit-learn): here those are a ``ConfigError``.
+    """
+    from discograd.data import load
+
+    try:
+        return load(cfg.dataset, path=cfg.dataset_path, data_dir=cfg.data_dir, quiet=quiet)
+    except (OSError, ValueError, ImportError) as err:
+        raise ConfigError(str(err)) from err
+
+
 def binarized_splits(data: Any, binarization: str, seed: int) -> dict[str, Tensor]:
     """The train / valid / test images of an ``ImageData``, binarised.
 

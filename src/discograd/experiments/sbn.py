@@ -34,6 +34,10 @@ Resuming: a checkpoint every ``checkpoint_every`` steps holds the model, the
 optimisers, both estimators' states and the random stream; batches and
 dynamic binarisation are functions of (seed, step), so a resumed run logs the
 same metrics as an uninterrupted one.
+
+Divergence: as in :mod:`discograd.experiments.vae`, a non-finite loss,
+control-variate loss or gradient ends that estimator's phase with a
+``diverged`` entry and no test numbers; the next estimator runs.
 """
 
 from __future__ import annotations
@@ -46,26 +50,31 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from discograd.data import load
 from discograd.data.datasets import ImageData
+from discograd.errors import ConfigError
 from discograd.estimators.registry import canonical, make
 from discograd.experiments.common import (
     BINARIZATIONS,
+    Diverged,
     batch_indices,
     binarized_splits,
     check_choice,
     check_estimators,
+    check_finite,
     check_floats,
     check_ints,
     check_sizes,
     cv_step,
+    load_data,
+    log_divergence,
     resolve_device,
     slug,
     training_batch,
 )
-from discograd.experiments.runner import RunDir, progress
+from discograd.experiments.runner import RunDir, atomic_save, progress
 from discograd.experiments.vae import Interrupted
 from discograd.models import StochasticBinaryNetwork
+from discograd.models.nets import ACTIVATIONS
 
 __all__ = ["SBN_ESTIMATORS", "SBNConfig", "build_model", "run_sbn"]
 
@@ -134,11 +143,12 @@ class SBNConfig:
         check_ints(self, ("seed",), minimum=0)
         check_choice(self, "latent", ("categorical", "bernoulli"))
         if self.units and len(self.units) != 2:
-            raise ValueError(f"units must be () or two positive ints, got units={self.units!r}")
+            raise ConfigError(f"units must be () or two positive ints, got units={self.units!r}")
         check_sizes("units", self.units)
         if self.latent == "categorical":
             check_ints(self, ("n_categories",), minimum=2)
         check_sizes("hidden", self.hidden)
+        check_choice(self, "activation", tuple(ACTIVATIONS))
         check_choice(self, "binarization", BINARIZATIONS)
         check_floats(self, ("lr", "cv_lr"))
         specs = self.estimator_specs()
@@ -148,7 +158,7 @@ class SBNConfig:
                 units = self.units or ((200, 200) if self.latent == "bernoulli" else (20, 20))
                 base = 2 if self.latent == "bernoulli" else self.n_categories
                 if max(units) * math.log2(base) > 16:
-                    raise ValueError(
+                    raise ConfigError(
                         f"estimators: exact would enumerate {base}^{max(units)} configurations "
                         "per layer (at most 2^16); use a sampling estimator or smaller units"
                     )
@@ -203,13 +213,13 @@ def run_sbn(
     cfg.validate()
     device = resolve_device(cfg.device)
     if data is None:
-        data = load(cfg.dataset, path=cfg.dataset_path, data_dir=cfg.data_dir, quiet=quiet)
+        data = load_data(cfg, quiet=quiet)
     if len(data.train) < cfg.batch_size:
-        raise ValueError(
+        raise ConfigError(
             f"batch_size={cfg.batch_size} exceeds the {len(data.train)} training images"
         )
     if data.image_shape[0] < 2:
-        raise ValueError(f"images need at least 2 rows to split, got {data.image_shape}")
+        raise ConfigError(f"images need at least 2 rows to split, got {data.image_shape}")
     sets = binarized_splits(data, cfg.binarization, cfg.seed)
     results: dict[str, Any] = {}
     for spec in cfg.estimator_specs():
@@ -259,20 +269,18 @@ def _train(cfg, run, phase, spec, sets, data, device, quiet, interrupt_at) -> di
     )
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     start, seconds, evals, layer_evals = 0, 0.0, 0.0, 0.0
-    ckpt = run.load_checkpoint(phase)
+    # The checkpoint of iteration c is saved before that iteration logs anything.
+    ckpt = run.resume(phase, device)
     if ckpt is not None:
-        start, seconds = ckpt["step"], ckpt["seconds"]
-        evals, layer_evals = ckpt["evals"], ckpt["layer_evals"]
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["opt"])
-        ests.load_state_dict(ckpt["estimators"])
-        if cv_opt is not None and ckpt["cv_opt"] is not None:
-            cv_opt.load_state_dict(ckpt["cv_opt"])
-        gen.set_state(ckpt["gen"])
-    # Every record logged in loop iteration i has step i + 1 (step 0: the
-    # untrained model), and the checkpoint of iteration c is saved before it
-    # logs anything: the records of steps <= c predate the checkpoint.
-    run.truncate(phase, start)
+        with run.restoring(phase):
+            start, seconds = ckpt["step"], ckpt["seconds"]
+            evals, layer_evals = ckpt["evals"], ckpt["layer_evals"]
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["opt"])
+            ests.load_state_dict(ckpt["estimators"])
+            if cv_opt is not None and ckpt["cv_opt"] is not None:
+                cv_opt.load_state_dict(ckpt["cv_opt"])
+            gen.set_state(ckpt["gen"])
     valid = sets["valid"][: cfg.iw_examples]
 
     def log_valid(step: int) -> None:
@@ -282,6 +290,7 @@ def _train(cfg, run, phase, spec, sets, data, device, quiet, interrupt_at) -> di
     if start == 0:
         log_valid(0)
     window: list[float] = []
+    diverged: dict[str, Any] | None = None
     with progress(cfg.steps, f"sbn {canonical(spec)}", quiet=quiet, initial=start) as bar:
         for step in range(start, cfg.steps):
             if step % cfg.checkpoint_every == 0 and step > start:
@@ -298,21 +307,24 @@ def _train(cfg, run, phase, spec, sets, data, device, quiet, interrupt_at) -> di
                         "cv_opt": cv_opt.state_dict() if cv_opt is not None else None,
                         "gen": gen.get_state(),
                     },
+                    device,
                 )
                 if interrupt_at is not None and step >= interrupt_at:
                     raise Interrupted(f"simulated interruption at step {step}")
             x = _batch(sets["train"], cfg, step, device)
             t0 = time.perf_counter()
             obj = model.objective(x, outer, inner, generator=gen)
-            if cv_opt is not None and obj.cv_loss is not None and obj.cv_loss.requires_grad:
-                cv_step(obj.cv_loss, cv_opt)
-            opt.zero_grad(set_to_none=True)
-            obj.loss.backward()
-            if not all(
-                p.grad is None or bool(torch.isfinite(p.grad).all()) for p in model.parameters()
-            ):
-                run.log({"phase": phase, "step": step, "diverged": True})
-                raise FloatingPointError(f"{spec}: non-finite gradients at step {step}")
+            try:
+                check_finite("loss", obj.loss)
+                check_finite("control-variate loss", obj.cv_loss)
+                if cv_opt is not None and obj.cv_loss is not None and obj.cv_loss.requires_grad:
+                    cv_step(obj.cv_loss, cv_opt)
+                opt.zero_grad(set_to_none=True)
+                obj.loss.backward()
+                check_finite("gradient", *(p.grad for p in model.parameters()))
+            except Diverged as err:
+                diverged = log_divergence(run, phase, canonical(spec), step, err.quantity)
+                break
             opt.step()
             seconds += time.perf_counter() - t0
             evals += obj.n_evals
@@ -334,6 +346,24 @@ def _train(cfg, run, phase, spec, sets, data, device, quiet, interrupt_at) -> di
                 log_valid(step + 1)
             bar.update()
     test = sets["test"][: cfg.iw_examples]
+    if diverged is not None:
+        # A network stopped part-way has no test numbers worth comparing.
+        done = diverged["step"]
+        return {
+            "test_nll": None,
+            "test_nll_1": None,
+            "valid_nll": None,
+            "iw_samples": cfg.eval_samples,
+            "iw_examples": len(test),
+            "valid_samples": cfg.valid_samples,
+            "seconds_per_step": seconds / done if done else None,
+            "evals_per_step": evals / done if done else None,
+            "layer_evals_per_step": layer_evals / done if done else None,
+            "steps": done,
+            "latent": cfg.latent,
+            "units": list(model.units),
+            "diverged": diverged,
+        }
     summary = {
         "test_nll": _nll(model, test, cfg.eval_samples, device, cfg.seed + 4),
         "test_nll_1": _nll(model, test, 1, device, cfg.seed + 3),
@@ -350,7 +380,7 @@ def _train(cfg, run, phase, spec, sets, data, device, quiet, interrupt_at) -> di
     }
     run.log({"phase": phase, "step": cfg.steps, **{f"final_{k}": v for k, v in summary.items()}})
     _save_images(run, phase, model, sets["test"], device, cfg, data.image_shape)
-    return summary
+    return {**summary, "diverged": None}
 
 
 def _save_images(run, phase, model, test, device, cfg, shape) -> None:
@@ -368,12 +398,12 @@ def _save_images(run, phase, model, test, device, cfg, shape) -> None:
         mean = model.predict_bottom(top, 100, generator=gen)
         _, h2 = model.sample_codes(top, 1, generator=gen)
         one = torch.sigmoid(model.bottom_logits(h2[0]))
-    torch.save(
+    atomic_save(
+        run.path / f"images-{slug(phase)}.pt",
         {
             "shape": tuple(shape),
             "test": x.cpu(),
             "recon": torch.cat([top, mean], -1).cpu(),
             "samples": torch.cat([top, one], -1).cpu(),
         },
-        run.path / f"images-{slug(phase)}.pt",
     )

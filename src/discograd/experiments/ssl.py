@@ -38,7 +38,10 @@ speed-up over ``"marginal"`` (its seconds per step divided by the method's)
 when marginalisation is among the methods.
 
 Resuming works as in :mod:`discograd.experiments.vae`: checkpoints every
-``checkpoint_every`` steps, batches a function of (seed, step).
+``checkpoint_every`` steps, batches a function of (seed, step). So does
+divergence: a non-finite loss, control-variate loss or gradient ends that
+method's phase with a ``diverged`` entry and no test numbers; the next
+method runs.
 """
 
 from __future__ import annotations
@@ -50,26 +53,31 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from discograd.data import load
 from discograd.data.datasets import ImageData
+from discograd.errors import ConfigError
 from discograd.estimators.base import Estimator
 from discograd.estimators.registry import canonical, make
 from discograd.experiments.common import (
     BINARIZATIONS,
+    Diverged,
     batch_indices,
     binarized_splits,
     check_choice,
     check_estimators,
+    check_finite,
     check_floats,
     check_ints,
     check_sizes,
     cv_step,
+    load_data,
+    log_divergence,
     resolve_device,
     training_batch,
 )
 from discograd.experiments.runner import RunDir, progress
 from discograd.experiments.vae import Interrupted
 from discograd.models import M2
+from discograd.models.nets import ACTIVATIONS
 from discograd.schedules import ExponentialDecay
 
 __all__ = ["SSL_METHODS", "SSLConfig", "build_model", "run_ssl", "select_labelled"]
@@ -117,22 +125,23 @@ class SSLConfig:
         check_ints(self, ("seed",), minimum=0)
         check_ints(self, ("n_classes",), minimum=2)
         if self.n_labels % self.n_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"n_labels={self.n_labels} must be a multiple of n_classes={self.n_classes} "
                 "(the labelled set is balanced over the classes)"
             )
         check_sizes("hidden", self.hidden)
+        check_choice(self, "activation", tuple(ACTIVATIONS))
         check_choice(self, "binarization", BINARIZATIONS)
         check_choice(self, "entropy", ("analytic", "sampled"))
         check_floats(self, ("lr", "cv_lr", "tau_floor"))
         check_floats(self, ("alpha", "anneal_rate"), allow_zero=True)
         if not self.methods:
-            raise ValueError("methods must name at least one method")
+            raise ConfigError("methods must name at least one method")
         if len({canonical(m) for m in self.methods}) != len(self.methods):
-            raise ValueError(f"methods must not repeat a method, got {self.methods}")
+            raise ConfigError(f"methods must not repeat a method, got {self.methods}")
         specs = [m for m in self.methods if canonical(m) != "marginal"]
         if specs:
-            check_estimators(specs, "categorical", field="methods")
+            check_estimators(specs, "categorical", field="methods", support=self.n_classes)
 
 
 def build_model(cfg: SSLConfig, x_dim: int) -> M2:
@@ -144,7 +153,7 @@ def select_labelled(labels: Tensor, n_labels: int, n_classes: int, seed: int) ->
 
     A seeded permutation of all indices, stably sorted by label; the first
     ``n_labels / n_classes`` of each class are taken (sorted index order).
-    ``ValueError`` if a class has too few examples.
+    ``ConfigError`` if a class has too few examples.
     """
     per = n_labels // n_classes
     perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed * 7919 + 13))
@@ -154,7 +163,7 @@ def select_labelled(labels: Tensor, n_labels: int, n_classes: int, seed: int) ->
     counts = torch.bincount(labels, minlength=n_classes)
     if len(counts) > n_classes or bool((counts < per).any()):
         short = int(torch.argmin(counts[:n_classes]))
-        raise ValueError(
+        raise ConfigError(
             f"n_labels={n_labels} needs {per} examples of each of {n_classes} classes; "
             f"class {short} has {int(counts[short])} in the training split"
         )
@@ -225,14 +234,14 @@ def run_ssl(
     cfg.validate()
     device = resolve_device(cfg.device)
     if data is None:
-        data = load(cfg.dataset, path=cfg.dataset_path, data_dir=cfg.data_dir, quiet=quiet)
+        data = load_data(cfg, quiet=quiet)
     labels, kind = _labels(data, cfg)
     lab_idx = select_labelled(labels["train"], cfg.n_labels, cfg.n_classes, cfg.seed)
     mask = torch.ones(len(data.train), dtype=torch.bool)
     mask[lab_idx] = False
     unl_idx = mask.nonzero().squeeze(-1)
     if len(unl_idx) < cfg.batch_size:
-        raise ValueError(
+        raise ConfigError(
             f"batch_size={cfg.batch_size} exceeds the {len(unl_idx)} unlabelled training images"
         )
     sets = binarized_splits(data, cfg.binarization, cfg.seed)
@@ -251,10 +260,12 @@ def run_ssl(
             summary.update(labels=kind, n_classes=cfg.n_classes)
             run.finish(phase, summary)
         results[canonical(spec)] = dict(run.result(phase))
-    if "marginal" in results:
-        base = results["marginal"]["seconds_per_step"]
+    base = results.get("marginal", {}).get("seconds_per_step")
+    if base is not None:
         for summary in results.values():
-            summary["speedup_vs_marginal"] = base / max(summary["seconds_per_step"], 1e-12)
+            # a method that diverged before its first step has no time per step
+            own = summary["seconds_per_step"]
+            summary["speedup_vs_marginal"] = None if own is None else base / max(own, 1e-12)
     return results
 
 
@@ -284,19 +295,17 @@ def _train(cfg, run, phase, spec, split, x_dim, device, quiet, interrupt_at) -> 
         cv_opt = torch.optim.Adam(params, lr=cfg.cv_lr) if params else None
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     start, seconds, evals = 0, 0.0, 0.0
-    ckpt = run.load_checkpoint(phase)
+    # The checkpoint of iteration c is saved before that iteration logs anything.
+    ckpt = run.resume(phase, device)
     if ckpt is not None:
-        start, seconds, evals = ckpt["step"], ckpt["seconds"], ckpt["evals"]
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["opt"])
-        holder.load_state_dict(ckpt["estimator"])
-        if cv_opt is not None and ckpt["cv_opt"] is not None:
-            cv_opt.load_state_dict(ckpt["cv_opt"])
-        gen.set_state(ckpt["gen"])
-    # Every record logged in loop iteration i has step i + 1 (step 0: the
-    # untrained model), and the checkpoint of iteration c is saved before it
-    # logs anything: the records of steps <= c predate the checkpoint.
-    run.truncate(phase, start)
+        with run.restoring(phase):
+            start, seconds, evals = ckpt["step"], ckpt["seconds"], ckpt["evals"]
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["opt"])
+            holder.load_state_dict(ckpt["estimator"])
+            if cv_opt is not None and ckpt["cv_opt"] is not None:
+                cv_opt.load_state_dict(ckpt["cv_opt"])
+            gen.set_state(ckpt["gen"])
 
     def log_valid(step: int) -> None:
         acc, bound = _evaluate(model, *split["valid"], device, cfg.seed + 2)
@@ -305,6 +314,7 @@ def _train(cfg, run, phase, spec, split, x_dim, device, quiet, interrupt_at) -> 
     if start == 0:
         log_valid(0)
     window: dict[str, list[float]] = {"loss": [], "lab": [], "unl": [], "cls": []}
+    diverged: dict[str, Any] | None = None
     with progress(cfg.steps, f"ssl {canonical(spec)}", quiet=quiet, initial=start) as bar:
         for step in range(start, cfg.steps):
             if step % cfg.checkpoint_every == 0 and step > start:
@@ -320,6 +330,7 @@ def _train(cfg, run, phase, spec, split, x_dim, device, quiet, interrupt_at) -> 
                         "cv_opt": cv_opt.state_dict() if cv_opt is not None else None,
                         "gen": gen.get_state(),
                     },
+                    device,
                 )
                 if interrupt_at is not None and step >= interrupt_at:
                     raise Interrupted(f"simulated interruption at step {step}")
@@ -339,15 +350,17 @@ def _train(cfg, run, phase, spec, split, x_dim, device, quiet, interrupt_at) -> 
                 entropy=cfg.entropy,  # type: ignore[arg-type]
                 generator=gen,
             )
-            if cv_opt is not None and obj.cv_loss is not None and obj.cv_loss.requires_grad:
-                cv_step(obj.cv_loss, cv_opt)
-            opt.zero_grad(set_to_none=True)
-            obj.loss.backward()
-            if not all(
-                p.grad is None or bool(torch.isfinite(p.grad).all()) for p in model.parameters()
-            ):
-                run.log({"phase": phase, "step": step, "diverged": True})
-                raise FloatingPointError(f"{spec}: non-finite gradients at step {step}")
+            try:
+                check_finite("loss", obj.loss)
+                check_finite("control-variate loss", obj.cv_loss)
+                if cv_opt is not None and obj.cv_loss is not None and obj.cv_loss.requires_grad:
+                    cv_step(obj.cv_loss, cv_opt)
+                opt.zero_grad(set_to_none=True)
+                obj.loss.backward()
+                check_finite("gradient", *(p.grad for p in model.parameters()))
+            except Diverged as err:
+                diverged = log_divergence(run, phase, canonical(spec), step, err.quantity)
+                break
             opt.step()
             seconds += time.perf_counter() - t0
             evals += obj.n_evals
@@ -375,6 +388,21 @@ def _train(cfg, run, phase, spec, split, x_dim, device, quiet, interrupt_at) -> 
             if (step + 1) % cfg.eval_every == 0:
                 log_valid(step + 1)
             bar.update()
+    if diverged is not None:
+        # A model stopped part-way has no test numbers worth comparing.
+        done = diverged["step"]
+        return {
+            "test_accuracy": None,
+            "test_neg_elbo": None,
+            "valid_accuracy": None,
+            "valid_neg_elbo": None,
+            "seconds_per_step": seconds / done if done else None,
+            "evals_per_step": evals / done if done else None,
+            "steps": done,
+            "n_labels": len(x_l),
+            "n_unlabelled": len(x_u),
+            "diverged": diverged,
+        }
     test_acc, test_bound = _evaluate(model, *split["test"], device, cfg.seed + 3)
     valid_acc, valid_bound = _evaluate(model, *split["valid"], device, cfg.seed + 2)
     summary = {
@@ -389,4 +417,4 @@ def _train(cfg, run, phase, spec, split, x_dim, device, quiet, interrupt_at) -> 
         "n_unlabelled": len(x_u),
     }
     run.log({"phase": phase, "step": cfg.steps, **{f"final_{k}": v for k, v in summary.items()}})
-    return summary
+    return {**summary, "diverged": None}

@@ -28,11 +28,14 @@ from torch.distributions import Categorical
 from discograd.diagnostics import gradient_draws
 from discograd.estimators.registry import canonical, make
 from discograd.experiments.common import (
+    Diverged,
     check_estimators,
+    check_finite,
     check_floats,
     check_ints,
     cv_optimizer,
     estimator_step,
+    log_divergence,
     resolve_device,
 )
 from discograd.experiments.runner import RunDir, progress
@@ -84,7 +87,7 @@ class ToyConfig:
         check_ints(self, ("seed",), minimum=0)
         check_ints(self, ("C", "var_draws"), minimum=2)
         check_floats(self, ("lr", "cv_lr"))
-        check_estimators(self.estimators, "categorical")
+        check_estimators(self.estimators, "categorical", support=self.C)
 
 
 def toy_rewards(C: int, R: int, device: torch.device | str = "cpu") -> Tensor:
@@ -121,24 +124,25 @@ def _run_one(cfg, run, phase, spec, f, F, device, quiet) -> dict[str, Any]:
     var_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     theta = torch.zeros(cfg.C, dtype=torch.float64, device=device)
     start, evals, seconds = 0, 0.0, 0.0
-    ckpt = run.load_checkpoint(phase)
+    # The checkpoint of step s is saved before anything of step s is logged.
+    ckpt = run.resume(phase, device)
     if ckpt is not None:
-        start, evals, seconds = ckpt["step"], ckpt["evals"], ckpt["seconds"]
-        theta = ckpt["theta"].to(device)
-        est.load_state_dict(ckpt["estimator"])
-        if cv_opt is not None and ckpt["cv_opt"] is not None:
-            cv_opt.load_state_dict(ckpt["cv_opt"])
-        gen.set_state(ckpt["gen"])
-        var_gen.set_state(ckpt["var_gen"])
-    run.truncate(phase, start - 1)
+        with run.restoring(phase):
+            start, evals, seconds = ckpt["step"], ckpt["evals"], ckpt["seconds"]
+            theta = ckpt["theta"].to(device)
+            est.load_state_dict(ckpt["estimator"])
+            if cv_opt is not None and ckpt["cv_opt"] is not None:
+                cv_opt.load_state_dict(ckpt["cv_opt"])
+            gen.set_state(ckpt["gen"])
+            var_gen.set_state(ckpt["var_gen"])
     optimum = float(F.max())
-    diverged = False
+    diverged: dict[str, Any] | None = None
     with progress(cfg.steps, f"toy {canonical(spec)}", quiet=quiet, initial=start) as bar:
         for step in range(start, cfg.steps + 1):
             # Checkpoint first: a resumed run replays this whole step, logging included.
             if step % cfg.checkpoint_every == 0 and step > start:
                 state = _state(step, evals, seconds, theta, est, cv_opt, gen, var_gen)
-                run.save_checkpoint(phase, state)
+                run.save_checkpoint(phase, state, device)
             pi = torch.softmax(theta, -1)
             if step % cfg.record_every == 0 or step == cfg.steps:
                 run.log(
@@ -160,10 +164,14 @@ def _run_one(cfg, run, phase, spec, f, F, device, quiet) -> dict[str, Any]:
             t0 = time.perf_counter()
             leaf = theta.clone().requires_grad_()
             out = est(f, Categorical(logits=leaf), generator=gen)
-            (grad,), finite = estimator_step(out, [leaf], cv_opt)
-            if not finite:
-                diverged = True
-                run.log({"phase": phase, "step": step, "diverged": True})
+            try:
+                check_finite("loss", out.loss)
+                check_finite("control-variate loss", out.cv_loss)
+                (grad,), finite = estimator_step(out, [leaf], cv_opt)
+                if not finite:
+                    raise Diverged("gradient")
+            except Diverged as err:
+                diverged = log_divergence(run, phase, canonical(spec), step, err.quantity)
                 break
             theta = theta + cfg.lr * grad  # gradient ascent on E[f]
             seconds += time.perf_counter() - t0

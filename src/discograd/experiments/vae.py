@@ -16,6 +16,11 @@ Resuming: a checkpoint every ``checkpoint_every`` steps holds the model,
 optimisers, estimator state and random streams; the batch order and the
 dynamic binarisation are functions of (seed, step), so a resumed run logs the
 same metrics as an uninterrupted one.
+
+Divergence: a non-finite loss, control-variate loss or gradient stops that
+estimator before the step is applied; the phase finishes with a ``diverged``
+entry (estimator, step, quantity) and no test numbers, and the next
+estimator runs.
 """
 
 from __future__ import annotations
@@ -27,26 +32,31 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from discograd.data import load
 from discograd.data.datasets import ImageData
+from discograd.errors import ConfigError
 from discograd.estimators.registry import canonical, make
 from discograd.experiments.common import (
     BINARIZATIONS,
+    Diverged,
     batch_indices,
     binarized_splits,
     check_choice,
     check_estimators,
+    check_finite,
     check_floats,
     check_ints,
     check_sizes,
     cv_optimizer,
     cv_step,
+    load_data,
+    log_divergence,
     resolve_device,
     slug,
     training_batch,
 )
-from discograd.experiments.runner import RunDir, progress
+from discograd.experiments.runner import RunDir, atomic_save, progress
 from discograd.models import BernoulliVAE, CategoricalVAE, DiscreteVAE
+from discograd.models.nets import ACTIVATIONS
 from discograd.schedules import ExponentialDecay
 
 __all__ = ["VAE_ESTIMATORS", "VAEConfig", "build_model", "run_vae"]
@@ -107,6 +117,8 @@ class VAEConfig:
         if self.latent == "categorical":
             check_ints(self, ("n_categories",), minimum=2)
         check_sizes("hidden", self.hidden)
+        check_choice(self, "activation", tuple(ACTIVATIONS))
+        check_choice(self, "prior", ("uniform", "learned"))
         check_choice(self, "kl", ("analytic", "relaxed"))
         check_choice(self, "binarization", BINARIZATIONS)
         check_floats(self, ("lr", "cv_lr", "tau_floor"))
@@ -114,15 +126,15 @@ class VAEConfig:
         if self.grad_check_every:
             k = self.n_categories if self.latent == "categorical" else 2
             if k**self.n_latent > 2**16:
-                raise ValueError(
+                raise ConfigError(
                     f"grad_check_every needs an enumerable posterior ({k}^{self.n_latent} "
                     "configurations is above 65536); use e.g. --n-latent 1 --n-categories 10"
                 )
-        for spec, est in zip(
-            self.estimators, check_estimators(self.estimators, self.latent), strict=True
-        ):
+        k = self.n_categories if self.latent == "categorical" else 2
+        built = check_estimators(self.estimators, self.latent, support=k**self.n_latent)
+        for spec, est in zip(self.estimators, built, strict=True):
             if self.kl == "relaxed" and not hasattr(est, "schedule"):
-                raise ValueError(
+                raise ConfigError(
                     f"kl='relaxed' needs a relaxed estimator with a temperature; {spec} has none"
                 )
 
@@ -216,9 +228,9 @@ def run_vae(
     cfg.validate()
     device = resolve_device(cfg.device)
     if data is None:
-        data = load(cfg.dataset, path=cfg.dataset_path, data_dir=cfg.data_dir, quiet=quiet)
+        data = load_data(cfg, quiet=quiet)
     if len(data.train) < cfg.batch_size:
-        raise ValueError(
+        raise ConfigError(
             f"batch_size={cfg.batch_size} exceeds the {len(data.train)} training images"
         )
     sets = binarized_splits(data, cfg.binarization, cfg.seed)
@@ -245,20 +257,18 @@ def _train(cfg, run, phase, spec, sets, data, device, quiet, interrupt_at) -> di
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     start, seconds, evals = 0, 0.0, 0.0
     window: list[float] = []
-    ckpt = run.load_checkpoint(phase)
+    # Records of a step count are logged before the checkpoint of that count.
+    ckpt = run.resume(phase, device)
     if ckpt is not None:
-        start, seconds, evals = ckpt["step"], ckpt["seconds"], ckpt["evals"]
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["opt"])
-        est.load_state_dict(ckpt["estimator"])
-        if cv_opt is not None and ckpt["cv_opt"] is not None:
-            cv_opt.load_state_dict(ckpt["cv_opt"])
-        gen.set_state(ckpt["gen"])
-        window = list(ckpt["window"])
-    # Every record carries the number of completed steps and is logged before
-    # the checkpoint of that step count: records up to ``start`` belong to the
-    # checkpointed state, later ones are replayed. (A fresh start drops all.)
-    run.truncate(phase, start if ckpt is not None else -1)
+        with run.restoring(phase):
+            start, seconds, evals = ckpt["step"], ckpt["seconds"], ckpt["evals"]
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["opt"])
+            est.load_state_dict(ckpt["estimator"])
+            if cv_opt is not None and ckpt["cv_opt"] is not None:
+                cv_opt.load_state_dict(ckpt["cv_opt"])
+            gen.set_state(ckpt["gen"])
+            window = list(ckpt["window"])
 
     def validate(done: int) -> None:
         model.eval()
@@ -277,6 +287,7 @@ def _train(cfg, run, phase, spec, sets, data, device, quiet, interrupt_at) -> di
 
     if start == 0:
         validate(0)
+    diverged: dict[str, Any] | None = None
     with progress(cfg.steps, f"vae {canonical(spec)}", quiet=quiet, initial=start) as bar:
         for step in range(start, cfg.steps):
             x = _batches(sets["train"], cfg, step, device)
@@ -284,15 +295,17 @@ def _train(cfg, run, phase, spec, sets, data, device, quiet, interrupt_at) -> di
             tau = float(est.tau) if hasattr(est, "schedule") else None
             t0 = time.perf_counter()
             obj = model.objective(x, est, kl=cfg.kl, tau=tau, generator=gen)  # type: ignore[arg-type]
-            if cv_opt is not None and obj.cv_loss is not None and obj.cv_loss.requires_grad:
-                cv_step(obj.cv_loss, cv_opt)
-            opt.zero_grad(set_to_none=True)
-            obj.loss.backward()
-            if not all(
-                p.grad is None or bool(torch.isfinite(p.grad).all()) for p in model.parameters()
-            ):
-                run.log({"phase": phase, "step": step, "diverged": True})
-                raise FloatingPointError(f"{spec}: non-finite gradients at step {step}")
+            try:
+                check_finite("loss", obj.loss)
+                check_finite("control-variate loss", obj.cv_loss)
+                if cv_opt is not None and obj.cv_loss is not None and obj.cv_loss.requires_grad:
+                    cv_step(obj.cv_loss, cv_opt)
+                opt.zero_grad(set_to_none=True)
+                obj.loss.backward()
+                check_finite("gradient", *(p.grad for p in model.parameters()))
+            except Diverged as err:
+                diverged = log_divergence(run, phase, canonical(spec), step, err.quantity)
+                break
             opt.step()
             seconds += time.perf_counter() - t0
             evals += obj.n_evals
@@ -329,9 +342,24 @@ def _train(cfg, run, phase, spec, sets, data, device, quiet, interrupt_at) -> di
                         "cv_opt": cv_opt.state_dict() if cv_opt is not None else None,
                         "gen": gen.get_state(),
                     },
+                    device,
                 )
                 if interrupt_at is not None and done >= interrupt_at:
                     raise Interrupted(f"simulated interruption after step {done}")
+    if diverged is not None:
+        # A model stopped part-way has no test numbers worth comparing.
+        done = diverged["step"]
+        return {
+            "test_neg_elbo": None,
+            "valid_neg_elbo": None,
+            "test_iw_bound": None,
+            "iw_samples": cfg.eval_samples,
+            "iw_examples": min(cfg.iw_examples, len(sets["test"])),
+            "seconds_per_step": seconds / done if done else None,
+            "evals_per_step": evals / done if done else None,
+            "steps": done,
+            "diverged": diverged,
+        }
     model.eval()
     test = sets["test"]
     summary = {
@@ -348,7 +376,7 @@ def _train(cfg, run, phase, spec, sets, data, device, quiet, interrupt_at) -> di
     }
     run.log({"phase": phase, "step": cfg.steps, **{f"final_{k}": v for k, v in summary.items()}})
     _save_images(run, phase, model, test, device, cfg, data.image_shape)
-    return summary
+    return {**summary, "diverged": None}
 
 
 def _save_images(run, phase, model, test, device, cfg, shape) -> None:
@@ -359,7 +387,7 @@ def _save_images(run, phase, model, test, device, cfg, shape) -> None:
         recon = torch.sigmoid(model.decoder(model.decoder_input(z)))
         prior_z = model.prior().sample((16,))
         samples = torch.sigmoid(model.decoder(model.decoder_input(prior_z)))
-    torch.save(
-        {"shape": tuple(shape), "test": x.cpu(), "recon": recon.cpu(), "samples": samples.cpu()},
+    atomic_save(
         run.path / f"images-{slug(phase)}.pt",
+        {"shape": tuple(shape), "test": x.cpu(), "recon": recon.cpu(), "samples": samples.cpu()},
     )

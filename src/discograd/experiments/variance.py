@@ -34,6 +34,7 @@ from torch.distributions import Bernoulli as TorchBernoulli
 from torch.distributions import Distribution, Independent, OneHotCategorical
 
 from discograd.diagnostics import exact_gradient, gradient_stats
+from discograd.errors import ConfigError
 from discograd.estimators import registry
 from discograd.estimators.registry import canonical, make, parse_spec
 from discograd.experiments.common import (
@@ -88,9 +89,9 @@ class VarianceConfig:
     def validate(self) -> None:
         unknown = [p for p in self.problems if p not in PROBLEMS]
         if unknown:
-            raise ValueError(f"unknown problem {unknown[0]!r}; known: {', '.join(PROBLEMS)}")
+            raise ConfigError(f"unknown problem {unknown[0]!r}; known: {', '.join(PROBLEMS)}")
         if not self.problems:
-            raise ValueError("problems must name at least one problem")
+            raise ConfigError("problems must name at least one problem")
         check_ints(self, ("n_draws",), minimum=2)
         check_ints(self, ("warmup", "seed"), minimum=0)
         check_floats(self, ("cv_lr",))
@@ -98,7 +99,7 @@ class VarianceConfig:
             if isinstance(t, bool) or not (
                 isinstance(t, (int, float)) and t > 0 and math.isfinite(t)
             ):
-                raise ValueError(f"temperatures must be positive, got {t!r}")
+                raise ConfigError(f"temperatures must be positive, got {t!r}")
         check_estimators(self.estimators)
 
 
@@ -163,7 +164,7 @@ def make_problem(name: str, device: torch.device, seed: int) -> Problem:
             f_ber,
             "B=4 data points, D=8 binary variables, f=(w·b−0.45)²+tanh(3w·b)",
         )
-    raise ValueError(f"unknown problem {name!r}; known: {', '.join(PROBLEMS)}")
+    raise ConfigError(f"unknown problem {name!r}; known: {', '.join(PROBLEMS)}")
 
 
 def _takes_tau(name: str) -> bool:
@@ -206,6 +207,7 @@ def run_variance(cfg: VarianceConfig, run: RunDir, *, quiet: bool = False) -> di
                 label = canonical(spec)
                 phase = f"variance/{pname}/{label}"
                 if not run.is_done(phase):
+                    run.resume(phase)  # drops a record an interrupted run logged but did not finish
                     stats = _measure(cfg, problem, spec, exact, device)
                     if stats is not None:
                         run.log({"phase": phase, **stats})
@@ -221,7 +223,7 @@ def _measure(cfg, problem: Problem, spec: str, exact, device) -> dict[str, Any] 
     torch.manual_seed(cfg.seed)  # initial weights of learned control variates (RELAX's network)
     try:
         est = make(spec).to(device)
-    except ValueError:
+    except ConfigError:
         return None  # e.g. a temperature this method refuses
     if problem.kind not in est.supports:
         return None

@@ -6,12 +6,14 @@ import datetime as _dt
 import math
 import os
 import platform
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from discograd.errors import RunFolderWarning
 from discograd.experiments.common import slug
 from discograd.experiments.runner import RunDir, atomic_write_text
 
@@ -63,6 +65,35 @@ def _img(name: str, alt: str) -> str:
     return f"![{alt}]({name})"
 
 
+# ---------------------------------------------------------------- divergence
+def divergence(result: dict[str, Any]) -> str | None:
+    """Where an estimator diverged ("step 37 (non-finite loss)"), or None if it did not."""
+    d = result.get("diverged")
+    if isinstance(d, dict):
+        return f"step {d['step']} (non-finite {d['quantity']})"
+    return "yes" if d else None  # toy results written before the step was recorded
+
+
+def _finished(results: dict[str, Any]) -> dict[str, Any]:
+    """The results of the estimators that did not diverge (the ones with test numbers)."""
+    return {k: v for k, v in results.items() if divergence(v) is None}
+
+
+def _divergence_lines(study: str, results: dict[str, Any]) -> list[str]:
+    gone = {k: divergence(v) for k, v in results.items() if divergence(v) is not None}
+    if not gone:
+        return []
+    return [
+        f"Diverged in the {study} and stopped there (no test numbers): "
+        + ", ".join(f"`{k}` at {where}" for k, where in gone.items())
+        + "."
+    ]
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else 1000 * seconds
+
+
 # ------------------------------------------------------------------------ toy
 def toy_section(run: RunDir, results: dict[str, Any], cfg: Any) -> tuple[str, list[str]]:
     """The toy's table and plots; returns (markdown, summary sentences)."""
@@ -84,7 +115,7 @@ def toy_section(run: RunDir, results: dict[str, Any], cfg: Any) -> tuple[str, li
                 r["mean_grad_variance"],
                 r["evals_per_step"],
                 1000 * r["seconds_per_step"],
-                r["diverged"],
+                divergence(r) or "no",
             ]
         )
     text = [
@@ -199,12 +230,10 @@ def _toy_summary(results: dict[str, Any]) -> list[str]:
             f"On the toy no sampling estimator reached p(last) > 0.9 in the run; "
             f"`{best}` got furthest (p(last) = {fmt(sampled[best]['p_last'])})."
         )
-    diverged = [k for k, v in results.items() if v["diverged"]]
-    if diverged:
+    gone = {k: divergence(v) for k, v in results.items() if divergence(v) is not None}
+    if gone:
         out.append(
-            "Diverged (non-finite gradients) on the toy: "
-            + ", ".join(f"`{k}`" for k in diverged)
-            + "."
+            "Diverged on the toy: " + ", ".join(f"`{k}` at {w}" for k, w in gone.items()) + "."
         )
     return out
 
@@ -340,6 +369,7 @@ def vae_section(
         "discrete −ELBO it is meant to approximate.",
         "",
     ]
+    done = _finished(results)
     rows = [
         [
             k,
@@ -349,7 +379,19 @@ def vae_section(
             r["evals_per_step"],
             1000 * r["seconds_per_step"],
         ]
-        for k, r in sorted(results.items(), key=lambda kv: kv[1]["test_neg_elbo"])
+        for k, r in sorted(done.items(), key=lambda kv: kv[1]["test_neg_elbo"])
+    ]
+    rows += [
+        [
+            k,
+            f"diverged at {divergence(r)}",
+            None,
+            None,
+            r["evals_per_step"],
+            _ms(r["seconds_per_step"]),
+        ]
+        for k, r in results.items()
+        if k not in done
     ]
     text += [
         table(
@@ -401,14 +443,15 @@ def vae_section(
             text += _vae_images(run, label)
     text += _grad_check_table(run, results)
     summary = []
-    if results:
-        best = min(results, key=lambda k: results[k]["test_neg_elbo"])
-        fastest = min(results, key=lambda k: results[k]["seconds_per_step"])
+    if done:
+        best = min(done, key=lambda k: done[k]["test_neg_elbo"])
+        fastest = min(done, key=lambda k: done[k]["seconds_per_step"])
         summary.append(
             f"VAE on {dataset}: `{best}` reached the lowest test −ELBO after {cfg.steps} steps "
-            f"({fmt(results[best]['test_neg_elbo'])} nats); `{fastest}` was the cheapest per step "
-            f"({fmt(1000 * results[fastest]['seconds_per_step'])} ms)."
+            f"({fmt(done[best]['test_neg_elbo'])} nats); `{fastest}` was the cheapest per step "
+            f"({fmt(1000 * done[fastest]['seconds_per_step'])} ms)."
         )
+    summary += _divergence_lines("VAE", results)
     return "\n".join(text), summary
 
 
@@ -467,7 +510,15 @@ def _vae_images(run: RunDir, label: str, prefix: str = "vae", what: str = "") ->
     src = run.path / f"images-{stem}.pt"
     if not src.exists():
         return []
-    saved = torch.load(src, weights_only=False)
+    try:
+        saved = torch.load(src, weights_only=False)
+    except Exception as err:  # a damaged file fails in many ways; the report goes on
+        warnings.warn(
+            f"{src} is damaged ({type(err).__name__}); the report leaves its images out",
+            RunFolderWarning,
+            stacklevel=2,
+        )
+        return []
     name = f"{prefix}_{stem}.png"
     grid = torch.cat([saved["test"][:8], saved["recon"][:8], saved["samples"][:8]])
     plots.image_grid(
@@ -500,6 +551,7 @@ def sbn_section(
         "Lower is better (nats).",
         "",
     ]
+    done = _finished(results)
     rows = [
         [
             k,
@@ -509,7 +561,19 @@ def sbn_section(
             r["evals_per_step"],
             1000 * r["seconds_per_step"],
         ]
-        for k, r in sorted(results.items(), key=lambda kv: kv[1]["test_nll"])
+        for k, r in sorted(done.items(), key=lambda kv: kv[1]["test_nll"])
+    ]
+    rows += [
+        [
+            k,
+            f"diverged at {divergence(r)}",
+            None,
+            None,
+            r["evals_per_step"],
+            _ms(r["seconds_per_step"]),
+        ]
+        for k, r in results.items()
+        if k not in done
     ]
     text += [
         table(
@@ -546,12 +610,13 @@ def sbn_section(
                 run, label, "sbn", "true digits, predicted bottom halves (mean), one sample"
             )
     summary = []
-    if results:
-        best = min(results, key=lambda k: results[k]["test_nll"])
+    if done:
+        best = min(done, key=lambda k: done[k]["test_nll"])
         summary.append(
             f"Structured prediction ({kind} SBN on {dataset}): `{best}` reached the lowest "
-            f"test −log-likelihood ({results[best]['test_nll']:.2f} nats, m = {m})."
+            f"test −log-likelihood ({done[best]['test_nll']:.2f} nats, m = {m})."
         )
+    summary += _divergence_lines("SBN", results)
     return "\n".join(text), summary
 
 
@@ -584,6 +649,15 @@ def ssl_section(
             1000 * r["seconds_per_step"],
             r.get("speedup_vs_marginal"),
         ]
+        if divergence(r) is None
+        else [
+            k,
+            f"diverged at {divergence(r)}",
+            None,
+            None,
+            _ms(r["seconds_per_step"]),
+            r.get("speedup_vs_marginal"),
+        ]
         for k, r in results.items()
     ]
     text += [
@@ -608,22 +682,23 @@ def ssl_section(
             table(
                 ["method", "ms / step", "speed-up vs marginal"],
                 [
-                    [k, 1000 * r["seconds_per_step"], r.get("speedup_vs_marginal")]
+                    [k, _ms(r["seconds_per_step"]), r.get("speedup_vs_marginal")]
                     for k, r in timing.items()
                 ],
             ),
             "",
         ]
     summary = []
-    if results:
-        best = max(results, key=lambda k: results[k]["test_accuracy"])
+    done = _finished(results)
+    if done:
+        best = max(done, key=lambda k: done[k]["test_accuracy"])
         line = (
             f"Semi-supervised M2 on {dataset}: `{best}` had the best test accuracy "
-            f"({100 * results[best]['test_accuracy']:.1f} %)"
+            f"({100 * done[best]['test_accuracy']:.1f} %)"
         )
         speed = {
             k: r["speedup_vs_marginal"]
-            for k, r in results.items()
+            for k, r in done.items()
             if r.get("speedup_vs_marginal") and k != "marginal"
         }
         if speed:
@@ -633,13 +708,16 @@ def ssl_section(
         if timing:
             t_speed = {
                 k: r["speedup_vs_marginal"]
-                for k, r in timing.items()
+                for k, r in _finished(timing).items()
                 if r.get("speedup_vs_marginal") and k != "marginal"
             }
             if t_speed:
                 f2 = max(t_speed, key=t_speed.get)  # type: ignore[arg-type]
                 line += f" and {t_speed[f2]:.1f}× over {timing_classes}"
         summary.append(line + ".")
+    summary += _divergence_lines("semi-supervised M2", results)
+    if timing:
+        summary += _divergence_lines(f"timing run ({timing_classes} classes)", timing)
     return "\n".join(text), summary
 
 
@@ -659,8 +737,8 @@ def bench_summary(results: dict[str, Any]) -> list[str]:
         out += _exactness_notes(var)
     if "toy" in results:
         out += _toy_summary(results["toy"])
-    if "vae" in results:
-        vae = results["vae"]
+    if _finished(results.get("vae", {})):
+        vae = _finished(results["vae"])
         best = min(vae, key=lambda k: vae[k]["test_neg_elbo"])
         cheap = min(vae, key=lambda k: vae[k]["seconds_per_step"])
         spread = max(v["test_neg_elbo"] for v in vae.values()) - vae[best]["test_neg_elbo"]
@@ -671,6 +749,7 @@ def bench_summary(results: dict[str, Any]) -> list[str]:
             f"({fmt(1000 * vae[cheap]['seconds_per_step'])} ms vs "
             f"{fmt(1000 * vae[best]['seconds_per_step'])} ms)."
         )
+    out += _divergence_lines("VAE", results.get("vae", {}))
     return out
 
 
@@ -700,11 +779,11 @@ def _unbiased_advice(var: dict[str, Any], vae: dict[str, Any] | None = None) -> 
         f"winners were {won}. Across all {n_problems} problems `{robust}` was the most robust "
         f"(on average {fmt(complete[robust])}× the best variance)."
     )
-    if vae and robust in vae:
+    if vae and robust in _finished(vae):
         # The variance study holds θ fixed (baselines at their best); training moves it.
         from discograd.estimators.registry import make
 
-        unbiased_vae = [k for k in vae if make(k).unbiased]
+        unbiased_vae = [k for k in _finished(vae) if make(k).unbiased]
         ranked = sorted(unbiased_vae, key=lambda k: vae[k]["test_neg_elbo"])
         if len(ranked) > 1:
             line += (
