@@ -7,7 +7,15 @@ contract (:mod:`discograd.estimators`) and exact-gradient diagnostics
 (:mod:`discograd.baselines`) and temperature schedules (:mod:`discograd.schedules`).
 """
 
-from discograd import baselines, diagnostics, distributions, estimators, functional, schedules
+from discograd import (
+    baselines,
+    diagnostics,
+    distributions,
+    errors,
+    estimators,
+    functional,
+    schedules,
+)
 from discograd.estimators import Estimate, Estimator, Exact
 from discograd.functional import (
     conditional_gumbel,
@@ -30,6 +38,7 @@ __all__ = [
     "conditional_logistic",
     "diagnostics",
     "distributions",
+    "errors",
     "estimators",
     "functional",
     "gumbel_max",
