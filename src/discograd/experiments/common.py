@@ -8,7 +8,7 @@ a bug, keep its traceback.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -126,6 +126,29 @@ def check_finite(quantity: str, *tensors: Tensor | None) -> None:
     for t in tensors:
         if t is not None and not bool(torch.isfinite(t).all()):
             raise Diverged(quantity)
+
+
+def model_step(
+    loss: Tensor,
+    cv_loss: Tensor | None,
+    opt: torch.optim.Optimizer,
+    cv_opt: torch.optim.Optimizer | None,
+    params: Iterable[Tensor],
+) -> None:
+    """One guarded training step of a model: control variates, backward, optimiser.
+
+    Raises :class:`Diverged` (naming the loss, the control-variate loss or the
+    gradient) before any non-finite value reaches the model or the control
+    variates; ``opt.step()`` runs only when everything is finite.
+    """
+    check_finite("loss", loss)
+    check_finite("control-variate loss", cv_loss)
+    if cv_opt is not None and cv_loss is not None and cv_loss.requires_grad:
+        cv_step(cv_loss, cv_opt)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    check_finite("gradient", *(p.grad for p in params))
+    opt.step()
 
 
 def log_divergence(

@@ -60,13 +60,12 @@ from discograd.experiments.common import (
     binarized_splits,
     check_choice,
     check_estimators,
-    check_finite,
     check_floats,
     check_ints,
     check_sizes,
-    cv_step,
     load_data,
     log_divergence,
+    model_step,
     resolve_device,
     slug,
     training_batch,
@@ -315,17 +314,10 @@ def _train(cfg, run, phase, spec, sets, data, device, quiet, interrupt_at) -> di
             t0 = time.perf_counter()
             obj = model.objective(x, outer, inner, generator=gen)
             try:
-                check_finite("loss", obj.loss)
-                check_finite("control-variate loss", obj.cv_loss)
-                if cv_opt is not None and obj.cv_loss is not None and obj.cv_loss.requires_grad:
-                    cv_step(obj.cv_loss, cv_opt)
-                opt.zero_grad(set_to_none=True)
-                obj.loss.backward()
-                check_finite("gradient", *(p.grad for p in model.parameters()))
+                model_step(obj.loss, obj.cv_loss, opt, cv_opt, model.parameters())
             except Diverged as err:
                 diverged = log_divergence(run, phase, canonical(spec), step, err.quantity)
                 break
-            opt.step()
             seconds += time.perf_counter() - t0
             evals += obj.n_evals
             layer_evals += obj.layer_evals

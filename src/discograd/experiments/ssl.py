@@ -64,13 +64,12 @@ from discograd.experiments.common import (
     binarized_splits,
     check_choice,
     check_estimators,
-    check_finite,
     check_floats,
     check_ints,
     check_sizes,
-    cv_step,
     load_data,
     log_divergence,
+    model_step,
     resolve_device,
     training_batch,
 )
@@ -351,17 +350,10 @@ def _train(cfg, run, phase, spec, split, x_dim, device, quiet, interrupt_at) -> 
                 generator=gen,
             )
             try:
-                check_finite("loss", obj.loss)
-                check_finite("control-variate loss", obj.cv_loss)
-                if cv_opt is not None and obj.cv_loss is not None and obj.cv_loss.requires_grad:
-                    cv_step(obj.cv_loss, cv_opt)
-                opt.zero_grad(set_to_none=True)
-                obj.loss.backward()
-                check_finite("gradient", *(p.grad for p in model.parameters()))
+                model_step(obj.loss, obj.cv_loss, opt, cv_opt, model.parameters())
             except Diverged as err:
                 diverged = log_divergence(run, phase, canonical(spec), step, err.quantity)
                 break
-            opt.step()
             seconds += time.perf_counter() - t0
             evals += obj.n_evals
             window["loss"].append(float(obj.loss.detach()))

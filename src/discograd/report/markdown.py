@@ -66,6 +66,22 @@ def _img(name: str, alt: str) -> str:
 
 
 # ---------------------------------------------------------------- divergence
+def _diverged_rows(results: dict[str, Any], done: dict[str, Any]) -> list[list[Any]]:
+    """Report rows (name, when it diverged, two empty metrics, cost) of estimators not in done."""
+    return [
+        [
+            k,
+            f"diverged at {divergence(r)}",
+            None,
+            None,
+            r["evals_per_step"],
+            _ms(r["seconds_per_step"]),
+        ]
+        for k, r in results.items()
+        if k not in done
+    ]
+
+
 def divergence(result: dict[str, Any]) -> str | None:
     """Where an estimator diverged ("step 37 (non-finite loss)"), or None if it did not."""
     d = result.get("diverged")
@@ -381,18 +397,7 @@ def vae_section(
         ]
         for k, r in sorted(done.items(), key=lambda kv: kv[1]["test_neg_elbo"])
     ]
-    rows += [
-        [
-            k,
-            f"diverged at {divergence(r)}",
-            None,
-            None,
-            r["evals_per_step"],
-            _ms(r["seconds_per_step"]),
-        ]
-        for k, r in results.items()
-        if k not in done
-    ]
+    rows += _diverged_rows(results, done)
     text += [
         table(
             [
@@ -563,18 +568,7 @@ def sbn_section(
         ]
         for k, r in sorted(done.items(), key=lambda kv: kv[1]["test_nll"])
     ]
-    rows += [
-        [
-            k,
-            f"diverged at {divergence(r)}",
-            None,
-            None,
-            r["evals_per_step"],
-            _ms(r["seconds_per_step"]),
-        ]
-        for k, r in results.items()
-        if k not in done
-    ]
+    rows += _diverged_rows(results, done)
     text += [
         table(
             [
