@@ -1,13 +1,17 @@
 """Gradient estimators of :math:`\\nabla_\\theta \\mathbb E_{z\\sim q_\\theta}[f(z)]`, one contract.
 
-See :mod:`discograd.estimators.base` for the calling convention.
+See :mod:`discograd.estimators.base` for the calling convention and
+:mod:`discograd.estimators.registry` for estimators by name and their metadata
+(``make("rloo:n_samples=4")``, ``names(kind="bernoulli", unbiased=True)``,
+``info("arsm")``).
 """
 
-from discograd.estimators.arm import ARM, DisARM
-from discograd.estimators.arsm import AR, ARS, ARSM, ARSMPlus, ARSPlus
-from discograd.estimators.base import Estimate, Estimator, Latent, zero_valued
-from discograd.estimators.control import REBAR, RELAX, MLPControlVariate
+# Importing a family module registers its estimators; the registry lists names
+# in this order (the order of docs/estimators.md's table), so it is kept by hand.
+# isort: off
+from discograd.estimators.base import Estimate, Estimator, Latent
 from discograd.estimators.exact import Exact
+from discograd.estimators.score import REINFORCE, RLOO, VarGrad
 from discograd.estimators.relaxed import (
     GumbelRao,
     GumbelSoftmax,
@@ -15,7 +19,14 @@ from discograd.estimators.relaxed import (
     STGumbelSoftmax,
     StraightThrough,
 )
-from discograd.estimators.score import REINFORCE, RLOO, VarGrad
+from discograd.estimators.arsm import AR, ARS, ARSM, ARSMPlus, ARSPlus
+from discograd.estimators.arm import ARM, DisARM
+from discograd.estimators.control import REBAR, RELAX, MLPControlVariate
+
+# isort: on
+from discograd.estimators import baselines, registry
+from discograd.estimators._surrogate import zero_valued
+from discograd.estimators.registry import EstimatorInfo, info, infos, make, names, register
 
 __all__ = [
     "AR",
@@ -31,6 +42,7 @@ __all__ = [
     "DisARM",
     "Estimate",
     "Estimator",
+    "EstimatorInfo",
     "Exact",
     "GumbelRao",
     "GumbelSoftmax",
@@ -40,5 +52,12 @@ __all__ = [
     "STGumbelSoftmax",
     "StraightThrough",
     "VarGrad",
+    "baselines",
+    "info",
+    "infos",
+    "make",
+    "names",
+    "register",
+    "registry",
     "zero_valued",
 ]

@@ -1,12 +1,14 @@
-r"""Shared machinery of the augment-REINFORCE estimators (AR family, ARM, DisARM).
+r"""Machinery of the augment-REINFORCE estimators (the AR family, ARM, DisARM).
 
 * :func:`dirichlet_noise` — the Dirichlet / exponential-racing noise behind AR.
-* :func:`swap_argmax` — every pseudo-action :math:`z^{j\rightleftharpoons m}` at once.
+* :func:`swap_argmax` — every pseudo-action :math:`z^{j\rightleftharpoons m}` at once
+  (:func:`swap_table`, :func:`swap_reference`: the same in the swap-first layout).
 * :func:`evaluate_unique` — evaluate ``f`` once per *distinct* joint configuration
   of each data point, in one (optionally chunked) call with a leading sample
   dimension, and scatter the values back to the candidates.
-* :func:`surrogate` — the loss whose gradient with respect to the logits is a
-  given per-category gradient estimate.
+
+Surrogates and noise helpers shared with other families live in
+:mod:`discograd.estimators._surrogate` and :mod:`discograd.estimators._ops`.
 
 Everything here works on flattened tensors: ``B`` data points, ``V`` variables,
 ``C`` categories.
@@ -21,43 +23,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from discograd.estimators.base import CostFn, Latent, zero_valued
-from discograd.functional import _compute_dtype, _open_uniform
+from discograd.estimators._ops import open_uniform
+from discograd.estimators.base import CostFn, Latent
 
 __all__ = [
-    "check_max_evals",
     "dirichlet_noise",
     "evaluate_unique",
-    "sum_event",
-    "surrogate",
     "swap_argmax",
     "swap_reference",
     "swap_table",
 ]
 
 
-def check_max_evals(max_evals_per_call: int | None) -> int | None:
-    if max_evals_per_call is None:
-        return None
-    if (
-        isinstance(max_evals_per_call, bool)
-        or not isinstance(max_evals_per_call, int)
-        or max_evals_per_call < 1
-    ):
-        raise ValueError(
-            "max_evals_per_call must be None or a positive int, "
-            f"got max_evals_per_call={max_evals_per_call!r}"
-        )
-    return max_evals_per_call
-
-
-def uniform(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, generator) -> Tensor:
-    """U(0, 1) draws clamped into ``[tiny, 1 - eps/2]``: their logs and log1p are finite."""
-    return _open_uniform(shape, dtype, device, generator)
-
-
 def dirichlet_noise(
-    shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, generator
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    device: torch.device,
+    generator: torch.Generator | None,
 ) -> tuple[Tensor, Tensor]:
     r"""Gumbel noise ``G`` and ``log ϖ`` of one Dirichlet(1_C) draw per row.
 
@@ -65,7 +47,7 @@ def dirichlet_noise(
     \sim \mathrm{Dir}(1_C)` and :math:`G_i = -\log E_i` is standard Gumbel, so
     :math:`\arg\min_i \varpi_i e^{-\theta_i} = \arg\max_i (\theta_i + G_i)`.
     """
-    log_e = uniform(shape, dtype, device, generator).log_().neg_().log_()
+    log_e = open_uniform(shape, dtype, device, generator).log_().neg_().log_()
     return -log_e, log_e - torch.logsumexp(log_e, -1, keepdim=True)
 
 
@@ -295,29 +277,3 @@ def evaluate_unique(
     if attach == "first":
         slots = slots.detach()
     return slots.t().gather(1, slot), f_first, count
-
-
-def surrogate(f_value: Tensor, grad: Tensor, logits: Tensor, n_event: int) -> Tensor:
-    """``f_value + zero_valued(Σ grad · logits)``: the value of ``f_value``, whose
-    gradient w.r.t. ``logits`` is ``grad`` (summed over the last ``n_event`` dims).
-
-    The zero-valued term is formed in the compute dtype (float32 for 16-bit
-    logits): a gradient estimate beyond float16's range (costs of 1e4 and
-    more) would otherwise become ``inf`` and ``inf · 0`` a NaN loss. Masked
-    (``-inf``) and deterministic (``±inf`` Bernoulli) logits get no gradient
-    and never produce NaN.
-    """
-    cdt = _compute_dtype(logits.dtype)
-    finite = torch.isfinite(logits)
-    safe = torch.where(finite, logits, 0.0).to(cdt)
-    g = torch.where(finite, grad.detach().to(cdt), 0.0)
-    return f_value + sum_event(g * zero_valued(safe), n_event).to(f_value.dtype)
-
-
-def sum_event(x: Tensor, n_event: int) -> Tensor:
-    """Sum over the last ``n_event`` dimensions (none: ``x`` itself)."""
-    return x.flatten(x.dim() - n_event).sum(-1) if n_event else x
-
-
-def compute_dtype(latent: Latent) -> torch.dtype:
-    return _compute_dtype(latent.dtype)

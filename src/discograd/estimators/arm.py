@@ -17,14 +17,22 @@ import math
 import torch
 from torch import Tensor
 
-from discograd.estimators._augment import compute_dtype, evaluate_unique, surrogate, uniform
+from discograd.estimators._augment import evaluate_unique
+from discograd.estimators._ops import compute_dtype, open_uniform
+from discograd.estimators._surrogate import surrogate
 from discograd.estimators.base import CostFn, Estimate, Estimator, Latent
+from discograd.estimators.registry import register
 
 __all__ = ["ARM", "DisARM"]
 
 
 class _Antithetic(Estimator):
+    """Two antithetic samples from one uniform per variable: Bernoulli only, unbiased."""
+
     supports = frozenset({"bernoulli"})
+    unbiased = True
+    needs_grad_f = False
+    has_temperature = False
 
     def _pair(self, theta: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover
         raise NotImplementedError
@@ -36,8 +44,8 @@ class _Antithetic(Estimator):
         B = math.prod(latent.batch_shape)
         V = latent.n_vars
         theta = latent.logits.reshape(B, V)
-        th = theta.detach().to(compute_dtype(latent))
-        u = uniform((B, V), th.dtype, latent.device, generator)
+        th = theta.detach().to(compute_dtype(latent.dtype))
+        u = open_uniform((B, V), th.dtype, latent.device, generator)
         b1, b2 = self._pair(th, u)
         configs = torch.stack([b1, b2], 1).long()  # [B, 2, V]
         values, _, count = evaluate_unique(latent, f, configs, attach="all")
@@ -54,6 +62,7 @@ class _Antithetic(Estimator):
         )
 
 
+@register("arm")
 class ARM(_Antithetic):
     r"""Augment-REINFORCE-Merge (ARM) for Bernoulli variables.
 
@@ -77,6 +86,7 @@ class ARM(_Antithetic):
         return df * (u - 0.5)
 
 
+@register("disarm")
 class DisARM(_Antithetic):
     r"""DisARM: ARM Rao-Blackwellised over the noise that does not change the samples.
 

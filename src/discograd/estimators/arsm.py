@@ -55,28 +55,33 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from discograd.estimators._augment import (
-    check_max_evals,
-    compute_dtype,
     dirichlet_noise,
     evaluate_unique,
-    surrogate,
     swap_reference,
     swap_table,
 )
+from discograd.estimators._ops import compute_dtype
+from discograd.estimators._surrogate import surrogate
 from discograd.estimators.base import CostFn, Estimate, Estimator, Latent
+from discograd.estimators.registry import register
 
 __all__ = ["AR", "ARS", "ARSM", "ARSMPlus", "ARSPlus"]
 
 
 class _AugmentREINFORCE(Estimator):
+    """The AR family: categorical only, unbiased, ``f`` a black box."""
+
     supports = frozenset({"categorical"})
+    unbiased = True
+    needs_grad_f = False
+    has_temperature = False
 
     def _setup(self, latent: Latent, generator: torch.Generator | None):
         """Flattened logits ``[B, V, C]`` (attached), detached compute copy, noise."""
         B = math.prod(latent.batch_shape)
         V, C = latent.n_vars, latent.num_categories
         theta = latent.logits.reshape(B, V, C)
-        cdt = compute_dtype(latent)
+        cdt = compute_dtype(latent.dtype)
         th = theta.detach().to(cdt)
         gumbel, log_w = dirichlet_noise((B, V, C), cdt, latent.device, generator)
         return theta, th, gumbel, log_w
@@ -92,6 +97,7 @@ class _AugmentREINFORCE(Estimator):
         )
 
 
+@register("ar")
 class AR(_AugmentREINFORCE):
     r"""Augment-REINFORCE (AR) for categorical variables.
 
@@ -118,6 +124,21 @@ class AR(_AugmentREINFORCE):
         return self._finish(latent, theta, fz, grad, 1)
 
 
+def _check_max_evals(max_evals_per_call: int | None) -> int | None:
+    if max_evals_per_call is None:
+        return None
+    if (
+        isinstance(max_evals_per_call, bool)
+        or not isinstance(max_evals_per_call, int)
+        or max_evals_per_call < 1
+    ):
+        raise ValueError(
+            "max_evals_per_call must be None or a positive int, "
+            f"got max_evals_per_call={max_evals_per_call!r}"
+        )
+    return max_evals_per_call
+
+
 def _check_reference(reference) -> int | str:
     if isinstance(reference, str) and reference == "random":
         return "random"
@@ -134,7 +155,7 @@ class _WithEvals(_AugmentREINFORCE):
         self, *, max_evals_per_call: int | None = None, generator: torch.Generator | None = None
     ):
         super().__init__(generator=generator)
-        self.max_evals_per_call = check_max_evals(max_evals_per_call)
+        self.max_evals_per_call = _check_max_evals(max_evals_per_call)
 
     def extra_repr(self) -> str:
         return f"max_evals_per_call={self.max_evals_per_call}"
@@ -190,6 +211,7 @@ class _ReferenceSwap(_WithEvals):
         return self._finish(latent, theta, f_true, grad, count)
 
 
+@register("ars")
 class ARS(_ReferenceSwap):
     r"""Augment-REINFORCE-Swap (ARS) for categorical variables.
 
@@ -215,6 +237,7 @@ class ARS(_ReferenceSwap):
     """
 
 
+@register("ars_plus")
 class ARSPlus(_ReferenceSwap):
     r"""ARS+: ARS with symmetry zeroing and a Rao-Blackwellised Dirichlet weight.
 
@@ -279,6 +302,7 @@ class _Merge(_WithEvals):
         return self._finish(latent, theta, f_true, grad, count)
 
 
+@register("arsm")
 class ARSM(_Merge):
     r"""Augment-REINFORCE-Swap-Merge (ARSM) for categorical variables.
 
@@ -306,6 +330,7 @@ class ARSM(_Merge):
     """
 
 
+@register("arsm_plus")
 class ARSMPlus(_Merge):
     r"""ARSM+: ARSM with symmetry zeroing per variable and reference.
 

@@ -44,20 +44,12 @@ from torch.distributions import (
     OneHotCategorical,
 )
 
-from discograd.functional import _compute_dtype, _is_compiling, _perturbed, _uniform
-from discograd.functional import _softmax_last as softmax_last
+from discograd.estimators._ops import compute_dtype, is_compiling, one_hot, perturbed, uniform
 
-__all__ = [
-    "CostFn",
-    "Estimate",
-    "Estimator",
-    "Latent",
-    "one_hot",
-    "softmax_last",
-    "zero_valued",
-]
+__all__ = ["CostFn", "Estimate", "Estimator", "Kind", "Latent"]
 
 CostFn = Callable[[Tensor], Tensor]
+#: The two kinds of discrete variables: ``Estimator.supports`` is a set of them.
 Kind = Literal["bernoulli", "categorical"]
 
 
@@ -92,20 +84,6 @@ class Estimate:
         return float(n.float().mean()) if isinstance(n, Tensor) else float(n)
 
 
-def one_hot(index: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
-    """``F.one_hot(index, num_classes).to(dtype)`` as rows of the identity: one gather.
-
-    F.one_hot fills an int64 tensor and converts it: several times slower on CPU.
-    """
-    eye = torch.eye(num_classes, dtype=dtype, device=index.device)
-    return eye.index_select(0, index.reshape(-1)).view(index.shape + (num_classes,))
-
-
-def zero_valued(x: Tensor) -> Tensor:
-    """``x - x.detach()``: zero in value, the gradient of ``x`` in backward."""
-    return x - x.detach()
-
-
 _SUPPORTED = "Bernoulli, Categorical, OneHotCategorical, or Independent of one of them"
 
 
@@ -130,7 +108,7 @@ def _canonical_logits(base: Distribution, kind: Kind) -> Tensor:
     """
     if _given_probs(base):
         p = base.probs
-        pc = p.to(_compute_dtype(p.dtype))
+        pc = p.to(compute_dtype(p.dtype))
         _check_params(pc, "probs", base, kind)
         positive = pc > 0
         # The inner where keeps d log(p)/dp finite where p = 0 (never selected).
@@ -167,7 +145,7 @@ def _check_params(x: Tensor, name: str, base: Distribution, kind: Kind) -> None:
     which does not break the graph.
     """
     x = x.detach()  # no autograd nodes for a check
-    if _is_compiling():
+    if is_compiling():
         ok = ~_invalid(x, name, kind).any()
         torch._assert_async(ok, f"invalid {name} of {type(base).__name__}")
         return
@@ -298,10 +276,10 @@ class Latent:
         """
         shape = self.index_shape(sample_shape)
         logits = self.logits.detach()
-        cdt = _compute_dtype(logits.dtype)
+        cdt = compute_dtype(logits.dtype)
         if self.kind == "categorical":
-            return _perturbed(logits, generator, shape + (self.num_categories,)).argmax(-1)
-        u = _uniform(shape, cdt, self.device, generator)
+            return perturbed(logits, generator, shape + (self.num_categories,)).argmax(-1)
+        u = uniform(shape, cdt, self.device, generator)
         return (u < torch.sigmoid(logits.to(cdt))).to(logits.dtype)
 
     def encode(self, z: Tensor) -> Tensor:
@@ -419,7 +397,7 @@ class Latent:
         if not out.is_floating_point():
             if out.is_complex():
                 raise TypeError(f"f must return real costs, got f(z).dtype={out.dtype}")
-            out = out.to(_compute_dtype(self.dtype))
+            out = out.to(compute_dtype(self.dtype))
         return out
 
 
@@ -438,19 +416,46 @@ def _continuous_log_prob(d: OneHotCategorical) -> Callable[[Tensor], Tensor]:
 class Estimator(nn.Module):
     """Base class: ``estimator(f, q) -> Estimate``.
 
-    Subclasses implement :meth:`estimate` on a parsed :class:`Latent`, declare the
-    variable kinds they support in ``supports``, and validate hyper-parameters
+    Subclasses implement :meth:`estimate` on a parsed :class:`Latent`, declare
+    what they are in the class attributes below, and validate hyper-parameters
     in ``__init__`` (``ValueError``). Trainable parts are registered as
     sub-modules or parameters so optimisers find them; estimators hold no
-    global state.
+    global state. :func:`discograd.estimators.registry.register` gives a class
+    its ``name`` and makes it available by name (``make("name:key=value")``).
+
+    Class attributes (the metadata the registry, the command line, the reports
+    and the conformance tests read; :func:`~discograd.estimators.registry.register`
+    requires a registered class or one of its family bases to set the first
+    four explicitly rather than inherit these defaults):
+
+    * ``supports``: the variable kinds it accepts, a subset of
+      ``{"bernoulli", "categorical"}``; other distributions raise ``TypeError``.
+    * ``unbiased``: the gradient estimate's mean is the exact gradient of
+      :math:`\\mathbb E_q[f]` for every ``f`` the estimator accepts (for those
+      with ``needs_grad_f``: every ``f`` differentiable in ``z``).
+    * ``needs_grad_f``: it differentiates ``f`` with respect to its input (``f``
+      must be differentiable in ``z``, on relaxed points for relaxations and
+      REBAR / RELAX); ``False``: ``f`` is a black box and may be a step function.
+    * ``has_temperature``: it takes a user-set temperature ``tau`` (a float or a
+      :mod:`discograd.schedules` schedule), exposed as ``est.schedule`` (which
+      may be replaced, e.g. to anneal) and ``est.tau`` (the float the next call
+      uses). REBAR and RELAX have ``False``: their ``tau=`` is the initial
+      value of a temperature that belongs to the control variate and is
+      learned through ``cv_loss`` (a tensor, not a schedule).
+    * ``exact``: it returns the exact gradient (no sampling): ``Exact`` only.
+    * ``name``: the registered name, set by ``register`` (``""`` if unregistered).
 
     Args:
         generator: default ``torch.Generator`` for the estimator's randomness;
             a ``generator=`` passed at call time takes precedence.
     """
 
+    name: ClassVar[str] = ""
     supports: ClassVar[frozenset[str]] = frozenset({"bernoulli", "categorical"})
     unbiased: ClassVar[bool] = True
+    needs_grad_f: ClassVar[bool] = False
+    has_temperature: ClassVar[bool] = False
+    exact: ClassVar[bool] = False
 
     def __init__(self, *, generator: torch.Generator | None = None) -> None:
         super().__init__()

@@ -48,22 +48,19 @@ import math
 import torch
 from torch import Tensor, nn
 
-from discograd.estimators._augment import compute_dtype, sum_event, surrogate, uniform
-from discograd.estimators.base import (
-    CostFn,
-    Estimate,
-    Estimator,
-    Latent,
+from discograd.estimators._ops import (
+    compute_dtype,
+    divide_by_tau,
+    gumbel_from_uniform_,
+    logistic_from_uniform,
     one_hot,
+    open_uniform,
     softmax_last,
-    zero_valued,
 )
-from discograd.functional import (
-    _divide_by_tau,
-    _gumbel_from_uniform_,
-    conditional_gumbel,
-    conditional_logistic,
-)
+from discograd.estimators._surrogate import sum_event, surrogate, zero_valued
+from discograd.estimators.base import CostFn, Estimate, Estimator, Latent
+from discograd.estimators.registry import register
+from discograd.functional import conditional_gumbel, conditional_logistic
 
 __all__ = ["REBAR", "RELAX"]
 
@@ -77,9 +74,23 @@ def _check_real(name: str, value, *, positive: bool = False) -> float:
 
 
 class _RelaxedControl(Estimator):
-    """Shared sampling, ĝ and cv_loss construction of REBAR and RELAX."""
+    """Shared sampling, ĝ and cv_loss construction of REBAR and RELAX.
+
+    Unbiased for ``f`` differentiable on relaxed points (``needs_grad_f``: the
+    control variate is differentiated pathwise; a step-function ``f`` breaks
+    the identity it rests on). ``has_temperature`` is False: the temperature λ
+    belongs to the control variate and is learned (``tau=`` is its initial
+    value), it is not a schedule the user anneals.
+    """
+
+    supports = frozenset({"bernoulli", "categorical"})
+    unbiased = True
+    needs_grad_f = True
+    has_temperature = False
 
     uses_relaxed_f = True
+    log_tau: Tensor
+    eta: Tensor
 
     def _init_eta_tau(self, eta: float, tau: float, learn: bool, use_eta: bool = True) -> None:
         eta = _check_real("eta", eta)
@@ -107,21 +118,21 @@ class _RelaxedControl(Estimator):
         # Logits that need no gradient still get a local leaf: ĝ (and so cv_loss)
         # is a gradient with respect to them.
         src = theta if theta.requires_grad or not grad_on else theta.detach().requires_grad_()
-        cdt = compute_dtype(latent)
+        cdt = compute_dtype(latent.dtype)
         th = src.to(cdt)
         n_event = len(latent.var_shape) + (latent.kind == "categorical")
         tau = self.log_tau.to(cdt).exp()
-        u = uniform(tuple(th.shape), cdt, latent.device, generator)
+        u = open_uniform(tuple(th.shape), cdt, latent.device, generator)
         if latent.kind == "categorical":
-            z = th + _gumbel_from_uniform_(u)
+            z = th + gumbel_from_uniform_(u)
             b = z.detach().argmax(-1)
             z_tilde = conditional_gumbel(th, b, generator)
             hard = one_hot(b, latent.num_categories, cdt)
-            relaxed = softmax_last(_divide_by_tau(torch.stack([z, z_tilde]), tau))
+            relaxed = softmax_last(divide_by_tau(torch.stack([z, z_tilde]), tau))
             probs = softmax_last(th.detach())
             score = hard - probs  # ∇ log p(b) w.r.t. the unnormalised logits
         else:
-            noise = u.log() - torch.log1p(-u)
+            noise = logistic_from_uniform(u)
             b = (th.detach() + noise > 0).to(cdt)
             # ±inf logits are deterministic variables: relaxed, both z and z̃ are
             # exactly b there (the same law, as unbiasedness needs), computed from
@@ -131,7 +142,7 @@ class _RelaxedControl(Estimator):
             z = th_f + noise
             z_tilde = conditional_logistic(th_f, b, generator)
             hard = b
-            relaxed = torch.sigmoid(_divide_by_tau(torch.stack([z, z_tilde]), tau))
+            relaxed = torch.sigmoid(divide_by_tau(torch.stack([z, z_tilde]), tau))
             relaxed = torch.where(finite, relaxed, b)
             score = b - torch.sigmoid(th.detach())
         fb = latent.call_f(f, hard.to(latent.dtype), ())
@@ -175,6 +186,7 @@ class _RelaxedControl(Estimator):
         return 3 if self.uses_relaxed_f else 1
 
 
+@register("rebar")
 class REBAR(_RelaxedControl):
     r"""REBAR: the relaxed cost as a control variate, scaled by a learned η.
 
@@ -244,6 +256,7 @@ class MLPControlVariate(nn.Module):
         return self.net(x).squeeze(-1)
 
 
+@register("relax")
 class RELAX(_RelaxedControl):
     r"""RELAX: a learned control variate
     :math:`c_\phi(z) = \eta f(\sigma_\lambda(z)) + r_\rho(\sigma_\lambda(z))`.

@@ -14,12 +14,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from discograd.estimators._ops import compute_dtype
 from discograd.estimators.base import CostFn, Estimate, Estimator, Latent
-from discograd.functional import _compute_dtype
+from discograd.estimators.registry import register
 
 __all__ = ["Exact"]
 
 
+@register("exact")
 class Exact(Estimator):
     """Exact expectation and gradient by enumerating the support (one call of ``f``).
 
@@ -36,6 +38,12 @@ class Exact(Estimator):
     deterministic variable, summed over as such. The sum runs in the compute
     dtype (float32 for 16-bit logits) and is returned in ``f``'s dtype.
     """
+
+    supports = frozenset({"bernoulli", "categorical"})
+    unbiased = True
+    needs_grad_f = False
+    has_temperature = False
+    exact = True
 
     def __init__(self, max_support: int = 2**16, *, generator: torch.Generator | None = None):
         super().__init__(generator=generator)
@@ -62,7 +70,7 @@ class Exact(Estimator):
         z_eval = torch.where(possible_var, z, latent.likely())
         fz = latent.call_f(f, latent.encode(z_eval), (n,))
         log_q = lp.flatten(-len(latent.var_shape)).sum(-1) if latent.var_shape else lp
-        log_q = log_q.to(_compute_dtype(latent.dtype))
+        log_q = log_q.to(compute_dtype(latent.dtype))
         possible = log_q > -torch.inf
         # where() before the product: 0 * inf in value or gradient would be NaN.
         weights = torch.where(possible, log_q, 0.0).exp()

@@ -35,20 +35,19 @@ import torch
 from torch import Tensor
 
 from discograd.distributions import BinaryConcrete
-from discograd.estimators.base import (
-    CostFn,
-    Estimate,
-    Estimator,
-    Latent,
+from discograd.estimators._ops import (
+    compute_dtype,
+    divide_by_tau,
+    logistic_from_uniform,
     one_hot,
+    open_uniform,
     softmax_last,
-    zero_valued,
+    uniform,
 )
+from discograd.estimators._surrogate import zero_valued
+from discograd.estimators.base import CostFn, Estimate, Estimator, Latent
+from discograd.estimators.registry import register
 from discograd.functional import (
-    _compute_dtype,
-    _divide_by_tau,
-    _open_uniform,
-    _uniform,
     conditional_gumbel,
     conditional_logistic,
     gumbel_softmax,
@@ -64,8 +63,7 @@ def _logistic_noise(
     shape: torch.Size, dtype: torch.dtype, device: torch.device, generator: torch.Generator | None
 ) -> Tensor:
     """Standard logistic noise ``log u - log(1 - u)``, finite (u clamped away from 0 and 1)."""
-    u = _open_uniform(shape, dtype, device, generator)
-    return u.log() - torch.log1p(-u)
+    return logistic_from_uniform(open_uniform(shape, dtype, device, generator))
 
 
 def _finite_part(theta: Tensor) -> Tensor:
@@ -90,7 +88,7 @@ def _softmax_jacobian_carrier(p: Tensor, theta: Tensor) -> Tensor:
 def _categorical_sample(latent: Latent, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
     """An exact sample: indices ``batch + var`` and one-hot in the compute dtype."""
     idx = latent.sample((), generator)
-    cdt = _compute_dtype(latent.dtype)
+    cdt = compute_dtype(latent.dtype)
     return idx, one_hot(idx, latent.num_categories, cdt)
 
 
@@ -98,7 +96,10 @@ def _categorical_sample(latent: Latent, generator: torch.Generator | None) -> tu
 class _Tempered(Estimator):
     """A relaxed estimator with a temperature (float or schedule) and a step counter."""
 
-    unbiased: ClassVar[bool] = False
+    supports = frozenset({"bernoulli", "categorical"})
+    unbiased = False
+    needs_grad_f = True
+    has_temperature = True
     #: ``f`` sees relaxed values (not one-hot / 0-1 ones straight through).
     relaxed_values: ClassVar[bool] = False
 
@@ -163,6 +164,7 @@ class _Tempered(Estimator):
 
 
 # ------------------------------------------------------------------ estimators
+@register("gumbel_softmax")
 class GumbelSoftmax(_Tempered):
     r"""Gumbel-Softmax / Concrete relaxation: ``f`` evaluated on the relaxed sample.
 
@@ -201,6 +203,7 @@ class GumbelSoftmax(_Tempered):
         return BinaryConcrete(tau, logits=latent.logits).rsample(generator=generator)
 
 
+@register("st_gumbel_softmax")
 class STGumbelSoftmax(_Tempered):
     r"""Straight-through Gumbel-Softmax: the hard sample forward, the relaxed one backward.
 
@@ -232,14 +235,15 @@ class STGumbelSoftmax(_Tempered):
     ) -> Tensor:
         if latent.kind == "categorical":
             return gumbel_softmax(latent.logits, tau, hard=True, generator=generator)
-        cdt = _compute_dtype(latent.dtype)
+        cdt = compute_dtype(latent.dtype)
         alpha = latent.logits.to(cdt)
         s = alpha + _logistic_noise(alpha.shape, cdt, latent.device, generator)
         hard = (s.detach() > 0).to(cdt)
-        soft = torch.sigmoid(_divide_by_tau(s, tau))
+        soft = torch.sigmoid(divide_by_tau(s, tau))
         return straight_through(hard, soft).to(latent.dtype)
 
 
+@register("straight_through")
 class StraightThrough(Estimator):
     r"""The straight-through estimator (STE): hard sample forward, identity Jacobian backward.
 
@@ -261,25 +265,29 @@ class StraightThrough(Estimator):
     No temperature; one evaluation of ``f`` on exact samples.
     """
 
-    unbiased: ClassVar[bool] = False
+    supports = frozenset({"bernoulli", "categorical"})
+    unbiased = False
+    needs_grad_f = True
+    has_temperature = False
 
     def __init__(self, *, generator: torch.Generator | None = None) -> None:
         super().__init__(generator=generator)
 
     def estimate(self, f: CostFn, latent: Latent, generator: torch.Generator | None) -> Estimate:
-        cdt = _compute_dtype(latent.dtype)
+        cdt = compute_dtype(latent.dtype)
         if latent.kind == "categorical":
             _, hard = _categorical_sample(latent, generator)
             soft = softmax_last(latent.logits.to(cdt))
         else:
             # Latent.sample's draw (u < sigmoid(logits)), reusing the one sigmoid.
             soft = torch.sigmoid(latent.logits.to(cdt))
-            hard = _uniform(soft.shape, cdt, soft.device, generator) < soft.detach()
+            hard = uniform(soft.shape, cdt, soft.device, generator) < soft.detach()
         z = straight_through(hard, soft).to(latent.dtype)
         fz = latent.call_f(f, z, ())
         return Estimate(loss=fz, value=fz.detach(), n_evals=1)
 
 
+@register("gumbel_rao")
 class GumbelRao(_Tempered):
     r"""Gumbel-Rao: the straight-through Gumbel-Softmax Jacobian, Rao-Blackwellised.
 
@@ -327,7 +335,7 @@ class GumbelRao(_Tempered):
         self, latent: Latent, tau: float, generator: torch.Generator | None
     ) -> Tensor:
         K = self.n_samples
-        cdt = _compute_dtype(latent.dtype)
+        cdt = compute_dtype(latent.dtype)
         theta = latent.logits.to(cdt)
         if latent.kind == "categorical":
             idx, hard = _categorical_sample(latent, generator)
@@ -335,17 +343,18 @@ class GumbelRao(_Tempered):
             # theta + G with G = scores - theta held fixed; masked entries stay -inf.
             th = _finite_part(theta)
             perturbed = scores + zero_valued(th)
-            soft = softmax_last(_divide_by_tau(perturbed, tau)).mean(0)
+            soft = softmax_last(divide_by_tau(perturbed, tau)).mean(0)
         else:
             hard = latent.sample((), generator).to(cdt)
             # A ±inf logit is a deterministic variable: its relaxation is never
             # used in value (straight-through) and must carry no NaN gradient.
             th = _finite_part(theta)
             s = conditional_logistic(th.detach(), hard.expand((K,) + hard.shape), generator)
-            soft = torch.sigmoid(_divide_by_tau(s + zero_valued(th), tau)).mean(0)
+            soft = torch.sigmoid(divide_by_tau(s + zero_valued(th), tau)).mean(0)
         return straight_through(hard, soft).to(latent.dtype)
 
 
+@register("reinmax")
 class ReinMax(_Tempered):
     r"""ReinMax: a second-order (Heun's method) straight-through estimator.
 
@@ -407,13 +416,13 @@ class ReinMax(_Tempered):
     def relaxed_input(
         self, latent: Latent, tau: float, generator: torch.Generator | None
     ) -> Tensor:
-        cdt = _compute_dtype(latent.dtype)
+        cdt = compute_dtype(latent.dtype)
         theta = latent.logits.to(cdt)
         if latent.kind == "categorical":
             _, hard = _categorical_sample(latent, generator)
             th = theta.detach()
             pi0 = softmax_last(th)
-            pi1 = 0.5 * (hard + softmax_last(_divide_by_tau(th, tau)))
+            pi1 = 0.5 * (hard + softmax_last(divide_by_tau(th, tau)))
             soft = 2.0 * _softmax_jacobian_carrier(pi1, theta) - 0.5 * _softmax_jacobian_carrier(
                 pi0, theta
             )

@@ -25,9 +25,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from discograd.baselines import Baseline
-from discograd.estimators.base import CostFn, Estimate, Estimator, Latent, zero_valued
-from discograd.functional import _compute_dtype
+from discograd.estimators._ops import compute_dtype
+from discograd.estimators._surrogate import zero_valued
+from discograd.estimators.base import CostFn, Estimate, Estimator, Latent
+from discograd.estimators.baselines import EMA, Baseline
+from discograd.estimators.registry import register, register_preset
 
 __all__ = ["REINFORCE", "RLOO", "VarGrad"]
 
@@ -49,7 +51,7 @@ def _draw(
 
 def _safe_dtype(costs: Tensor, latent: Latent) -> torch.dtype:
     """The dtype score weights are formed in: at least float32 (float16 overflows at 65504)."""
-    return torch.promote_types(costs.dtype, _compute_dtype(latent.dtype))
+    return torch.promote_types(costs.dtype, compute_dtype(latent.dtype))
 
 
 def _score_term(weights: Tensor, log_q: Tensor, dtype: torch.dtype) -> Tensor:
@@ -61,7 +63,17 @@ def _score_term(weights: Tensor, log_q: Tensor, dtype: torch.dtype) -> Tensor:
     return (weights * zero_valued(log_q.to(weights.dtype))).sum(0).to(dtype)
 
 
-class REINFORCE(Estimator):
+class _ScoreFunction(Estimator):
+    """The score-function family: any distribution, unbiased, ``f`` a black box."""
+
+    supports = frozenset({"bernoulli", "categorical"})
+    unbiased = True
+    needs_grad_f = False
+    has_temperature = False
+
+
+@register("reinforce")
+class REINFORCE(_ScoreFunction):
     r"""The score-function (REINFORCE) estimator with an optional baseline.
 
     .. math:: \hat g = \frac1S \sum_{s=1}^S \big(f(z_s) - b\big)\,\nabla_\theta \log q_\theta(z_s)
@@ -110,17 +122,27 @@ class REINFORCE(Estimator):
     def estimate(self, f: CostFn, latent: Latent, generator: torch.Generator | None) -> Estimate:
         S = self.n_samples
         # The baseline is fixed before anything is sampled: it cannot see the samples.
-        b = self.baseline.predict(latent) if self.baseline is not None else None
+        baseline = self.baseline
+        b = None if baseline is None else baseline.predict(latent)
         fz, log_q = _draw(f, latent, S, generator)
         fd = fz.detach()
         wd = _safe_dtype(fd, latent)
         weights = fd.to(wd) if b is None else fd.to(wd) - b.detach().to(wd)
         loss = fz.mean(0) + _score_term(weights / S, log_q, fz.dtype)
-        cv_loss = self.baseline.observe(fd, b) if self.baseline is not None else None
+        cv_loss = None if baseline is None or b is None else baseline.observe(fd, b)
         return Estimate(loss=loss, value=fd.mean(0), n_evals=S, cv_loss=cv_loss)
 
 
-class RLOO(Estimator):
+@register_preset("reinforce_ema", REINFORCE)
+def _reinforce_ema(
+    decay: float = 0.9, n_samples: int = 1, *, generator: torch.Generator | None = None
+) -> REINFORCE:
+    """REINFORCE with an :class:`~discograd.baselines.EMA` baseline of the given decay."""
+    return REINFORCE(EMA(decay), n_samples, generator=generator)
+
+
+@register("rloo")
+class RLOO(_ScoreFunction):
     r"""REINFORCE leave-one-out (REINFORCE+): each sample's baseline is the mean of the others.
 
     .. math:: \hat g = \frac1S \sum_{s} \Big(f(z_s) - \frac{1}{S-1}\sum_{j \ne s} f(z_j)\Big)
@@ -159,6 +181,7 @@ class RLOO(Estimator):
         return Estimate(loss=loss, value=fd.mean(0), n_evals=S)
 
 
+@register("vargrad")
 class VarGrad(RLOO):
     r"""VarGrad: the gradient of the log-variance loss, for KL objectives.
 
