@@ -1,11 +1,11 @@
 """Conformance of every registered estimator: the contract at the edges, tested automatically.
 
-In the style of optax's test over all its optimisers: a new entry in
-:data:`discograd.estimators.registry.ESTIMATORS` is tested here without
-further work. The grid is every estimator × dtype × mask, each case with one
-distribution family, batch shape and cost chosen by a fixed rotation that
-covers every value of those axes for every estimator (the full product would
-run for hours):
+In the style of optax's test over all its optimisers: an estimator registered
+with :func:`discograd.estimators.registry.register` is tested here without
+further work, on the variable kinds its ``supports`` metadata names. The grid
+is every estimator × dtype × mask, each case with one distribution family,
+batch shape and cost chosen by a fixed rotation that covers every value of
+those axes for every estimator (the full product would run for hours):
 
 * dtypes: float16, bfloat16, float32, float64;
 * masks: none, one masked category (Bernoulli: one variable in three
@@ -23,8 +23,10 @@ Checked in every case: finite ``loss``, ``value``, ``cv_loss`` and gradients;
 ``loss`` equal in value, shape and dtype to ``value``, shape ``q.batch_shape``;
 masked and zero-probability categories (and the impossible value of a
 deterministic Bernoulli variable) never reach ``f``; they get exactly zero
-gradient. A second test checks every unbiased estimator against ``Exact`` on
-the same edge cases, by a z-test of the mean of many draws.
+gradient. A second test checks every estimator whose metadata says ``unbiased``
+(all but ``Exact`` itself) against ``Exact`` on the same edge cases, by a z-test
+of the mean of many draws, with a cost differentiable in ``z`` (those with
+``needs_grad_f`` are unbiased only for such costs).
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ from torch.distributions import (
     OneHotCategorical,
 )
 
-from discograd.estimators import Exact
-from discograd.estimators.registry import ESTIMATORS, make
+from discograd.estimators import Exact, registry
+from discograd.estimators.registry import make
 
 from conftest import assert_mean_matches
 
@@ -70,8 +72,8 @@ def _kind(family: str) -> str:
 
 
 def _cases():
-    for e, name in enumerate(ESTIMATORS):
-        supports = make(name).supports
+    for e, name in enumerate(registry.names()):
+        supports = registry.info(name).supports
         families = [fam for fam in FAMILIES if _kind(fam) in supports]
         for i, (dtype, mask) in enumerate(itertools.product(DTYPES, MASKS)):
             family = families[(7 * i + e) % len(families)]
@@ -233,14 +235,14 @@ def test_conformance(name, dtype, mask, family, batch, cost):
 
 
 # ------------------------------------------------------------------ unbiased
-UNBIASED = [name for name in ESTIMATORS if make(name).unbiased and name != "exact"]
+UNBIASED = registry.names(unbiased=True, exact=False)
 
 
 @pytest.mark.parametrize("name", UNBIASED)
 @pytest.mark.parametrize("mask", ["one", "all_but_one", "probs_zeros"])
 def test_unbiased_at_the_edges(name, mask):
     """The mean of many draws matches Exact with masks, deterministic variables and zero probs."""
-    supports = make(name).supports
+    supports = registry.info(name).supports
     family = "onehot_ind2" if "categorical" in supports else "bernoulli_ind1"
     n = 3000
     problem = Problem(family, (1,), mask, torch.float64, copies=n)
