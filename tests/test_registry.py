@@ -185,8 +185,13 @@ def test_supports_and_has_temperature_are_what_the_estimator_does(name):
     if e.has_temperature:
         assert isinstance(est.schedule, Schedule) and isinstance(est.tau, float)
         assert make(name, tau=1.5).tau == 1.5
+        t = registry.tempered(est)
+        assert t is est
+        t.schedule = ExponentialDecay(tau0=2.0, rate=0.5, floor=1.0)
+        assert est.tau == 2.0
     else:
         assert not isinstance(getattr(est, "schedule", None), Schedule)
+        assert registry.tempered(est) is None
 
 
 # -------------------------------------------------------------- registration

@@ -250,15 +250,15 @@ class _StraightThrough(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(hard: Tensor, soft: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(hard: Tensor, soft: Tensor) -> Tensor:
         return _copy_as(hard, soft)
 
     @staticmethod
-    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+    def setup_context(ctx, inputs, output) -> None:
         ctx.soft_shape = inputs[1].shape
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[None, Tensor]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor]:
         return None, grad.sum_to_size(ctx.soft_shape)
 
 
@@ -266,7 +266,7 @@ class _StraightThroughEager(torch.autograd.Function):
     """:class:`_StraightThrough` in the classic form, for plain eager calls."""
 
     @staticmethod
-    def forward(ctx, hard: Tensor, soft: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, hard: Tensor, soft: Tensor) -> Tensor:
         ctx.soft_shape = soft.shape
         return _copy_as(hard, soft)
 
@@ -283,15 +283,15 @@ class _ArgmaxStraightThrough(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(scores: Tensor, soft: Tensor, dim: int) -> Tensor:  # type: ignore[override]
+    def forward(scores: Tensor, soft: Tensor, dim: int) -> Tensor:
         return _one_hot_like(scores, dim, soft.dtype)
 
     @staticmethod
-    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+    def setup_context(ctx, inputs, output) -> None:
         ctx.soft_shape = inputs[1].shape
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[None, Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor, None]:
         return None, grad.sum_to_size(ctx.soft_shape), None
 
 
@@ -299,14 +299,17 @@ class _ArgmaxStraightThroughEager(torch.autograd.Function):
     """:class:`_ArgmaxStraightThrough` in the classic form, for plain eager calls."""
 
     @staticmethod
-    def forward(ctx, scores: Tensor, soft: Tensor, dim: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx, scores: Tensor, soft: Tensor, dim: int) -> Tensor:
         ctx.soft_shape = soft.shape
         return _one_hot_like(scores, dim, soft.dtype)
 
     backward = _ArgmaxStraightThrough.backward
 
 
-def _pick(transformable: type, eager: type) -> type:
+def _pick(
+    transformable: type[torch.autograd.Function], eager: type[torch.autograd.Function]
+) -> type[torch.autograd.Function]:
+    """The ``setup_context`` form under a transform or ``torch.compile``, else the classic one."""
     return transformable if _transformed() else eager
 
 

@@ -39,14 +39,12 @@ __all__ = ["Constant", "ExponentialDecay", "Schedule", "as_schedule"]
 
 
 def _positive_float(name: str, value: object, *, allow_zero: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         v = float(value)
-        ok = math.isfinite(v) and (v >= 0 if allow_zero else v > 0)
-    if not ok:
-        kind = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"{name} must be a {kind} finite float, got {name}={value!r}")
-    return float(value)
+        if math.isfinite(v) and (v >= 0 if allow_zero else v > 0):
+            return v
+    kind = "non-negative" if allow_zero else "positive"
+    raise ValueError(f"{name} must be a {kind} finite float, got {name}={value!r}")
 
 
 class Schedule:

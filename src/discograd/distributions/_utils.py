@@ -87,13 +87,11 @@ class _ClampedLog(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        value: Tensor, floor: float, top: float, cdt: torch.dtype, logit: bool
-    ) -> Tensor:
+    def forward(value: Tensor, floor: float, top: float, cdt: torch.dtype, logit: bool) -> Tensor:
         return _clamped_log(value, floor, top, cdt, logit)
 
     @staticmethod
-    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+    def setup_context(ctx, inputs, output) -> None:
         value, ctx.floor, ctx.top, ctx.cdt, ctx.logit = inputs
         ctx.save_for_backward(value)
 
@@ -104,7 +102,7 @@ class _ClampedLogEager(torch.autograd.Function):
     """:class:`_ClampedLog` in the classic form, for eager calls (see ``functional._pick``)."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx, value: Tensor, floor: float, top: float, cdt: torch.dtype, logit: bool
     ) -> Tensor:
         ctx.floor, ctx.top, ctx.cdt, ctx.logit = floor, top, cdt, logit

@@ -81,15 +81,16 @@ class BinaryConcrete(Distribution):
         logits: Tensor | float | None = None,
         validate_args: bool | None = None,
     ) -> None:
-        probs, logits = number_as_tensor(probs, temperature), number_as_tensor(logits, temperature)
-        param = check_params(probs, logits, "a tensor or a number")
+        p: Tensor | None = number_as_tensor(probs, temperature)
+        lg: Tensor | None = number_as_tensor(logits, temperature)
+        param = check_params(p, lg, "a tensor or a number")
         tau = as_temperature(temperature, param)
         batch_shape = torch.broadcast_shapes(param.shape, tau.shape)
-        if probs is not None:
-            self.probs = probs.expand(batch_shape)
+        if p is not None:
+            self.probs = p.expand(batch_shape)
         else:
-            assert logits is not None
-            self.logits = logits.expand(batch_shape)
+            assert lg is not None
+            self.logits = lg.expand(batch_shape)
         self.temperature = tau
         super().__init__(batch_shape, validate_args=validate_args)
 

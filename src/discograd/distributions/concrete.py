@@ -157,6 +157,11 @@ class _RelaxedCategorical(Distribution):
         new._validate_args = self._validate_args
         return new
 
+    def rsample(
+        self, sample_shape: _size = torch.Size(), generator: torch.Generator | None = None
+    ) -> Tensor:  # pragma: no cover - each subclass returns its own kind of sample
+        raise NotImplementedError
+
     def sample(
         self, sample_shape: _size = torch.Size(), generator: torch.Generator | None = None
     ) -> Tensor:

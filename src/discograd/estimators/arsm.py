@@ -182,15 +182,16 @@ class _ReferenceSwap(_WithEvals):
     def estimate(self, f: CostFn, latent: Latent, generator: torch.Generator | None) -> Estimate:
         theta, th, gumbel, log_w = self._setup(latent, generator)
         B, V, C = th.shape
-        if self.reference == "random":
+        reference = self.reference
+        if isinstance(reference, str):  # "random", the only string _check_reference accepts
             ref = torch.randint(C, (B,), device=latent.device, generator=generator)
         else:
-            if self.reference >= C:
+            if reference >= C:
                 raise ValueError(
-                    f"{type(self).__name__}: reference={self.reference} is not a category "
+                    f"{type(self).__name__}: reference={reference} is not a category "
                     f"of a distribution with {C} categories"
                 )
-            ref = torch.full((B,), self.reference, dtype=torch.long, device=latent.device)
+            ref = torch.full((B,), reference, dtype=torch.long, device=latent.device)
         swaps = swap_reference(th, gumbel, ref)  # [C(m), B*V]: swap (ref, m)
         z = swaps.gather(0, ref.view(B, 1).expand(B, V).reshape(1, -1))  # m = ref: no swap
         # [B, 1 + C, V]: the true sample, then the swap with every m.

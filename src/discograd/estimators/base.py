@@ -31,7 +31,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -45,8 +45,9 @@ from torch.distributions import (
 )
 
 from discograd.estimators._ops import compute_dtype, is_compiling, one_hot, perturbed, uniform
+from discograd.schedules import Schedule
 
-__all__ = ["CostFn", "Estimate", "Estimator", "Kind", "Latent"]
+__all__ = ["CostFn", "Estimate", "Estimator", "Kind", "Latent", "Tempered"]
 
 CostFn = Callable[[Tensor], Tensor]
 #: The two kinds of discrete variables: ``Estimator.supports`` is a set of them.
@@ -85,16 +86,18 @@ class Estimate:
 
 
 _SUPPORTED = "Bernoulli, Categorical, OneHotCategorical, or Independent of one of them"
+#: The distributions a Latent wraps (alone or inside Independent).
+_Base = Bernoulli | Categorical | OneHotCategorical
 
 
-def _given_probs(base: Distribution) -> bool:
+def _given_probs(base: _Base) -> bool:
     """Whether ``base`` was built from ``probs=`` (its ``logits`` are then a clamped stand-in)."""
     inner = base._categorical if isinstance(base, OneHotCategorical) else base
     probs = inner.__dict__.get("probs")
     return probs is not None and getattr(inner, "_param", None) is probs
 
 
-def _canonical_logits(base: Distribution, kind: Kind) -> Tensor:
+def _canonical_logits(base: _Base, kind: Kind) -> Tensor:
     r"""Exact logits of ``base``: ``-inf`` where a probability is 0 (``+inf`` where a
     Bernoulli probability is 1), normalised for categorical variables.
 
@@ -198,10 +201,12 @@ class Latent:
         kind: Kind,
         logits: Tensor,
         batch_shape: torch.Size,
-        base_type: type[Distribution] | None = None,
+        base_type: type[_Base] | None = None,
     ):
         self.q = q
-        self.base_type = base_type or (Bernoulli if kind == "bernoulli" else Categorical)
+        self.base_type: type[_Base] = base_type or (
+            Bernoulli if kind == "bernoulli" else Categorical
+        )
         self.kind: Kind = kind
         self.logits = logits
         self.batch_shape = batch_shape
@@ -218,18 +223,19 @@ class Latent:
                 f"{owner} expects a torch.distributions object ({_SUPPORTED}), "
                 f"got {type(q).__name__}"
             )
-        base = q
-        while isinstance(base, Independent):
-            base = base.base_dist
-        if type(base) is Bernoulli:
+        found: Distribution = q
+        while isinstance(found, Independent):
+            found = found.base_dist
+        if type(found) is Bernoulli:
             kind: Kind = "bernoulli"
-        elif type(base) in (Categorical, OneHotCategorical):
+        elif type(found) in (Categorical, OneHotCategorical):
             kind = "categorical"
         else:
-            inner = f" of {type(base).__name__}" if base is not q else ""
+            inner = f" of {type(found).__name__}" if found is not q else ""
             raise TypeError(
                 f"{owner} does not support {type(q).__name__}{inner}; supported: {_SUPPORTED}"
             )
+        base = cast(_Base, found)
         logits = _canonical_logits(base, kind)
         # Independent reinterprets trailing batch dims as variables; expand so
         # the logits carry the full batch + variable shape.
@@ -491,6 +497,20 @@ class Estimator(nn.Module):
 
     def extra_repr(self) -> str:
         return ""
+
+
+class Tempered(Protocol):
+    """What ``has_temperature`` promises of an instance (for type checkers).
+
+    ``schedule`` may be replaced (a :mod:`discograd.schedules` schedule, e.g. to
+    anneal); ``tau`` is the temperature the next call uses.
+    :func:`discograd.estimators.registry.tempered` returns an estimator typed as this.
+    """
+
+    schedule: Schedule
+
+    @property
+    def tau(self) -> float: ...
 
 
 def _conform(out: Estimate, latent: Latent) -> Estimate:

@@ -248,9 +248,11 @@ class MLPControlVariate(nn.Module):
 
     def __init__(self, hidden: int = 32):
         super().__init__()
-        self.net = nn.Sequential(nn.LazyLinear(hidden), nn.Tanh(), nn.Linear(hidden, 1))
-        nn.init.zeros_(self.net[2].weight)
-        nn.init.zeros_(self.net[2].bias)
+        first = nn.LazyLinear(hidden)
+        out = nn.Linear(hidden, 1)
+        nn.init.zeros_(out.weight)
+        nn.init.zeros_(out.bias)
+        self.net = nn.Sequential(first, nn.Tanh(), out)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x).squeeze(-1)
@@ -309,7 +311,9 @@ class RELAX(_RelaxedControl):
         self.uses_relaxed_f = relaxed_f
         self._init_eta_tau(eta, tau, learn=True, use_eta=relaxed_f)
         self.custom = control_variate is not None
-        self.control_variate = control_variate if self.custom else MLPControlVariate(hidden)
+        self.control_variate: nn.Module = (
+            MLPControlVariate(hidden) if control_variate is None else control_variate
+        )
 
     def extra_repr(self) -> str:
         eta = f"eta={float(self.eta.detach()):.4g}, " if self.uses_relaxed_f else ""

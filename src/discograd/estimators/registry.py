@@ -45,12 +45,12 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from torch import nn
 
 from discograd.errors import ConfigError
-from discograd.estimators.base import Estimator
+from discograd.estimators.base import Estimator, Tempered
 
 __all__ = [
     "ESTIMATORS",
@@ -64,6 +64,7 @@ __all__ = [
     "register",
     "register_preset",
     "signature",
+    "tempered",
     "unregister",
 ]
 
@@ -407,6 +408,20 @@ def signature(name: str) -> str:
     return f"{head}({', '.join(args)})"
 
 
+def tempered(est: Estimator) -> Tempered | None:
+    """``est`` itself, typed as :class:`~discograd.estimators.base.Tempered`, when its
+    class has ``has_temperature``; ``None`` otherwise (REBAR and RELAX included).
+
+    For code that anneals or logs the temperature::
+
+        t = tempered(est)
+        if t is not None:
+            t.schedule = ExponentialDecay(tau0=t.schedule(0), rate=1e-4, floor=0.5)
+            print(t.tau)
+    """
+    return cast(Tempered, est) if type(est).has_temperature else None
+
+
 def _literal(value: Any) -> str:
     return f'"{value}"' if isinstance(value, str) else repr(value)
 
@@ -416,9 +431,9 @@ def _value(text: str) -> Any:
     low = text.lower()
     if low in ("true", "false"):
         return low == "true"
-    for cast in (int, float):
+    for convert in (int, float):
         try:
-            return cast(text)
+            return convert(text)
         except ValueError:
             pass
     return text
