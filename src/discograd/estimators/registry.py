@@ -91,7 +91,10 @@ class EstimatorInfo:
             ``baseline``, a RELAX ``control_variate``): not settable from a spec,
             only through :func:`make`'s keyword arguments.
         preset_of: for a preset, the name of the class it is a preset of; else ``None``.
-        summary: the first line of the class's (or the preset factory's) docstring.
+        summary: the first paragraph of the class's (or the preset factory's)
+            docstring, on one line.
+        factory: what :func:`make` calls with the hyper-parameters: the class, or
+            the preset's factory function.
     """
 
     name: str
@@ -107,10 +110,6 @@ class EstimatorInfo:
     summary: str
     factory: Callable[..., Estimator]
 
-    def supports_kind(self, kind: str) -> bool:
-        """Whether it accepts ``kind`` variables (``"bernoulli"`` or ``"categorical"``)."""
-        return kind in self.supports
-
 
 #: name -> its record, in registration order (see the module docstring).
 _REGISTRY: dict[str, EstimatorInfo] = {}
@@ -120,7 +119,7 @@ _REGISTRY: dict[str, EstimatorInfo] = {}
 ESTIMATORS: dict[str, str] = {}
 
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
-E = TypeVar("E", bound=type[Estimator])
+_C = TypeVar("_C", bound=type[Estimator])
 
 
 # ------------------------------------------------------------------ registration
@@ -132,7 +131,7 @@ def register(
     needs_grad_f: bool | None = None,
     has_temperature: bool | None = None,
     exact: bool | None = None,
-) -> Callable[[E], E]:
+) -> Callable[[_C], _C]:
     """Class decorator: make an :class:`Estimator` subclass available as ``name``.
 
     Keyword arguments set the corresponding class attributes (see
@@ -142,7 +141,7 @@ def register(
     ill-typed metadata.
     """
 
-    def decorate(cls: E) -> E:
+    def decorate(cls: _C) -> _C:
         if not (isinstance(cls, type) and issubclass(cls, Estimator)):
             raise TypeError(f"@register({name!r}) decorates Estimator subclasses, got {cls!r}")
         _check_name(name, cls)
@@ -233,7 +232,20 @@ def _add(
     preset_of: str | None,
     doc: str | None,
 ) -> None:
-    _REGISTRY[name] = EstimatorInfo(
+    _REGISTRY[name] = _record(name, cls, factory, defaults, components, preset_of, doc)
+    ESTIMATORS[name] = cls.__name__
+
+
+def _record(
+    name: str,
+    cls: type[Estimator],
+    factory: Callable[..., Estimator],
+    defaults: dict[str, Any],
+    components: tuple[str, ...],
+    preset_of: str | None,
+    doc: str | None,
+) -> EstimatorInfo:
+    return EstimatorInfo(
         name=name,
         cls=cls,
         supports=cls.supports,
@@ -247,7 +259,6 @@ def _add(
         summary=_summary(doc),
         factory=factory,
     )
-    ESTIMATORS[name] = cls.__name__
 
 
 def _qualname(obj: Any) -> str:
@@ -321,15 +332,35 @@ def _is_module_type(hint: Any) -> bool:
 
 
 # ----------------------------------------------------------------------- queries
+def _entry(name: str) -> EstimatorInfo | None:
+    """The record of ``name``; ``None`` if unknown.
+
+    Compatibility: a name put straight into :data:`ESTIMATORS` (name -> the name
+    of a class exported by :mod:`discograd.estimators`), the way to add one
+    before ``register`` existed, is resolved here on each call (not cached, so
+    that removing the entry removes it), with the class's metadata.
+    """
+    entry = _REGISTRY.get(name)
+    if entry is not None or name not in ESTIMATORS:
+        return entry
+    import discograd.estimators as package  # loaded by now: this runs at call time
+
+    cls = getattr(package, ESTIMATORS[name], None)
+    if not (isinstance(cls, type) and issubclass(cls, Estimator)):
+        return None
+    defaults, components = _parameters(cls.__init__, skip_self=True)
+    return _record(name, cls, cls, defaults, components, None, cls.__doc__)
+
+
 def info(spec: str) -> EstimatorInfo:
     """The record of a name; a spec's hyper-parameters are ignored (``info("rloo:n_samples=4")``).
 
     ``ConfigError`` (a ``ValueError``) for an unknown name or a malformed spec.
     """
     name, _ = parse_spec(spec)
-    entry = _REGISTRY.get(name)
+    entry = _entry(name)
     if entry is None:
-        raise ConfigError(f"unknown estimator {name!r}; known: {', '.join(_REGISTRY)}")
+        raise ConfigError(f"unknown estimator {name!r}; known: {', '.join(ESTIMATORS)}")
     return entry
 
 
@@ -360,7 +391,8 @@ def infos(
     }
     return [
         e
-        for e in _REGISTRY.values()
+        for e in map(_entry, ESTIMATORS)
+        if e is not None
         if (kind is None or kind in e.supports)
         and (presets or e.preset_of is None)
         and all(v is None or getattr(e, k) == v for k, v in wanted.items())
