@@ -1,4 +1,4 @@
-"""Logging sinks (CSV, TensorBoard, W&B, MLflow).
+"""Logging sinks (CSV, TensorBoard, W&B, MLflow) and meta.json.
 
 The sinks are derived views of metrics.jsonl: the central checks are that a
 run interrupted and resumed (once or twice, at various points) leaves the
@@ -14,6 +14,7 @@ import math
 import os
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,9 @@ import torch
 
 import discograd
 from discograd.errors import ConfigError, RunFolderWarning
+from discograd.experiments import meta as meta_mod
 from discograd.experiments import sinks as sinks_mod
+from discograd.experiments.meta import git_info, now, write_meta
 from discograd.experiments.runner import RunDir
 from discograd.experiments.sinks import (
     SINKS,
@@ -196,7 +199,7 @@ def test_uninstalled_trackers_are_refused_for_real() -> None:
 
 def test_importing_discograd_and_the_sinks_does_not_import_tensorboard() -> None:
     code = (
-        "import sys, discograd, discograd.experiments.sinks\n"
+        "import sys, discograd, discograd.experiments.sinks, discograd.experiments.meta\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "('tensorboard', 'wandb', 'mlflow', 'tensorflow'))\n"
         "assert not bad, bad\n"
@@ -451,3 +454,100 @@ def test_wandb_sink_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert dict(run.config) == {"steps": 3}
     sink.close()
     assert list((out / "wandb").glob("offline-run-*"))
+
+
+# ---------------------------------------------------------------- meta.json
+def test_meta_json_records_the_run_and_its_sessions(tmp_path: Path) -> None:
+    t0 = datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc)
+    meta = write_meta(tmp_path, device="cpu", argv=["discograd", "vae"], started=t0)
+    on_disk = json.loads((tmp_path / "meta.json").read_text())
+    assert on_disk == meta
+    assert meta["discograd"] == discograd.__version__ and meta["torch"] == torch.__version__
+    assert meta["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert meta["device"] == "cpu" and meta["threads"] == torch.get_num_threads()
+    assert meta["argv"] == ["discograd", "vae"]
+    assert meta["started"] == "2025-01-02T03:04:05.678+00:00" and meta["ended"] is None
+    assert meta["wall_seconds"] is None and len(meta["sessions"]) == 1
+    assert set(meta) >= {"git_commit", "git_dirty", "hostname", "platform", "cuda", "format"}
+
+    meta = write_meta(
+        tmp_path, device="cpu", argv=["x"], started=t0, ended=t0 + timedelta(seconds=90)
+    )
+    assert meta["ended"] == "2025-01-02T03:05:35.678+00:00" and meta["wall_seconds"] == 90.0
+    assert len(meta["sessions"]) == 1 and meta["argv"] == ["x"]
+
+    # A resumption killed before its end, then one that finishes.
+    t1, t2 = t0 + timedelta(hours=1), t0 + timedelta(hours=2)
+    write_meta(tmp_path, device="cpu", argv=["discograd"], started=t1)
+    write_meta(tmp_path, device=torch.device("cpu"), started=t2)
+    meta = write_meta(tmp_path, device="cpu", started=t2, ended=t2 + timedelta(seconds=10.5))
+    assert meta["started"] == "2025-01-02T03:04:05.678+00:00"
+    assert [s["ended"] is None for s in meta["sessions"]] == [False, True, False]
+    assert meta["wall_seconds"] == 100.5 and meta["argv"] == sys.argv
+    assert all(s["pid"] == os.getpid() for s in meta["sessions"])
+
+
+def test_meta_times_carry_a_time_zone(tmp_path: Path) -> None:
+    naive = datetime(2025, 1, 2, 3, 4, 5)
+    meta = write_meta(tmp_path, device="cpu", argv=[], started=naive, ended=now())
+    assert datetime.fromisoformat(meta["started"]).tzinfo is not None
+    assert datetime.fromisoformat(meta["ended"]).tzinfo is not None
+    assert meta["wall_seconds"] > 0
+
+
+def test_damaged_meta_json_is_rewritten_with_a_warning(tmp_path: Path) -> None:
+    (tmp_path / "meta.json").write_text('{"sessions": [')
+    (tmp_path / ".meta.json.x1y2z3w4").write_text("{")
+    with pytest.warns(RunFolderWarning, match="meta.json is damaged"):
+        meta = write_meta(tmp_path, device="cpu", argv=[], started=now())
+    assert len(meta["sessions"]) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json"]
+
+
+def git(cwd: Path, *args: str) -> str:
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    return subprocess.run(
+        ["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True
+    ).stdout
+
+
+def test_git_info_of_a_checkout_an_untracked_copy_and_no_git(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    info = git_info.__wrapped__  # uncached
+    repo = tmp_path / "repo"
+    pkg = repo / "src" / "pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("x = 1\n")
+    (repo / "README").write_text("r\n")
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "one")
+    head = git(repo, "rev-parse", "HEAD").strip()
+    assert info(pkg) == {"commit": head, "dirty": False}
+    (repo / "README").write_text("changed outside the package\n")
+    assert info(pkg) == {"commit": head, "dirty": False}
+    (pkg / "new.py").write_text("y = 2\n")
+    assert info(pkg) == {"commit": head, "dirty": True}
+    # A copy that git does not track (a virtual environment inside a project).
+    venv = repo / ".venv" / "pkg"
+    venv.mkdir(parents=True)
+    (venv / "__init__.py").write_text("x = 1\n")
+    (repo / ".gitignore").write_text(".venv/\n")
+    assert info(venv) == {"commit": None, "dirty": None}
+    assert info(tmp_path / "nowhere") == {"commit": None, "dirty": None}
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no git at all
+    assert info(pkg) == {"commit": None, "dirty": None}
+
+
+def test_git_info_of_this_package_never_fails() -> None:
+    info = git_info()
+    assert info["commit"] is None or len(info["commit"]) == 40
+    assert info["dirty"] in (None, True, False)
+    assert meta_mod.git_info() is info  # cached
