@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -125,6 +126,7 @@ def main() -> None:
     bare.close()
     run.close()
     both.close()
+    shutil.rmtree(tmp, ignore_errors=True)
 
     print(
         f"discograd {dg.__version__}, Python {sys.version.split()[0]}, CPU: {cpu_name()}, "
