@@ -23,7 +23,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -91,7 +91,15 @@ def _command_line(argv: Sequence[str] | None) -> str:
 
 
 # ------------------------------------------------------------------ commands
-def _commands() -> dict[str, dict[str, Any]]:
+class _Command(NamedTuple):
+    config: type
+    task: Any  # a Task class; None for bench, which runs several
+    help: str
+    description: str
+    example: str
+
+
+def _commands() -> dict[str, _Command]:
     """The run commands: their config class, task, help texts and example."""
     from discograd.experiments.bench import BenchConfig
     from discograd.experiments.sbn import SBNTask
@@ -100,55 +108,53 @@ def _commands() -> dict[str, dict[str, Any]]:
     from discograd.experiments.vae import VAETask
     from discograd.experiments.variance import VarianceTask
 
+    def task(cls: Any, *texts: str) -> _Command:
+        return _Command(cls.Config, cls, *texts)
+
     return {
-        "bench": dict(
-            config=BenchConfig,
-            task=None,
-            help="the main job: toy + variance study + a short VAE, one report",
-            description="Every estimator on the ARSM toy, the bias/variance study and a short "
-            "categorical VAE; one report.md with tables and plots. The studies' settings are "
-            "nested: --set toy.steps=1000, --set vae.lr=1e-3, or [toy] tables in --config.",
-            example="discograd bench --quick --out runs/bench-quick",
+        "bench": _Command(
+            BenchConfig,
+            None,
+            "the main job: toy + variance study + a short VAE, one report",
+            "Every estimator on the ARSM toy, the bias/variance study and a short categorical "
+            "VAE; one report.md with tables and plots. The studies' settings are nested: "
+            "--set toy.steps=1000, --set vae.lr=1e-3, or [toy] tables in --config.",
+            "discograd bench --quick --out runs/bench-quick",
         ),
-        "toy": dict(
-            config=ToyTask.Config,
-            task=ToyTask,
-            help="the ARSM toy: maximise E[0.5 + (z+1)/(C R)] from theta = 0",
-            description="Gradient ascent with each estimator on the ARSM toy problem.",
-            example="discograd toy --steps 1000 --estimators exact arsm rloo:n_samples=10",
+        "toy": task(
+            ToyTask,
+            "the ARSM toy: maximise E[0.5 + (z+1)/(C R)] from theta = 0",
+            "Gradient ascent with each estimator on the ARSM toy problem.",
+            "discograd toy --steps 1000 --estimators exact arsm rloo:n_samples=10",
         ),
-        "variance": dict(
-            config=VarianceTask.Config,
-            task=VarianceTask,
-            help="bias / variance / SNR / cosine of each estimator against the exact gradient",
-            description="Every estimator on small enumerable problems, per call and at equal cost.",
-            example="discograd variance --problems toy bernoulli --draws 2000 --seeds 3",
+        "variance": task(
+            VarianceTask,
+            "bias / variance / SNR / cosine of each estimator against the exact gradient",
+            "Every estimator on small enumerable problems, per call and at equal cost.",
+            "discograd variance --problems toy bernoulli --draws 2000 --seeds 3",
         ),
-        "vae": dict(
-            config=VAETask.Config,
-            task=VAETask,
-            help="train discrete VAEs with each estimator; test -ELBO and IW bound",
-            description="Categorical (default 20x10) or Bernoulli (200) VAE on binarised images.",
-            example="discograd vae --config cfg.toml --set steps=300 --seeds 3 "
+        "vae": task(
+            VAETask,
+            "train discrete VAEs with each estimator; test -ELBO and IW bound",
+            "Categorical (default 20x10) or Bernoulli (200) VAE on binarised images.",
+            "discograd vae --config cfg.toml --set steps=300 --seeds 3 "
             "--estimators gumbel_softmax:tau=1.0 rloo:n_samples=4 arsm",
         ),
-        "sbn": dict(
-            config=SBNTask.Config,
-            task=SBNTask,
-            help="structured output prediction: the bottom half of a digit from its top half",
-            description="A two-layer stochastic binary network trained with each estimator "
-            "(nested: one estimator per layer); importance-sampled test -log-likelihood.",
-            example="discograd sbn --latent categorical --steps 1000 "
+        "sbn": task(
+            SBNTask,
+            "structured output prediction: the bottom half of a digit from its top half",
+            "A two-layer stochastic binary network trained with each estimator (nested: one "
+            "estimator per layer); importance-sampled test -log-likelihood.",
+            "discograd sbn --latent categorical --steps 1000 "
             "--estimators gumbel_softmax:tau=1.0 rloo:n_samples=4",
         ),
-        "ssl": dict(
-            config=SSLTask.Config,
-            task=SSLTask,
-            help="semi-supervised M2: estimators vs exact marginalisation over labels",
-            description="M2 with few labels; Gumbel-Softmax / ST-GS / any estimator against "
-            "exact marginalisation: accuracy, -ELBO and time per step, plus a timing run with "
-            "many classes.",
-            example="discograd ssl --steps 2000 --methods marginal gumbel_softmax:tau=1.0",
+        "ssl": task(
+            SSLTask,
+            "semi-supervised M2: estimators vs exact marginalisation over labels",
+            "M2 with few labels; Gumbel-Softmax / ST-GS / any estimator against exact "
+            "marginalisation: accuracy, -ELBO and time per step, plus a timing run with many "
+            "classes.",
+            "discograd ssl --steps 2000 --methods marginal gumbel_softmax:tau=1.0",
         ),
     }
 
@@ -393,14 +399,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, spec in _commands().items():
         p = sub.add_parser(
             name,
-            help=spec["help"],
-            description=spec["description"],
-            epilog=f"example: {spec['example']}",
+            help=spec.help,
+            description=spec.description,
+            epilog=f"example: {spec.example}",
             allow_abbrev=False,
         )
         _run_options(p, name)
         settings = p.add_argument_group("settings (defaults < --config < these flags < --set)")
-        dests = add_flags(settings, spec["config"])
+        dests = add_flags(settings, spec.config)
         if name == "bench":
             # The VAE study's data, as flags of their own.
             dests += add_flags(
@@ -411,8 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
             )
         p.set_defaults(
             func=_bench if name == "bench" else _task_command,
-            task=spec["task"],
-            config_class=spec["config"],
+            task=spec.task,
+            config_class=spec.config,
             config_flags=dests,
         )
 

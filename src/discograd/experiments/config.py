@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import math
 import sys
@@ -436,26 +437,22 @@ def read_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+# Optional parsers, imported by name: neither is a dependency of discograd.
 def _toml() -> Any:
-    if sys.version_info >= (3, 11):
-        import tomllib
-
-        return tomllib
-    try:  # pragma: no cover - Python 3.10
-        import tomli
-    except ImportError:  # pragma: no cover
+    name = "tomllib" if sys.version_info >= (3, 11) else "tomli"
+    try:
+        return importlib.import_module(name)
+    except ImportError:  # pragma: no cover - Python 3.10 without tomli
         raise ConfigError(
             "reading TOML needs Python 3.11 or the tomli package (pip install tomli)"
         ) from None
-    return tomli  # pragma: no cover
 
 
 def _yaml() -> Any:
     try:
-        import yaml
+        return importlib.import_module("yaml")
     except ImportError:
         raise ConfigError("reading YAML needs the PyYAML package (pip install pyyaml)") from None
-    return yaml
 
 
 def parse_sets(items: Sequence[str]) -> dict[str, Any]:
@@ -615,7 +612,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         # A folder is stored absolute: a run resumed elsewhere reads the same data.
-        from discograd.experiments.common import dataset_value
+        from discograd.experiments.images import dataset_value
 
         if isinstance(self.dataset, str):
             self.dataset = dataset_value(self.dataset)

@@ -37,24 +37,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from discograd.errors import ConfigError
+from discograd.estimators.base import Estimator
 from discograd.estimators.registry import canonical, make
-from discograd.experiments.common import (
+from discograd.experiments.common import check_estimators, slug
+from discograd.experiments.config import DataConfig, TrainConfig, option
+from discograd.experiments.images import (
+    ImageState,
+    ImageTask,
     binarized_splits,
-    check_estimators,
-    load_data,
-    slug,
+    check_batch,
     training_batch,
 )
-from discograd.experiments.config import DataConfig, TrainConfig, option
 from discograd.experiments.runner import atomic_save
 from discograd.experiments.toy import ESTIMATORS_HELP
-from discograd.experiments.trainer import Context, StepResult, Task, TaskState, Unit
+from discograd.experiments.trainer import Context, StepResult, Unit
 from discograd.models import StochasticBinaryNetwork
 from discograd.models.nets import ACTIVATIONS
 
@@ -156,20 +158,17 @@ def _nll(
 
 
 @dataclass
-class SBNState(TaskState):
-    sets: dict[str, Tensor]
-    image_shape: tuple[int, int]
+class SBNState(ImageState):
+    model: StochasticBinaryNetwork
+    estimator: nn.ModuleDict  # "outer" and "inner"
 
 
-class SBNTask(Task[SBNConfig, SBNState]):
+class SBNTask(ImageTask[SBNConfig, SBNState]):
     """One network per estimator and seed; each stochastic layer gets its own estimator."""
 
     name = "sbn"
     Config = SBNConfig
     headline = ("test_nll", "test_nll_1", "seconds_per_step", "evals_per_step")
-
-    def load(self, config: SBNConfig, *, quiet: bool = False) -> Any:
-        return load_data(config, quiet=quiet)
 
     def units(self, config: SBNConfig) -> list[Unit]:
         return [Unit(canonical(spec), spec) for spec in config.estimator_specs()]
@@ -179,10 +178,7 @@ class SBNTask(Task[SBNConfig, SBNState]):
         return nn.ModuleDict({"outer": make(unit.spec), "inner": make(unit.spec)})  # type: ignore[arg-type]
 
     def setup(self, config: SBNConfig, data: Any, ctx: Context, estimator: Any) -> SBNState:
-        if len(data.train) < config.batch_size:
-            raise ConfigError(
-                f"batch_size={config.batch_size} exceeds the {len(data.train)} training images"
-            )
+        check_batch(config.batch_size, len(data.train))
         if data.image_shape[0] < 2:
             raise ConfigError(f"images need at least 2 rows to split, got {data.image_shape}")
         model = build_model(config, data.image_shape).to(ctx.device)
@@ -192,12 +188,8 @@ class SBNTask(Task[SBNConfig, SBNState]):
     def step(self, state: SBNState, step: int, ctx: Context) -> StepResult:
         cfg, ests = ctx.config, state.estimator
         x, _ = training_batch(state.sets["train"], cfg.batch_size, step, cfg.binarization, ctx)
-        obj = state.model.objective(  # type: ignore[union-attr]
-            x,
-            ests["outer"],
-            ests["inner"],
-            generator=ctx.stream("train"),  # type: ignore[index]
-        )
+        outer, inner = (cast(Estimator, ests[k]) for k in ("outer", "inner"))
+        obj = state.model.objective(x, outer, inner, generator=ctx.stream("train"))
         return StepResult(
             obj.loss,
             obj.cv_loss,
@@ -224,7 +216,7 @@ class SBNTask(Task[SBNConfig, SBNState]):
             "iw_examples": len(test),
             "valid_samples": cfg.valid_samples,
             "latent": cfg.latent,
-            "units": list(model.units),  # type: ignore[union-attr]
+            "units": list(model.units),
         }
 
 

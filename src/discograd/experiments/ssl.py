@@ -52,16 +52,17 @@ import torch
 from torch import Tensor
 
 from discograd.errors import ConfigError
+from discograd.estimators.base import Estimator
 from discograd.estimators.registry import canonical
-from discograd.experiments.common import (
+from discograd.experiments.common import check_estimators, temperature
+from discograd.experiments.config import AnnealConfig, DataConfig, TrainConfig, option
+from discograd.experiments.images import (
+    ImageTask,
     binarized_splits,
-    check_estimators,
-    load_data,
-    temperature,
+    check_batch,
     training_batch,
 )
-from discograd.experiments.config import AnnealConfig, DataConfig, TrainConfig, option
-from discograd.experiments.trainer import Context, StepResult, Task, TaskState, Unit, aggregate
+from discograd.experiments.trainer import Context, StepResult, TaskState, Unit, aggregate
 from discograd.models import M2
 from discograd.models.nets import ACTIVATIONS
 
@@ -180,7 +181,9 @@ def _labels(data: Any, cfg: SSLConfig, ctx: Context) -> tuple[dict[str, Tensor],
 
 
 @torch.no_grad()
-def _evaluate(model: M2, x: Tensor, y: Tensor, gen: torch.Generator, chunk: int = 500):
+def _evaluate(
+    model: M2, x: Tensor, y: Tensor, gen: torch.Generator, chunk: int = 500
+) -> tuple[float, float]:
     """(accuracy, mean marginal −ELBO) over ``x`` in chunks; the −ELBO uses ``gen``."""
     correct, bound = 0, 0.0
     for i in range(0, len(x), chunk):
@@ -192,19 +195,18 @@ def _evaluate(model: M2, x: Tensor, y: Tensor, gen: torch.Generator, chunk: int 
 
 @dataclass
 class SSLState(TaskState):
+    model: M2
+    estimator: Estimator | None  # None: exact marginalisation
     split: dict[str, Any]
     labels: str
 
 
-class SSLTask(Task[SSLConfig, SSLState]):
+class SSLTask(ImageTask[SSLConfig, SSLState]):
     """One M2 per method and seed, from the same initial weights and batches."""
 
     name = "ssl"
     Config = SSLConfig
     headline = ("test_accuracy", "test_neg_elbo", "seconds_per_step", "speedup_vs_marginal")
-
-    def load(self, config: SSLConfig, *, quiet: bool = False) -> Any:
-        return load_data(config, quiet=quiet)
 
     def units(self, config: SSLConfig) -> list[Unit]:
         return [
@@ -219,11 +221,7 @@ class SSLTask(Task[SSLConfig, SSLState]):
         mask = torch.ones(len(data.train), dtype=torch.bool)
         mask[lab_idx] = False
         unl_idx = mask.nonzero().squeeze(-1)
-        if len(unl_idx) < config.batch_size:
-            raise ConfigError(
-                f"batch_size={config.batch_size} exceeds the {len(unl_idx)} unlabelled "
-                "training images"
-            )
+        check_batch(config.batch_size, len(unl_idx), "unlabelled training images")
         sets = binarized_splits(data, config.binarization, ctx)
         split = {
             "x_l": sets["train"][lab_idx],
@@ -241,11 +239,11 @@ class SSLTask(Task[SSLConfig, SSLState]):
             split["x_l"], cfg.labelled_batch, step, cfg.binarization, ctx, "labelled"
         )
         xu, _ = training_batch(split["x_u"], cfg.batch_size, step, cfg.binarization, ctx)
-        obj = state.model.objective(  # type: ignore[union-attr]
+        obj = state.model.objective(
             xl,
             split["y_l"][il.to(ctx.device)],
             xu,
-            "marginal" if est is None else est,  # type: ignore[arg-type]
+            "marginal" if est is None else est,
             alpha=cfg.alpha,
             dataset_sizes=(len(split["x_l"]), len(split["x_u"])),
             entropy=cfg.entropy,
@@ -263,11 +261,13 @@ class SSLTask(Task[SSLConfig, SSLState]):
     def evaluate(self, state: SSLState, step: int, ctx: Context) -> dict[str, Any]:
         if not ctx.due(step, ctx.config.eval_every):
             return {}
-        acc, bound = _evaluate(state.model, *state.split["valid"], ctx.generator("valid"))
+        x, y = state.split["valid"]
+        acc, bound = _evaluate(state.model, x, y, ctx.generator("valid"))
         return {"valid_accuracy": acc, "valid_neg_elbo": bound}
 
     def finish(self, state: SSLState, ctx: Context) -> dict[str, Any]:
-        acc, bound = _evaluate(state.model, *state.split["test"], ctx.generator("test"))
+        x, y = state.split["test"]
+        acc, bound = _evaluate(state.model, x, y, ctx.generator("test"))
         return {
             "test_accuracy": acc,
             "test_neg_elbo": bound,
@@ -285,6 +285,6 @@ class SSLTask(Task[SSLConfig, SSLState]):
                 own = result.get("seconds_per_step")
                 ref = base.get(seed, {}).get("seconds_per_step")
                 # a method that diverged before its first step has no time per step
-                ok = own is not None and ref is not None
-                result["speedup_vs_marginal"] = ref / max(own, 1e-12) if ok else None
+                speedup = None if own is None or ref is None else ref / max(own, 1e-12)
+                result["speedup_vs_marginal"] = speedup
         return {key: aggregate(seeds) for key, seeds in per_seed.items()}

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.distributions import Categorical
 
 from discograd.diagnostics import gradient_draws
+from discograd.estimators.base import Estimator
 from discograd.experiments.common import check_estimators, is_unbiased
 from discograd.experiments.config import TrainConfig, option
 from discograd.experiments.trainer import Context, StepResult, Task, TaskState
@@ -91,6 +92,8 @@ class Logits(nn.Module):
 
 @dataclass
 class ToyState(TaskState):
+    model: Logits
+    estimator: Estimator
     F: Tensor
 
     def f(self, z: Tensor) -> Tensor:
@@ -113,15 +116,15 @@ class ToyTask(Task[ToyConfig, ToyState]):
         return torch.optim.SGD(params, lr=config.lr)
 
     def step(self, state: ToyState, step: int, ctx: Context) -> StepResult:
-        out = state.estimator(  # type: ignore[misc]
+        out = state.estimator(
             state.f, Categorical(logits=state.model.theta), generator=ctx.stream("train")
         )
         # Gradient ascent on E[f]: the Trainer minimises.
         return StepResult(-out.loss.sum(), out.cv_loss, out.mean_evals, {"f": out.value.detach()})
 
     def evaluate(self, state: ToyState, step: int, ctx: Context) -> dict[str, Any]:
-        cfg, record = ctx.config, {}
-        theta = state.model.theta.detach()  # type: ignore[union-attr]
+        cfg, record = ctx.config, dict[str, Any]()
+        theta = state.model.theta.detach()
         if ctx.due(step, cfg.eval_every):
             pi = torch.softmax(theta, -1)
             record.update(

@@ -44,7 +44,9 @@ from torch import Tensor, nn
 
 from discograd.estimators.base import Estimator
 from discograd.experiments.common import (
+    cv_optimizer,
     has_temperature,
+    lazily_sized,
     resolve_device,
     slug,
 )
@@ -588,133 +590,44 @@ class Trainer:
                 for seed in config.seeds:
                     phase = f"{task.name}/{unit.key}/seed{seed}"
                     if not self.run_dir.is_done(phase):
-                        result = self._phase(task, config, unit, seed, phase, data, device)
+                        result = _Phase(self, task, config, unit, seed, data, device).train()
                         self.run_dir.finish(phase, result)
                     per_seed[unit.key][seed] = self.run_dir.result(phase)
                     bar.update()
         return task.collect(config, per_seed)
 
-    def _phase(
+
+class _Phase:
+    """One phase (a unit and a seed) of a task: built, resumed, trained, finished."""
+
+    def __init__(
         self,
+        trainer: Trainer,
         task: Task[Any, Any],
         config: Any,
         unit: Unit,
         seed: int,
-        phase: str,
         data: Any,
         device: torch.device,
-    ) -> dict[str, Any]:
-        run = self.run_dir
-        ctx = Context(run, phase, unit, seed, config, device)
+    ) -> None:
+        self.trainer, self.task, self.config, self.device = trainer, task, config, device
+        self.run = trainer.run_dir
+        self.name = f"{task.name}/{unit.key}/seed{seed}"
+        self.ctx = ctx = Context(self.run, self.name, unit, seed, config, device)
         # Initial weights (the same for every estimator of a seed) and lazily sized
         # control variates come from the global RNG: seeded here, restored after.
         with ctx.seeded("init"):
             est = task.estimator(config, unit)
-            if est is not None:
-                est = est.to(device)
-            state = task.setup(config, data, ctx, est)
-            cv_opt = self._cv_optimizer(task, config, state, ctx)
-        model = state.model
-        params = [p for p in model.parameters() if p.requires_grad] if model is not None else []
-        opt = task.optimizer(config, params) if params else None
-        cadence = task.cadence(config, state)
-        ctx.steps = cadence.steps
-        prog = _Progress()
-        saved = run.resume(phase, device)
-        if saved is not None:
-            with run.restoring(phase):
-                prog = _Progress(**saved["progress"])
-                if model is not None:
-                    model.load_state_dict(saved["model"])
-                if opt is not None:
-                    opt.load_state_dict(saved["opt"])
-                if state.estimator is not None:
-                    state.estimator.load_state_dict(saved["estimator"])
-                if cv_opt is not None:
-                    cv_opt.load_state_dict(saved["cv_opt"])
-                ctx._load_stream_states(saved["streams"])
-                task.load_state_dict(state, saved["task"])
-            self._replay(run.records(phase))
+            self.state = task.setup(config, data, ctx, None if est is None else est.to(device))
+            self.cv_opt = self._cv_optimizer()
+        model = self.state.model
+        self.params = [p for p in model.parameters() if p.requires_grad] if model else []
+        self.opt = task.optimizer(config, self.params) if self.params else None
+        self.cadence = task.cadence(config, self.state)
+        ctx.steps = self.cadence.steps
+        self.progress = _Progress()
 
-        def checkpoint(step: int) -> None:
-            prog.step = step
-            prog.window = [{k: _plain(v) for k, v in m.items()} for m in prog.window]
-            run.save_checkpoint(
-                phase,
-                {
-                    "progress": dataclasses.asdict(prog),
-                    "model": model.state_dict() if model is not None else None,
-                    "opt": opt.state_dict() if opt is not None else None,
-                    "estimator": state.estimator.state_dict()
-                    if state.estimator is not None
-                    else None,
-                    "cv_opt": cv_opt.state_dict() if cv_opt is not None else None,
-                    "streams": ctx._stream_states(),
-                    "task": task.state_dict(state),
-                },
-                device,
-            )
-
-        start, steps = prog.step, cadence.steps
-        diverged: dict[str, Any] | None = None
-        final: dict[str, Any] = {}
-        desc = f"{unit.key} seed {seed}"
-        with progress(steps, desc, quiet=self.quiet, initial=start) as bar, _Interrupts() as stop:
-            for step in range(start, steps + 1):
-                # Checkpoint first: a resumed run replays this whole step, logging included.
-                if step > start and (
-                    stop.pending
-                    or step == steps
-                    or (cadence.checkpoint_every and step % cadence.checkpoint_every == 0)
-                ):
-                    checkpoint(step)
-                    if stop.pending:
-                        raise KeyboardInterrupt
-                if cadence.log_every and step and step % cadence.log_every == 0 and prog.window:
-                    keys = dict.fromkeys(k for m in prog.window for k in m)
-                    means = {k: _mean([_plain(m.get(k)) for m in prog.window]) for k in keys}
-                    self._log({"phase": phase, "step": step, **means, **prog.per_step(step)})
-                    prog.window = []
-                with _eval_mode(model, state.estimator):
-                    record = task.evaluate(state, step, ctx)
-                if record:
-                    costs = {"evals": prog.evals, "seconds": prog.seconds}
-                    self._log({"phase": phase, "step": step, **record, **costs})
-                if step == steps:
-                    final = record
-                    break
-                t0 = time.perf_counter()
-                result = task.step(state, step, ctx)
-                try:
-                    self._update(result, opt, cv_opt, params)
-                except Diverged as err:
-                    diverged = {"estimator": unit.key, "step": step, "quantity": err.quantity}
-                    self._log({"phase": phase, "diverged": True, **diverged})
-                    break
-                prog.seconds += time.perf_counter() - t0
-                prog.evals += float(result.n_evals)
-                for k, v in result.counts.items():
-                    prog.counts[k] = prog.counts.get(k, 0.0) + float(v)
-                prog.window.append(dict(result.metrics))
-                bar.update()
-        done = diverged["step"] if diverged is not None else steps
-        summary: dict[str, Any] = {"steps": done, **prog.per_step(done)}
-        if diverged is None:
-            # A model stopped part-way has no final numbers worth comparing.
-            with _eval_mode(model, state.estimator):
-                finished = task.finish(state, ctx)
-            summary.update(final)
-            summary.update(finished)
-            numbers = {f"final_{k}": v for k, v in finished.items() if _number(v)}
-            if numbers:
-                self._log({"phase": phase, "step": steps, **numbers})
-        summary["diverged"] = diverged
-        self._save_model(task, config, unit, seed, phase, state, diverged)
-        return summary
-
-    def _cv_optimizer(
-        self, task: Task[Any, Any], config: Any, state: TaskState, ctx: Context
-    ) -> torch.optim.Optimizer | None:
+    def _cv_optimizer(self) -> torch.optim.Optimizer | None:
         """Adam over the estimator's trainable control-variate parameters, if any.
 
         Lazily sized layers (RELAX's default network) get their shapes from one
@@ -722,67 +635,160 @@ class Trainer:
         streams of their own (no stream moves), with autograd on (RELAX sizes
         them only then).
         """
-        est = state.estimator
+        est = self.state.estimator
         if est is None:
             return None
-        if any(isinstance(p, nn.parameter.UninitializedParameter) for p in est.parameters()):
+        if lazily_sized(est):
             with _eval_mode(est):
-                task.step(state, 0, ctx.probe())
-        params = [p for p in est.parameters() if p.requires_grad]
-        return torch.optim.Adam(params, lr=config.cv_lr) if params else None
+                self.task.step(self.state, 0, self.ctx.probe())
+        return cv_optimizer(est, self.config.cv_lr)
 
-    @staticmethod
-    def _update(
-        result: StepResult,
-        opt: torch.optim.Optimizer | None,
-        cv_opt: torch.optim.Optimizer | None,
-        params: list[nn.Parameter],
-    ) -> None:
+    # ------------------------------------------------------- checkpoints
+    def _parts(self) -> dict[str, Any]:
+        """What a checkpoint holds besides the counters, streams and the task's extra state."""
+        return {
+            "model": self.state.model,
+            "opt": self.opt,
+            "estimator": self.state.estimator,
+            "cv_opt": self.cv_opt,
+        }
+
+    def _checkpoint(self, step: int) -> None:
+        prog = self.progress
+        prog.step = step
+        prog.window = [{k: _plain(v) for k, v in m.items()} for m in prog.window]
+        saved = {k: None if v is None else v.state_dict() for k, v in self._parts().items()}
+        saved.update(
+            progress=dataclasses.asdict(prog),
+            streams=self.ctx._stream_states(),
+            task=self.task.state_dict(self.state),
+        )
+        self.run.save_checkpoint(self.name, saved, self.device)
+
+    def _restore(self) -> None:
+        saved = self.run.resume(self.name, self.device)
+        if saved is None:
+            return
+        with self.run.restoring(self.name):
+            self.progress = _Progress(**saved["progress"])
+            for key, part in self._parts().items():
+                if part is not None:
+                    part.load_state_dict(saved[key])
+            self.ctx._load_stream_states(saved["streams"])
+            self.task.load_state_dict(self.state, saved["task"])
+        self.trainer._replay(self.run.records(self.name))
+
+    # -------------------------------------------------------------- train
+    def train(self) -> dict[str, Any]:
+        """Run the phase from where it stands; returns its result."""
+        self._restore()
+        task, state, ctx, prog, cadence = (
+            self.task,
+            self.state,
+            self.ctx,
+            self.progress,
+            self.cadence,
+        )
+        log = self.trainer._log
+        start, steps = prog.step, cadence.steps
+        diverged: dict[str, Any] | None = None
+        final: dict[str, Any] = {}
+        desc = f"{ctx.unit.key} seed {ctx.seed}"
+        quiet = self.trainer.quiet or steps == 0
+        with progress(steps, desc, quiet=quiet, initial=start) as bar, _Interrupts() as stop:
+            for step in range(start, steps + 1):
+                # Checkpoint first: a resumed run replays this whole step, logging included.
+                if step > start and (
+                    stop.pending
+                    or step == steps
+                    or (cadence.checkpoint_every and step % cadence.checkpoint_every == 0)
+                ):
+                    self._checkpoint(step)
+                    if stop.pending:
+                        raise KeyboardInterrupt
+                if cadence.log_every and step and step % cadence.log_every == 0 and prog.window:
+                    keys = dict.fromkeys(k for m in prog.window for k in m)
+                    means = {k: _mean([_plain(m.get(k)) for m in prog.window]) for k in keys}
+                    log({"phase": self.name, "step": step, **means, **prog.per_step(step)})
+                    prog.window = []
+                with _eval_mode(state.model, state.estimator):
+                    record = task.evaluate(state, step, ctx)
+                if record:
+                    costs = {"evals": prog.evals, "seconds": prog.seconds}
+                    log({"phase": self.name, "step": step, **record, **costs})
+                if step == steps:
+                    final = record
+                    break
+                t0 = time.perf_counter()
+                result = task.step(state, step, ctx)
+                try:
+                    self._update(result)
+                except Diverged as err:
+                    diverged = {"estimator": ctx.unit.key, "step": step, "quantity": err.quantity}
+                    log({"phase": self.name, "diverged": True, **diverged})
+                    break
+                prog.seconds += time.perf_counter() - t0
+                prog.evals += float(result.n_evals)
+                for k, v in result.counts.items():
+                    prog.counts[k] = prog.counts.get(k, 0.0) + float(v)
+                prog.window.append(dict(result.metrics))
+                bar.update()
+        return self._finish(final, diverged)
+
+    def _update(self, result: StepResult) -> None:
         """One guarded step: nothing non-finite reaches the control variates or the model."""
         check_finite("loss", result.loss)
         check_finite("control-variate loss", result.cv_loss)
-        cv_loss = result.cv_loss
-        if cv_opt is not None and cv_loss is not None and cv_loss.requires_grad:
-            cv_step(cv_loss, cv_opt)
+        cv_loss, opt = result.cv_loss, self.opt
+        if self.cv_opt is not None and cv_loss is not None and cv_loss.requires_grad:
+            cv_step(cv_loss, self.cv_opt)
         if opt is None or result.loss is None:
             return
         opt.zero_grad(set_to_none=True)
         result.loss.backward()
-        check_finite("gradient", *(p.grad for p in params))
+        check_finite("gradient", *(p.grad for p in self.params))
         opt.step()
 
-    def _save_model(
-        self,
-        task: Task[Any, Any],
-        config: Any,
-        unit: Unit,
-        seed: int,
-        phase: str,
-        state: TaskState,
-        diverged: dict[str, Any] | None,
-    ) -> None:
+    def _finish(self, final: dict[str, Any], diverged: dict[str, Any] | None) -> dict[str, Any]:
+        done = diverged["step"] if diverged is not None else self.cadence.steps
+        summary: dict[str, Any] = {"steps": done, **self.progress.per_step(done)}
+        if diverged is None:
+            # A model stopped part-way has no final numbers worth comparing.
+            with _eval_mode(self.state.model, self.state.estimator):
+                finished = self.task.finish(self.state, self.ctx)
+            summary.update(final)
+            summary.update(finished)
+            numbers = {f"final_{k}": v for k, v in finished.items() if _number(v)}
+            if numbers:
+                self.trainer._log({"phase": self.name, "step": done, **numbers})
+        summary["diverged"] = diverged
+        self._save_model(diverged)
+        return summary
+
+    def _save_model(self, diverged: dict[str, Any] | None) -> None:
         """``models/<phase>.pt``: the final model (and estimator state) of the phase.
 
         Reload with ``torch.load(path, weights_only=False)["model"]``.
         """
+        state, ctx = self.state, self.ctx
         if state.model is None:
             return
-        folder = self.run_dir.path / "models"
+        folder = self.run.path / "models"
         folder.mkdir(exist_ok=True)
         atomic_save(
-            folder / f"{slug(phase)}.pt",
+            folder / f"{slug(self.name)}.pt",
             {
                 "format": MODEL_FORMAT,
-                "task": task.name,
-                "phase": phase,
-                "estimator": unit.spec,
-                "seed": seed,
-                "config": to_dict(config),
+                "task": self.task.name,
+                "phase": self.name,
+                "estimator": ctx.unit.spec,
+                "seed": ctx.seed,
+                "config": to_dict(ctx.config),
                 "diverged": diverged,
                 "model": state.model.cpu(),
-                "estimator_state": state.estimator.state_dict()
-                if state.estimator is not None
-                else None,
+                "estimator_state": None
+                if state.estimator is None
+                else state.estimator.state_dict(),
             },
         )
 

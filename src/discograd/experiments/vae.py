@@ -17,25 +17,25 @@ Resuming, divergence, seeds: see :mod:`discograd.experiments.trainer`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from discograd.errors import ConfigError
-from discograd.experiments.common import (
+from discograd.estimators.base import Estimator
+from discograd.experiments.common import check_estimators, has_temperature, slug, temperature
+from discograd.experiments.config import AnnealConfig, DataConfig, TrainConfig, option
+from discograd.experiments.images import (
+    ImageState,
+    ImageTask,
     binarized_splits,
-    check_estimators,
-    has_temperature,
-    load_data,
-    slug,
-    temperature,
+    check_batch,
     training_batch,
 )
-from discograd.experiments.config import AnnealConfig, DataConfig, TrainConfig, option
 from discograd.experiments.runner import atomic_save
 from discograd.experiments.toy import ESTIMATORS_HELP
-from discograd.experiments.trainer import Context, StepResult, Task, TaskState
+from discograd.experiments.trainer import Context, StepResult
 from discograd.models import BernoulliVAE, CategoricalVAE, DiscreteVAE
 from discograd.models.nets import ACTIVATIONS
 
@@ -147,7 +147,7 @@ def encoder_gradient_stats(
         est,
         lambda z: -model.log_likelihood(x, z),
         model.posterior(x),
-        list(model.encoder.parameters()),
+        list(cast(nn.Module, model.encoder).parameters()),
         n_draws,
         generator=generator,
     )
@@ -156,26 +156,20 @@ def encoder_gradient_stats(
 
 
 @dataclass
-class VAEState(TaskState):
-    sets: dict[str, Tensor]
-    image_shape: tuple[int, int]
+class VAEState(ImageState):
+    model: DiscreteVAE
+    estimator: Estimator
 
 
-class VAETask(Task[VAEConfig, VAEState]):
+class VAETask(ImageTask[VAEConfig, VAEState]):
     """One VAE per estimator and seed, from the same initial weights and batches."""
 
     name = "vae"
     Config = VAEConfig
     headline = ("test_neg_elbo", "test_iw_bound", "seconds_per_step", "evals_per_step")
 
-    def load(self, config: VAEConfig, *, quiet: bool = False) -> Any:
-        return load_data(config, quiet=quiet)
-
     def setup(self, config: VAEConfig, data: Any, ctx: Context, estimator: Any) -> VAEState:
-        if len(data.train) < config.batch_size:
-            raise ConfigError(
-                f"batch_size={config.batch_size} exceeds the {len(data.train)} training images"
-            )
+        check_batch(config.batch_size, len(data.train))
         model = build_model(config, data.dim).to(ctx.device)
         sets = binarized_splits(data, config.binarization, ctx)
         return VAEState(model, estimator, sets, data.image_shape)
@@ -187,14 +181,15 @@ class VAETask(Task[VAEConfig, VAEState]):
     def step(self, state: VAEState, step: int, ctx: Context) -> StepResult:
         x = self._batch(state, step, ctx)
         tau = temperature(state.estimator)  # scheduled; REBAR/RELAX learn theirs
-        obj = state.model.objective(  # type: ignore[union-attr]
+        obj = state.model.objective(
             x, state.estimator, kl=ctx.config.kl, tau=tau, generator=ctx.stream("train")
         )
         metrics = {"train_neg_elbo": obj.neg_elbo.mean(), "tau": tau}
         return StepResult(obj.loss, obj.cv_loss, obj.n_evals, metrics)
 
     def evaluate(self, state: VAEState, step: int, ctx: Context) -> dict[str, Any]:
-        cfg, model, record = ctx.config, state.model, {}
+        cfg, model = ctx.config, state.model
+        record: dict[str, Any] = {}
         if ctx.due(step, cfg.eval_every):
             record["valid_neg_elbo"] = _neg_elbo(model, state.sets["valid"], ctx.generator("valid"))
         if ctx.due(step, cfg.grad_check_every):

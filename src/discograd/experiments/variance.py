@@ -36,6 +36,7 @@ from torch.distributions import Distribution, Independent, OneHotCategorical
 
 from discograd.diagnostics import exact_gradient, gradient_stats
 from discograd.errors import ConfigError
+from discograd.estimators.base import Estimator
 from discograd.estimators.registry import canonical, make, parse_spec
 from discograd.experiments.common import (
     check_estimators,
@@ -202,6 +203,8 @@ def expand_specs(specs: tuple[str, ...], temperatures: tuple[float, ...]) -> lis
 
 @dataclass
 class VarianceState(TaskState):
+    model: None  # θ stays fixed
+    estimator: Estimator
     problem: Problem
     leaf: Tensor
     exact: Any
@@ -235,12 +238,12 @@ class VarianceTask(Task[VarianceConfig, VarianceState]):
 
     def cadence(self, config: VarianceConfig, state: VarianceState) -> Cadence:
         est = state.estimator
-        stateful = any(p.requires_grad for p in est.parameters()) or any(est.buffers())  # type: ignore[union-attr]
+        stateful = any(p.requires_grad for p in est.parameters()) or any(est.buffers())
         return Cadence(config.warmup if stateful else 0)
 
     def step(self, state: VarianceState, step: int, ctx: Context) -> StepResult:
         q = state.problem.build(state.leaf)
-        out = state.estimator(state.problem.f, q, generator=ctx.stream("train"))  # type: ignore[misc]
+        out = state.estimator(state.problem.f, q, generator=ctx.stream("train"))
         # θ stays fixed: no model loss to apply, only the control variates learn.
         return StepResult(None, out.cv_loss, out.mean_evals)
 
@@ -255,8 +258,8 @@ class VarianceTask(Task[VarianceConfig, VarianceState]):
             exact=state.exact,
             generator=ctx.stream("draws"),
         )
-        d = stats.as_dict()
-        d["variance_x_evals"] = d["variance"] * d["n_evals"]
+        d: dict[str, Any] = stats.as_dict()
+        d["variance_x_evals"] = stats.variance * stats.n_evals
         d["unbiased"] = is_unbiased(state.estimator)
         return d
 

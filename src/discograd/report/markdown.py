@@ -17,7 +17,7 @@ import platform
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 
@@ -58,7 +58,7 @@ def fmt(v: Any, digits: int = 3) -> str:
     return f"{v:.{digits}g}"
 
 
-def _number(v: Any) -> bool:
+def _number(v: Any) -> TypeGuard[float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -372,10 +372,7 @@ def _toy_summary(results: dict[str, Any]) -> list[str]:
         for line in (
             compare(reached, "steps_to_p_last_0.9", "number of iterations to p(last) > 0.9"),
             compare(
-                {
-                    k: {**_derived(v, _evals_to_p_last), "unbiased": True}
-                    for k, v in reached.items()
-                },
+                {k: _derived(v, _evals_to_p_last) for k, v in reached.items()},
                 "x",
                 "number of f-evaluations to p(last) > 0.9",
             ),
@@ -657,7 +654,7 @@ def sbn_section(run: RunDir, results: dict[str, Any], cfg: Any) -> tuple[str, li
     """Structured output prediction: importance-sampled −log p(bottom | top)."""
     dataset = _dataset(cfg)
     done = _finished(results)
-    any_result = next(iter(done.values()), {})
+    any_result: dict[str, Any] = next(iter(done.values()), {})
     units = any_result.get("units", list(cfg.units))
     m = cfg.eval_samples
     text = [
