@@ -421,3 +421,17 @@ def test_every_file_of_a_run_follows_the_umask(umask, mode, tmp_path):
         assert p.stat().st_mode & 0o777 == mode, p
     for d in [out, out / "models"]:
         assert d.stat().st_mode & 0o777 == mode | ((mode & 0o444) >> 2), d
+
+
+def test_more_seeds_in_the_same_out_reuse_the_seeds_already_run(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    args = [*TOY, "--estimators", "exact", "arsm", "--out", out]
+    assert run_cli(*args, "--seeds", "1") == 0
+    before = RunDir(out, json.loads((tmp_path / "run" / "config.json").read_text()))
+    seed0 = before.records("toy/arsm/seed0")
+    assert run_cli(*args, "--seeds", "2") == 0
+    after = RunDir(out, json.loads((tmp_path / "run" / "config.json").read_text()))
+    assert after.records("toy/arsm/seed0") == seed0  # kept, not recomputed
+    res = json.loads((tmp_path / "run" / "results.json").read_text())["toy"]["arsm"]
+    assert res["seeds"] == [0, 1] and res["n"]["p_last"] == 2
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["seeds"] == [0, 1]

@@ -558,12 +558,15 @@ class _CountAction(argparse.Action):
 class RunConfig:
     """What every experiment has: its seeds and its device."""
 
+    # Volatile: each seed's phases depend on nothing but the seed and the other settings,
+    # so a run may be resumed with more (or fewer) seeds; phases already run are kept.
     seeds: tuple[int, ...] = option(
         (0,),
         "random seeds: every estimator runs once per seed and the results are the mean ± "
         "standard error over seeds; one number N means seeds 0 .. N-1 (--seed K: seed K alone)",
         minimum=0,
         count=True,
+        volatile=True,
     )
     device: str = option("cpu", "cpu, cuda, cuda:N or auto", volatile=True)
 

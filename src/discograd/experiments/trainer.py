@@ -439,12 +439,14 @@ class _Interrupts:
 
     def __init__(self) -> None:
         self.pending = False
+        self._installed = False
         self._previous: Any = None
 
     def __enter__(self) -> _Interrupts:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.getsignal(signal.SIGINT)
             signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -458,8 +460,10 @@ class _Interrupts:
         )
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        if self._installed:
+            # None: a handler not set from Python; the default is the closest we can restore.
+            previous = signal.SIG_DFL if self._previous is None else self._previous
+            signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager
