@@ -198,3 +198,13 @@ def test_a_config_file_of_another_command_is_refused(tmp_path, capsys):
     argv = ["vae", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "o")]
     assert cli.main(argv) == cli.EXIT_USAGE
     assert "holds a toy config, not a vae one" in capsys.readouterr().err
+
+
+def test_bench_data_flags_set_the_vae_study(tmp_path):
+    import discograd.cli as cli
+
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    args = cli.build_parser().parse_args(["bench", "--dataset", str(folder), "--data-dir", "c"])
+    cfg = cli._config(args)
+    assert (cfg.vae.dataset, cfg.vae.data_dir) == (str(folder.resolve()), "c")  # stored absolute

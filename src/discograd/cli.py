@@ -333,6 +333,7 @@ def _run_options(p: argparse.ArgumentParser, command: str) -> None:
     g.add_argument(
         "--out",
         type=Path,
+        metavar="DIR",
         default=Path(f"runs/{command}"),
         help=f"output folder; re-running with the same folder resumes (default: runs/{command})",
     )
@@ -364,6 +365,7 @@ def _run_options(p: argparse.ArgumentParser, command: str) -> None:
         "--threads",
         type=int,
         default=None,
+        metavar="N",
         help="CPU threads for torch (default: torch's choice; 1 avoids oversubscription "
         "when several runs share a machine)",
     )

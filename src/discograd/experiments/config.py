@@ -523,7 +523,7 @@ def add_flags(
             kwargs["metavar"] = f.metavar or elem.__name__.upper()
         else:
             kwargs["type"] = _parser(tp, f)
-            kwargs["metavar"] = f.metavar
+            kwargs["metavar"] = f.metavar or {int: "N", float: "X"}.get(tp, "TEXT")
         if f.choices is not None:
             kwargs["choices"] = f.choices
             if f.metavar is None:
@@ -568,7 +568,7 @@ class RunConfig:
         count=True,
         volatile=True,
     )
-    device: str = option("cpu", "cpu, cuda, cuda:N or auto", volatile=True)
+    device: str = option("cpu", "cpu, cuda, cuda:N or auto", metavar="DEVICE", volatile=True)
 
     def validate(self) -> None:
         """Every field against its declaration (types, choices, ranges); then the task's rules."""
