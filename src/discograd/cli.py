@@ -194,15 +194,9 @@ def _config(args: argparse.Namespace) -> Any:
 
 def _open_run(args: argparse.Namespace, config: Any):  # type: ignore[no-untyped-def]
     """The locked run folder of ``--out``; says in one line when it resumes a run."""
-    from discograd.experiments import RunDir
-    from discograd.experiments.config import to_dict, volatile_keys
+    from discograd.experiments import open_run
 
-    run = RunDir(
-        args.out,
-        {"command": args.command, **to_dict(config)},
-        volatile=volatile_keys(type(config)),
-        fresh=args.fresh,
-    )
+    run = open_run(args.out, config, command=args.command, fresh=args.fresh)
     if run.resumed:
         done = len(run.state["done"])
         print(
@@ -278,16 +272,14 @@ def _task_command(args: argparse.Namespace) -> int:
 
 def _ssl_timing(args: argparse.Namespace, run: Any, config: Any) -> dict[str, Any] | None:
     """The ssl timing run: an ordinary run folder of its own inside the main one."""
-    from discograd.experiments import RunDir
-    from discograd.experiments.config import to_dict, volatile_keys
+    from discograd.experiments import Trainer, open_run
     from discograd.experiments.ssl import SSLTask, timing_config
-    from discograd.experiments.trainer import Trainer
 
     timing = timing_config(config)
     if timing is None:
         return None
     folder = run.path / f"timing-{timing.n_classes}"
-    with RunDir(folder, to_dict(timing), volatile=volatile_keys(type(timing))) as sub:
+    with open_run(folder, timing, command="ssl") as sub:
         with Trainer(sub, quiet=args.quiet) as trainer:
             return trainer.run(SSLTask(), timing)
 

@@ -10,6 +10,7 @@ from discograd.experiments.trainer import (
     Trainer,
     Unit,
     aggregate,
+    open_run,
 )
 
 __all__ = [
@@ -21,5 +22,6 @@ __all__ = [
     "Trainer",
     "Unit",
     "aggregate",
+    "open_run",
     "progress",
 ]

@@ -50,7 +50,7 @@ from discograd.experiments.common import (
     resolve_device,
     slug,
 )
-from discograd.experiments.config import to_dict
+from discograd.experiments.config import to_dict, volatile_keys
 from discograd.experiments.runner import RunDir, atomic_save, progress
 
 __all__ = [
@@ -64,6 +64,7 @@ __all__ = [
     "Trainer",
     "Unit",
     "aggregate",
+    "open_run",
     "stream_seed",
 ]
 
@@ -430,6 +431,21 @@ def _standard_error(values: Sequence[float]) -> float | None:
 
 
 # ------------------------------------------------------------------ trainer
+def open_run(out: str | Path, config: Any, *, command: str, fresh: bool = False) -> RunDir:
+    """The run folder of ``config`` for ``command``, as the command line opens it.
+
+    ``config.json`` holds the command's name and the config (accepted back
+    by ``--config``); the config's volatile settings (device, seeds) may
+    change when the run resumes. A sweep cell is such a folder.
+    """
+    return RunDir(
+        out,
+        {"command": command, **to_dict(config)},
+        volatile=volatile_keys(type(config)),
+        fresh=fresh,
+    )
+
+
 class _Interrupts:
     """Ctrl-C during training: finish the step, checkpoint, then ``KeyboardInterrupt``.
 
