@@ -9,7 +9,7 @@ import torch
 
 from discograd.data.datasets import ImageData
 
-TIMING_KEYS = ("seconds_per_step", "speedup_vs_marginal")
+TIMING_KEYS = ("seconds", "seconds_per_step", "speedup_vs_marginal")
 
 
 def per_draw_grads(
@@ -79,3 +79,37 @@ def without_timing(value: Any) -> Any:
     if isinstance(value, list):
         return [without_timing(v) for v in value]
     return value
+
+
+class Interrupted(Exception):
+    """Raised by :func:`run_task` right after a checkpoint, as a kill there would stop a run."""
+
+
+def run_task(
+    task: Any,
+    cfg: Any,
+    path: Any,
+    *,
+    data: Any = None,
+    interrupt_at: int | None = None,
+) -> Any:
+    """Run (or resume) ``task`` with ``cfg`` in run folder ``path``; returns its results.
+
+    ``interrupt_at``: stop with :class:`Interrupted` after the first checkpoint
+    of a step >= that (what survives a kill there).
+    """
+    import dataclasses
+
+    from discograd.experiments import RunDir, Trainer
+
+    with RunDir(path, dataclasses.asdict(cfg)) as run:
+        if interrupt_at is not None:
+            save = run.save_checkpoint
+
+            def save_then_stop(phase: str, state: dict, device: Any = None) -> None:
+                save(phase, state, device)
+                if state["progress"]["step"] >= interrupt_at:
+                    raise Interrupted(f"simulated kill after the checkpoint of {phase}")
+
+            run.save_checkpoint = save_then_stop  # type: ignore[method-assign]
+        return Trainer(run, quiet=True).run(task, cfg, data=data)

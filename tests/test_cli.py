@@ -14,9 +14,10 @@ from discograd.experiments import RunDir
 from discograd.experiments.toy import ToyConfig
 from discograd.experiments.vae import VAEConfig
 from discograd.experiments.variance import VarianceConfig
+from model_helpers import without_timing
 
 TOY = [
-    "toy", "--C", "5", "--R", "1", "--steps", "40", "--record-every", "5", "--var-every", "20",
+    "toy", "--C", "5", "--R", "1", "--steps", "40", "--eval-every", "5", "--var-every", "20",
     "--var-draws", "5", "--checkpoint-every", "10", "--quiet",
 ]  # fmt: skip
 
@@ -46,8 +47,7 @@ def test_toy_smoke_and_the_optimum_is_reached(tmp_path, capsys):
 
 
 def _strip_timing(records: list[dict]) -> list[dict]:
-    drop = {"seconds", "seconds_per_step"}
-    return [{k: v for k, v in r.items() if k not in drop} for r in records]
+    return without_timing(records)
 
 
 def test_toy_resumes_after_an_interruption(tmp_path, monkeypatch, capsys):
@@ -70,16 +70,17 @@ def test_toy_resumes_after_an_interruption(tmp_path, monkeypatch, capsys):
     assert run_cli(*args, "--out", str(interrupted)) == cli.EXIT_INTERRUPTED
     assert "run the same command again to resume" in capsys.readouterr().err
     state = json.loads((interrupted / "state.json").read_text())
-    assert list(state["done"]) == ["toy/exact"]
+    assert list(state["done"]) == ["toy/exact/seed0"]
     exact_records = RunDir(interrupted, json.loads((interrupted / "config.json").read_text()))
-    n_exact = len(exact_records.records("toy/exact"))
+    n_exact = len(exact_records.records("toy/exact/seed0"))
     monkeypatch.setattr(RunDir, "save_checkpoint", original)
 
     assert run_cli(*args, "--out", str(interrupted)) == 0
+    assert "resuming the run in" in capsys.readouterr().out  # one line says so
     a = RunDir(straight, json.loads((straight / "config.json").read_text()))
     b = RunDir(interrupted, json.loads((interrupted / "config.json").read_text()))
-    assert len(b.records("toy/exact")) == n_exact  # finished work was not redone
-    for phase in ("toy/exact", "toy/rloo:n_samples=3", "toy/reinforce_ema"):
+    assert len(b.records("toy/exact/seed0")) == n_exact  # finished work was not redone
+    for phase in ("toy/exact/seed0", "toy/rloo:n_samples=3/seed0", "toy/reinforce_ema/seed0"):
         assert _strip_timing(a.records(phase)) == _strip_timing(b.records(phase)), phase
     ra = json.loads((straight / "results.json").read_text())["toy"]
     rb = json.loads((interrupted / "results.json").read_text())["toy"]
@@ -98,6 +99,7 @@ def test_variance_smoke(tmp_path):
     assert_outputs(out, pngs=2)
     res = json.loads((out / "results.json").read_text())["variance"]
     assert set(res["toy"]["estimators"]) == {"exact", "rloo:n_samples=2", "gumbel_softmax:tau=0.5"}
+    assert res["toy"]["estimators"]["exact"]["seeds"] == [0]
     assert "arm" in res["bernoulli"]["estimators"]  # ARM applies to the Bernoulli problem only
     assert res["toy"]["estimators"]["exact"]["variance"] < 1e-20
 
@@ -120,36 +122,65 @@ def test_vae_smoke(tmp_path):
     assert res["arsm"]["evals_per_step"] > 1
 
 
-def test_bench_wiring_with_tiny_studies(tmp_path, monkeypatch):
-    def tiny(args):
-        return (
-            ToyConfig(C=4, R=1, steps=20, var_every=10, var_draws=4, record_every=5,
-                      estimators=("exact", "rloo:n_samples=2", "gumbel_softmax:tau=0.5")),
-            VarianceConfig(problems=("toy", "bernoulli"), n_draws=10, warmup=1,
-                           temperatures=(0.5, 1.0),
-                           estimators=("exact", "reinforce_ema", "rloo:n_samples=2",
-                                       "gumbel_softmax", "straight_through", "disarm")),
-            VAEConfig(n_latent=2, n_categories=3, hidden=(16,), steps=6, batch_size=50,
-                      eval_every=3, log_every=3, eval_samples=2, iw_examples=10,
-                      estimators=("gumbel_softmax:tau=1.0", "rloo:n_samples=2")),
-        )  # fmt: skip
+TINY_BENCH = """
+[toy]
+C = 4
+R = 1
+steps = 20
+var_every = 10
+var_draws = 4
+eval_every = 5
+estimators = ["exact", "rloo:n_samples=2", "gumbel_softmax:tau=0.5"]
 
-    monkeypatch.setattr(cli, "bench_configs", tiny)
+[variance]
+problems = ["toy", "bernoulli"]
+draws = 10
+warmup = 1
+temperatures = [0.5, 1.0]
+estimators = ["exact", "reinforce_ema", "rloo:n_samples=2", "gumbel_softmax",
+              "straight_through", "disarm"]
+
+[vae]
+n_latent = 2
+n_categories = 3
+hidden = [16]
+steps = 6
+batch_size = 50
+eval_every = 3
+log_every = 3
+eval_samples = 2
+iw_examples = 10
+estimators = ["gumbel_softmax:tau=1.0", "rloo:n_samples=2"]
+"""
+
+
+def test_bench_wiring_with_tiny_studies_from_a_toml_file(tmp_path, capsys):
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(TINY_BENCH)
     out = tmp_path / "bench"
-    assert run_cli("bench", "--out", str(out), "--quiet") == 0
+    assert run_cli("bench", "--config", str(cfg), "--out", str(out), "--quiet") == 0
     assert_outputs(out, pngs=6)
     report = (out / "report.md").read_text()
-    for heading in (
-        "Which estimator when",
-        "Concrete samples",
-        "ARSM toy",
-        "Bias and variance",
-        "VAE",
-    ):
+    for heading in ("Summary", "Concrete samples", "ARSM toy", "Bias and variance", "VAE"):
         assert heading in report
-    assert "Need unbiased gradients?" in report  # the summary is derived from the numbers
+    assert "not distinguishable at 1 seed" in report  # one seed ranks nothing
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"toy", "variance", "vae"}
+    written = json.loads((out / "config.json").read_text())
+    assert written["toy"]["steps"] == 20 and written["vae"]["n_latent"] == 2
+    assert written["vae"]["lr"] == 1e-3  # the bench's preset, under the file
+    assert "bench took" in capsys.readouterr().out
+    # The config.json a run writes is accepted back as it is: the same run, resumed.
+    assert run_cli("bench", "--config", str(out / "config.json"), "--out", str(out)) == 0
+    assert "resuming the run" in capsys.readouterr().out
+
+
+def test_bench_skipping_everything_is_an_error(tmp_path, capsys):
+    out = tmp_path / "b"
+    argv = ["bench", "--skip", "toy", "variance", "vae", "--out", str(out)]
+    assert run_cli(*argv) == cli.EXIT_USAGE
+    assert "skip leaves no study to run" in capsys.readouterr().err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(
@@ -159,6 +190,10 @@ def test_bench_wiring_with_tiny_studies(tmp_path, monkeypatch):
         (["toy", "--estimators", "gumbel_softmax:tau=-0.5"], "tau"),
         (["variance", "--temperatures", "-1"], "temperatures must be positive"),
         (["vae", "--dataset", "/no/such/folder"], "neither a known dataset"),
+        (["vae", "--set", "steps=many"], "steps must be an integer, got steps='many'"),
+        (["vae", "--set", "stepz=3"], "unknown setting 'stepz'"),
+        (["toy", "--seeds", "2", "--seed", "1"], "--seed or --seeds"),
+        (["toy", "--config", "/no/such.toml"], "cannot read config file"),
         (["toy", "--estimators", "arm"], "does not support categorical"),
         (["vae", "--latent", "bernoulli", "--estimators", "arsm"], "does not support bernoulli"),
         (["toy", "--steps", "0"], "steps must be a positive integer"),
@@ -183,7 +218,7 @@ def test_a_bug_keeps_its_traceback_instead_of_passing_for_bad_input(bug, tmp_pat
     def broken(*args, **kwargs):
         raise bug("a bug in discograd")
 
-    monkeypatch.setattr(toy, "estimator_step", broken)  # deep inside a run
+    monkeypatch.setattr(toy, "gradient_draws", broken)  # deep inside a run
     with pytest.raises(bug, match="a bug in discograd"):
         run_cli(*TOY, "--estimators", "arsm", "--out", str(tmp_path / "x"))
 
@@ -210,6 +245,7 @@ def test_bad_settings_are_config_errors_and_still_value_errors():
         lambda: parse_spec("rloo:4"),
         lambda: resolve_device("tpu"),
         lambda: ToyConfig(steps=0).validate(),
+        lambda: ToyConfig(seeds=()).validate(),
         lambda: VAEConfig(activation="swish").validate(),
         lambda: VarianceConfig(problems=("nope",)).validate(),
     ]
@@ -237,11 +273,16 @@ def test_unwritable_out_is_a_clear_error(tmp_path, capsys):
     assert "cannot write to output folder" in err and "Traceback" not in err
 
 
-def test_changed_config_in_the_same_out_is_refused(tmp_path, capsys):
+def test_changed_config_in_the_same_out_is_refused_unless_fresh(tmp_path, capsys):
     out = str(tmp_path / "t")
     assert run_cli(*TOY, "--steps", "10", "--estimators", "exact", "--out", out) == 0
     assert run_cli(*TOY, "--steps", "20", "--estimators", "exact", "--out", out) == cli.EXIT_USAGE
     assert "different configuration" in capsys.readouterr().err
+    (tmp_path / "t" / "notes.txt").write_text("mine")
+    argv = [*TOY, "--steps", "20", "--estimators", "exact", "--out", out, "--fresh"]
+    assert run_cli(*argv) == 0  # started over: everything in the folder is replaced
+    assert json.loads((tmp_path / "t" / "config.json").read_text())["steps"] == 20
+    assert not (tmp_path / "t" / "notes.txt").exists()
 
 
 @pytest.mark.parametrize("command", ["bench", "toy", "variance", "vae", "sbn", "ssl", "demo"])
@@ -252,9 +293,46 @@ def test_help(command, capsys):
     assert "example:" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command", ["bench", "toy", "variance", "vae", "sbn", "ssl"])
+def test_every_flag_has_help_and_shows_its_default(command, capsys):
+    import argparse
+
+    parser = cli.build_parser()
+    [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    p = sub.choices[command]
+    settings = p.get_default("config_flags")
+    assert {"seeds", "device"} <= set(settings)
+    for action in p._actions:
+        if action.dest in settings:
+            assert action.help and "(default: " in action.help, action.option_strings
+    with pytest.raises(SystemExit):
+        run_cli(command, "--help")
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    if command in ("vae", "sbn", "ssl"):
+        defaults = {"vae": ("200", "0.0003")}.get(command, ("100", "0.001"))
+        for flag, default in zip(("--batch-size", "--lr"), defaults, strict=True):
+            assert f"(default: {default})" in text.split(f" {flag} ")[1].split(" --")[0]
+
+
+def test_version_and_no_abbreviations(capsys):
+    from discograd import __version__
+
+    with pytest.raises(SystemExit) as exc:
+        run_cli("--version")
+    assert exc.value.code == 0 and __version__ in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        run_cli(*TOY, "--step", "3")  # not taken as --steps
+    assert exc.value.code == 2 and "unrecognized arguments: --step" in capsys.readouterr().err
+
+
 def test_python_dash_m_and_console_script():
+    src = str(Path(cli.__file__).resolve().parents[1])  # this very discograd
     res = subprocess.run(
-        [sys.executable, "-m", "discograd", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "discograd", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**__import__("os").environ, "PYTHONPATH": src},
     )
     for command in ("bench", "toy", "variance", "vae", "sbn", "ssl", "demo"):
         assert command in res.stdout
@@ -286,6 +364,7 @@ def test_ssl_smoke_with_a_timing_run(tmp_path):
     assert rc == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["ssl"]) == {"marginal", "gumbel_softmax:tau=1.0"}
+    assert json.loads((out / "config.json").read_text())["timing_classes"] == 20
     assert 0 <= results["ssl"]["marginal"]["test_accuracy"] <= 1
     assert results["timing"]["gumbel_softmax:tau=1.0"]["speedup_vs_marginal"] > 0
     report = (out / "report.md").read_text()
@@ -301,3 +380,58 @@ def test_runs_are_deterministic_also_with_learned_control_variates(tmp_path):
     a = RunDir(tmp_path / "a", json.loads((tmp_path / "a" / "config.json").read_text()))
     b = RunDir(tmp_path / "b", json.loads((tmp_path / "b" / "config.json").read_text()))
     assert _strip_timing(a.records()) == _strip_timing(b.records())
+
+
+def test_an_out_folder_that_is_not_a_run_is_refused_and_left_alone(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "results.json").write_text("my own results")
+    for extra in ([], ["--fresh"]):
+        argv = [*TOY, "--estimators", "exact", "--out", str(out), *extra]
+        assert run_cli(*argv) == cli.EXIT_USAGE
+        err = capsys.readouterr().err
+        assert "is not empty (results.json) and holds no discograd run" in err
+    assert sorted(p.name for p in out.iterdir()) == ["results.json"]
+    assert (out / "results.json").read_text() == "my own results"
+
+
+def test_a_folder_holding_another_commands_run_says_so_in_one_line(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert run_cli(*TOY, "--steps", "5", "--estimators", "exact", "--out", out) == 0
+    capsys.readouterr()
+    assert run_cli("variance", "--problems", "toy", "--out", out) == cli.EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{out} holds a toy run;" in err and "--fresh" in err
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_every_file_of_a_run_follows_the_umask(umask, mode, tmp_path):
+    import os
+
+    old = os.umask(umask)
+    try:
+        out = tmp_path / "run"
+        assert run_cli(*TOY, "--steps", "10", "--estimators", "exact", "--out", str(out)) == 0
+    finally:
+        os.umask(old)
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"config.json", "state.json", "report.md", "toy_reward.png"}
+    assert any(p.parent.name == "models" for p in files)
+    for p in files:
+        assert p.stat().st_mode & 0o777 == mode, p
+    for d in [out, out / "models"]:
+        assert d.stat().st_mode & 0o777 == mode | ((mode & 0o444) >> 2), d
+
+
+def test_more_seeds_in_the_same_out_reuse_the_seeds_already_run(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    args = [*TOY, "--estimators", "exact", "arsm", "--out", out]
+    assert run_cli(*args, "--seeds", "1") == 0
+    before = RunDir(out, json.loads((tmp_path / "run" / "config.json").read_text()))
+    seed0 = before.records("toy/arsm/seed0")
+    assert run_cli(*args, "--seeds", "2") == 0
+    after = RunDir(out, json.loads((tmp_path / "run" / "config.json").read_text()))
+    assert after.records("toy/arsm/seed0") == seed0  # kept, not recomputed
+    res = json.loads((tmp_path / "run" / "results.json").read_text())["toy"]["arsm"]
+    assert res["seeds"] == [0, 1] and res["n"]["p_last"] == 2
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["seeds"] == [0, 1]

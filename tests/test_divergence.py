@@ -18,12 +18,12 @@ from discograd import estimators
 from discograd.estimators import REINFORCE
 from discograd.estimators.registry import ESTIMATORS
 from discograd.experiments.runner import RunDir
-from discograd.experiments.sbn import SBNConfig, run_sbn
-from discograd.experiments.ssl import SSLConfig, run_ssl
-from discograd.experiments.toy import ToyConfig, run_toy
-from discograd.experiments.vae import VAEConfig, run_vae
+from discograd.experiments.sbn import SBNConfig, SBNTask
+from discograd.experiments.ssl import SSLConfig, SSLTask
+from discograd.experiments.toy import ToyConfig, ToyTask
+from discograd.experiments.vae import VAEConfig, VAETask
 from discograd.report import sbn_section, ssl_section, toy_section, vae_section
-from model_helpers import tiny_data
+from model_helpers import run_task, tiny_data
 
 
 class _NaNGradient(torch.autograd.Function):
@@ -63,16 +63,17 @@ def diverging(monkeypatch):
 
 
 def _check(results: dict, spec: str, quantity: str, step: int, metric: str, other: str) -> None:
-    assert results[spec]["diverged"] == {"estimator": spec, "step": step, "quantity": quantity}
-    assert results[spec][metric] is None  # a model stopped part-way has no test numbers
+    where = {"estimator": spec, "step": step, "quantity": quantity}
+    assert results[spec]["diverged"] == {**where, "seeds": [0]}
+    assert results[spec]["per_seed"]["0"]["diverged"] == where
+    assert results[spec].get(metric) is None  # a model stopped part-way has no test numbers
     assert results[other]["diverged"] is None and math.isfinite(results[other][metric])
 
 
-def _rerun_changes_nothing(run_fn, cfg, path, results, data) -> None:
-    again = RunDir(path, dataclasses.asdict(cfg))
-    n = len(again.records())
-    assert run_fn(cfg, again, quiet=True, data=data) == results  # neither retried nor fatal
-    assert len(again.records()) == n
+def _rerun_changes_nothing(task, cfg, path, results, data) -> None:
+    n = len(RunDir(path, dataclasses.asdict(cfg)).records())
+    assert run_task(task, cfg, path, data=data) == results  # neither retried nor fatal
+    assert len(RunDir(path, dataclasses.asdict(cfg)).records()) == n
 
 
 @pytest.mark.parametrize("quantity", ["loss", "gradient"])
@@ -84,15 +85,15 @@ def test_vae_records_the_divergence_and_trains_the_next_estimator(quantity, tmp_
         estimators=(spec, "gumbel_softmax:tau=1.0"),
     )  # fmt: skip
     data = tiny_data()
+    res = run_task(VAETask(), cfg, tmp_path, data=data)
     run = RunDir(tmp_path, dataclasses.asdict(cfg))
-    res = run_vae(cfg, run, quiet=True, data=data)
     _check(res, spec, quantity, 2, "test_neg_elbo", "gumbel_softmax:tau=1.0")
-    [rec] = [r for r in run.records(f"vae/{spec}") if r.get("diverged")]
+    [rec] = [r for r in run.records(f"vae/{spec}/seed0") if r.get("diverged")]
     assert (rec["estimator"], rec["step"], rec["quantity"]) == (spec, 2, quantity)
-    text, summary = vae_section(run, res, cfg, "tiny")
+    text, summary = vae_section(run, res, cfg)
     assert f"diverged at step 2 (non-finite {quantity})" in text
     assert any(f"`{spec}` at step 2" in line for line in summary)
-    _rerun_changes_nothing(run_vae, cfg, tmp_path, res, data)
+    _rerun_changes_nothing(VAETask(), cfg, tmp_path, res, data)
 
 
 def test_sbn_records_the_divergence_and_trains_the_next_estimator(tmp_path):
@@ -103,12 +104,12 @@ def test_sbn_records_the_divergence_and_trains_the_next_estimator(tmp_path):
         checkpoint_every=3,
     )  # fmt: skip
     data = tiny_data()
+    res = run_task(SBNTask(), cfg, tmp_path, data=data)
     run = RunDir(tmp_path, dataclasses.asdict(cfg))
-    res = run_sbn(cfg, run, quiet=True, data=data)
     _check(res, spec, "loss", 2, "test_nll", "st_gumbel_softmax:tau=1.0")
-    text, summary = sbn_section(run, res, cfg, "tiny")
+    text, summary = sbn_section(run, res, cfg)
     assert "diverged at step 2 (non-finite loss)" in text and "Diverged in the SBN" in summary[-1]
-    _rerun_changes_nothing(run_sbn, cfg, tmp_path, res, data)
+    _rerun_changes_nothing(SBNTask(), cfg, tmp_path, res, data)
 
 
 def test_ssl_records_the_divergence_and_trains_the_next_method(tmp_path):
@@ -116,24 +117,25 @@ def test_ssl_records_the_divergence_and_trains_the_next_method(tmp_path):
     cfg = SSLConfig(
         n_classes=3, n_labels=6, z_dim=2, hidden=(8,), methods=(spec, "marginal"),
         batch_size=10, labelled_batch=4, steps=6, log_every=2, eval_every=3, checkpoint_every=3,
+        timing_classes=0,
     )  # fmt: skip
     data = tiny_data()
+    res = run_task(SSLTask(), cfg, tmp_path, data=data)
     run = RunDir(tmp_path, dataclasses.asdict(cfg))
-    res = run_ssl(cfg, run, quiet=True, data=data)
     _check(res, spec, "gradient", 2, "test_accuracy", "marginal")
     assert res[spec]["speedup_vs_marginal"] > 0  # its cost per step is still measured
-    text, summary = ssl_section(run, res, cfg, "tiny")
+    text, summary = ssl_section(run, res, cfg)
     assert "diverged at step 2 (non-finite gradient)" in text
     assert "Diverged in the semi-supervised M2" in summary[-1]
-    _rerun_changes_nothing(run_ssl, cfg, tmp_path, res, data)
+    _rerun_changes_nothing(SSLTask(), cfg, tmp_path, res, data)
 
 
 def test_toy_records_where_and_what(tmp_path):
     spec = "diverging:what=loss"
     cfg = ToyConfig(C=4, R=1, steps=10, var_every=5, var_draws=4, estimators=(spec, "exact"))
+    res = run_task(ToyTask(), cfg, tmp_path)
     run = RunDir(tmp_path, dataclasses.asdict(cfg))
-    res = run_toy(cfg, run, quiet=True)
-    assert res[spec]["diverged"] == {"estimator": spec, "step": 2, "quantity": "loss"}
+    assert res[spec]["diverged"] == {"estimator": spec, "step": 2, "quantity": "loss", "seeds": [0]}
     assert res["exact"]["diverged"] is None
     text, summary = toy_section(run, res, cfg)
     assert "step 2 (non-finite loss)" in text and f"`{spec}` at step 2" in summary[-1]
@@ -148,11 +150,12 @@ def test_the_command_reports_the_divergence_and_exits_0(tmp_path, capsys):
         "--estimators", "diverging", "gumbel_softmax:tau=1.0",
     ]  # fmt: skip
     assert cli.main(argv) == 0
-    table = capsys.readouterr().out.split("VAE results")[1].splitlines()
+    table = capsys.readouterr().out.split("vae results")[1].splitlines()
     assert any(
         " ".join(line.split()) == "diverging diverged at step 2 (non-finite loss)" for line in table
     )
     res = json.loads((out / "results.json").read_text())["vae"]
-    assert res["diverging"]["diverged"] == {"estimator": "diverging", "step": 2, "quantity": "loss"}
+    where = {"estimator": "diverging", "step": 2, "quantity": "loss"}
+    assert res["diverging"]["diverged"] == {**where, "seeds": [0]}
     assert "diverged at step 2 (non-finite loss)" in (out / "report.md").read_text()
     assert cli.main(argv) == 0  # a re-run neither retries nor fails

@@ -25,15 +25,14 @@ import torch
 
 import discograd
 import discograd.cli as cli
-from discograd.experiments import RunDir
+from discograd.experiments import RunDir, Trainer
 from model_helpers import tiny_data, without_timing
 
 TOY = [
-    "toy", "--C", "5", "--R", "1", "--steps", "40", "--record-every", "5", "--var-every", "20",
+    "toy", "--C", "5", "--R", "1", "--steps", "40", "--eval-every", "5", "--var-every", "20",
     "--var-draws", "5", "--checkpoint-every", "10", "--quiet",
     "--estimators", "exact", "rloo:n_samples=3", "reinforce_ema",
 ]  # fmt: skip
-TIMING = {"seconds", "seconds_per_step"}
 
 
 def run_cli(*argv: str) -> int:
@@ -47,14 +46,13 @@ def records(out: Path) -> dict[str, list[dict]]:
     """
     by_phase: dict[str, list[dict]] = {}
     for line in (out / "metrics.jsonl").read_text().splitlines():
-        rec = {k: v for k, v in json.loads(line).items() if k not in TIMING}
+        rec = without_timing(json.loads(line))
         by_phase.setdefault(rec["phase"], []).append(rec)
     return by_phase
 
 
 def results(out: Path) -> dict:
-    res = json.loads((out / "results.json").read_text())["toy"]
-    return {k: {a: b for a, b in v.items() if a not in TIMING} for k, v in res.items()}
+    return without_timing(json.loads((out / "results.json").read_text())["toy"])
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -89,8 +87,8 @@ def interrupted(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(RunDir, "save_checkpoint", flaky)
         assert run_cli(*TOY, "--out", str(out)) == cli.EXIT_INTERRUPTED
-    assert list(json.loads((out / "state.json").read_text())["done"]) == ["toy/exact"]
-    assert (out / "ckpt-toy_rloo_n_samples_3.pt").exists()
+    assert list(json.loads((out / "state.json").read_text())["done"]) == ["toy/exact/seed0"]
+    assert (out / CKPT).exists()
     return out
 
 
@@ -110,7 +108,7 @@ def _env() -> dict[str, str]:
 def test_a_second_process_on_the_same_out_is_refused_and_a_killed_holder_frees_it(tmp_path):
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "discograd", *TOY[:-4], "--steps", "1000000",
-            "--record-every", "1000", "--var-every", "1000000", "--checkpoint-every", "1000000",
+            "--eval-every", "1000", "--var-every", "1000000", "--checkpoint-every", "1000000",
             "--estimators", "exact", "--threads", "1", "--out", str(out)]  # fmt: skip
     holder = subprocess.Popen(argv, env=_env(), stderr=subprocess.PIPE, text=True)
     try:
@@ -131,7 +129,7 @@ def test_a_second_process_on_the_same_out_is_refused_and_a_killed_holder_frees_i
     # The kernel released the dead holder's lock: the next run takes the folder.
     with RunDir(out, json.loads((out / "config.json").read_text())) as run:
         assert (out / ".lock").read_text().strip() == str(os.getpid())
-        assert run.is_done("toy/exact") is False
+        assert run.is_done("toy/exact/seed0") is False
 
 
 def test_the_lock_is_shared_within_a_process_and_released_by_the_last_close(tmp_path):
@@ -198,12 +196,12 @@ def test_an_interrupted_run_that_lost_records_restarts_the_damaged_phase(
 ):
     out = copy(interrupted, tmp_path)
     lines = (out / "metrics.jsonl").read_text().splitlines(keepends=True)
-    rloo = [i for i, line in enumerate(lines) if '"toy/rloo:n_samples=3"' in line]
+    rloo = [i for i, line in enumerate(lines) if '"toy/rloo:n_samples=3/seed0"' in line]
     del lines[rloo[1]]  # a record the checkpoint had seen
     (out / "metrics.jsonl").write_text("".join(lines))
     assert run_cli(*TOY, "--out", str(out)) == 0
     err = capsys.readouterr().err
-    assert "restarting phase toy/rloo:n_samples=3" in err and "metrics.jsonl" in err, err
+    assert "restarting phase toy/rloo:n_samples=3/seed0" in err and "metrics.jsonl" in err, err
     assert records(out) == records(straight)
     assert results(out) == results(straight)
 
@@ -213,7 +211,7 @@ def test_a_record_torn_by_a_kill_is_dropped_and_the_run_resumes_from_its_checkpo
 ):
     out = copy(interrupted, tmp_path)
     with open(out / "metrics.jsonl", "a") as fh:
-        fh.write('{"phase": "toy/rloo:n_samples=3", "step": 3')  # the normal trace of a kill
+        fh.write('{"phase": "toy/rloo:n_samples=3/seed0", "step": 3')  # the trace of a kill
     assert run_cli(*TOY, "--out", str(out)) == 0
     assert capsys.readouterr().err == ""  # nothing to repair, nothing restarted
     assert records(out) == records(straight)
@@ -226,43 +224,51 @@ def test_a_run_killed_before_its_first_checkpoint_logs_nothing_twice(
     module = importlib.import_module(f"discograd.experiments.{experiment}")
     common = dict(batch_size=10, steps=8, log_every=2, eval_every=4, checkpoint_every=6)
     if experiment == "sbn":
-        cfg = module.SBNConfig(
-            units=(6, 4),
-            estimators=("st_gumbel_softmax:tau=1.0",),
-            valid_samples=5,
-            eval_samples=10,
-            iw_examples=10,
-            **common,
+        task, cfg = (
+            module.SBNTask(),
+            module.SBNConfig(
+                units=(6, 4),
+                estimators=("st_gumbel_softmax:tau=1.0",),
+                valid_samples=5,
+                eval_samples=10,
+                iw_examples=10,
+                **common,
+            ),
         )
     else:
-        cfg = module.SSLConfig(
-            n_classes=3,
-            n_labels=6,
-            z_dim=2,
-            hidden=(8,),
-            methods=("gumbel_softmax:tau=1.0",),
-            labelled_batch=4,
-            **common,
+        task, cfg = (
+            module.SSLTask(),
+            module.SSLConfig(
+                n_classes=3,
+                n_labels=6,
+                z_dim=2,
+                hidden=(8,),
+                methods=("gumbel_softmax:tau=1.0",),
+                labelled_batch=4,
+                timing_classes=0,
+                **common,
+            ),
         )
-    train = getattr(module, f"run_{experiment}")
     data = tiny_data()
-    full = RunDir(tmp_path / "full", dataclasses.asdict(cfg))
-    train(cfg, full, quiet=True, data=data)
 
-    original, calls = module._batch, {"n": 0}
+    def train(path: Path) -> None:
+        with RunDir(path, dataclasses.asdict(cfg)) as run:
+            Trainer(run, quiet=True).run(task, cfg, data=data)
 
-    def killed(*args):
+    train(tmp_path / "full")
+    original, calls = module.training_batch, {"n": 0}
+
+    def killed(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 5:  # in step 2 or 4, before the checkpoint of step 6
             raise KeyboardInterrupt
-        return original(*args)
+        return original(*args, **kwargs)
 
-    part = RunDir(tmp_path / "part", dataclasses.asdict(cfg))
     with monkeypatch.context() as mp, pytest.raises(KeyboardInterrupt):
-        mp.setattr(module, "_batch", killed)
-        train(cfg, part, quiet=True, data=data)
-    train(cfg, part, quiet=True, data=data)
-    assert without_timing(part.records()) == without_timing(full.records())
+        mp.setattr(module, "training_batch", killed)
+        train(tmp_path / "part")
+    train(tmp_path / "part")
+    assert records(tmp_path / "part") == records(tmp_path / "full")
 
 
 # ------------------------------- 16: damaged files: one line naming the file and the fix
@@ -273,19 +279,22 @@ def _write(name: str, content: bytes):
     return damage
 
 
+CKPT = "ckpt-toy_rloo_n_samples_3_seed0.pt"
+
+
 def _half_checkpoint(out: Path) -> None:
-    ckpt = out / "ckpt-toy_rloo_n_samples_3.pt"
+    ckpt = out / CKPT
     data = ckpt.read_bytes()
     ckpt.write_bytes(data[: len(data) // 2])
 
 
 def _old_layout_checkpoint(out: Path) -> None:
-    torch.save({"step": 10, "theta": torch.zeros(5)}, out / "ckpt-toy_rloo_n_samples_3.pt")
+    torch.save({"step": 10, "theta": torch.zeros(5)}, out / CKPT)
 
 
 def _unfit_checkpoint(out: Path) -> None:
     # A well-formed checkpoint whose state is not the toy's (another version's code).
-    ckpt = out / "ckpt-toy_rloo_n_samples_3.pt"
+    ckpt = out / CKPT
     payload = torch.load(ckpt, weights_only=False)
     fields = {k: payload.get(k) for k in ("format", "phase", "records", "sha256", "device")}
     torch.save({**fields, "state": {"step": 10}}, ckpt)
@@ -297,7 +306,6 @@ def _garbled_middle_line(out: Path) -> None:
     (out / "metrics.jsonl").write_text("".join(lines))
 
 
-CKPT = "ckpt-toy_rloo_n_samples_3.pt"
 DAMAGE = {
     "state.json not JSON": (_write("state.json", b"garbage"), "state.json"),
     "state.json without phases": (_write("state.json", b"{}"), "state.json"),

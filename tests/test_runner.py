@@ -65,3 +65,15 @@ def test_progress_quiet_and_loud():
         bar.set_postfix(loss=1.0)
     with progress(3, "work", quiet=False) as bar:
         bar.update(3)
+
+
+def test_the_time_of_a_run_adds_up_over_its_sessions(tmp_path):
+    with RunDir(tmp_path, {"a": 1}) as run:
+        run.finish("p", {})
+        first = json.loads((tmp_path / "state.json").read_text())["elapsed"]
+    assert first >= 0
+    with RunDir(tmp_path, {"a": 1}) as run:
+        assert run.resumed and run.elapsed() >= first  # counts on from the last session
+        run.save_checkpoint("q", {"step": 1})  # a checkpoint keeps the time too
+        second = json.loads((tmp_path / "state.json").read_text())["elapsed"]
+    assert second >= first

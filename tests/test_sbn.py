@@ -13,12 +13,13 @@ import torch.nn.functional as F
 from discograd.estimators import Exact
 from discograd.estimators.registry import make
 from discograd.experiments.runner import RunDir
-from discograd.experiments.sbn import SBNConfig, run_sbn
-from discograd.experiments.vae import Interrupted
+from discograd.experiments.sbn import SBNConfig, SBNTask
 from discograd.models import StochasticBinaryNetwork
 from model_helpers import (
+    Interrupted,
     flat,
     per_draw_grads,
+    run_task,
     tiny_data,
     without_timing,
 )
@@ -232,8 +233,8 @@ def small_cfg(**kw) -> SBNConfig:
 def test_run_sbn_smoke_and_resume_equivalence(tmp_path):
     data = tiny_data()
     cfg = small_cfg()
+    res_full = run_task(SBNTask(), cfg, tmp_path / "full", data=data)
     full = RunDir(tmp_path / "full", dataclasses.asdict(cfg))
-    res_full = run_sbn(cfg, full, quiet=True, data=data)
     assert set(res_full) == {"st_gumbel_softmax:tau=1.0", "reinforce_ema", "relax"}
     for summary in res_full.values():
         assert summary["iw_samples"] == 20 and summary["iw_examples"] == 10
@@ -241,18 +242,17 @@ def test_run_sbn_smoke_and_resume_equivalence(tmp_path):
             assert math.isfinite(summary[key])
     assert res_full["relax"]["evals_per_step"] == 9.0
     assert res_full["reinforce_ema"]["layer_evals_per_step"] == 1.0
-    assert (full.path / "images-sbn_relax.pt").exists()
-    saved = torch.load(full.path / "images-sbn_relax.pt")
+    assert (full.path / "images-sbn_relax_seed0.pt").exists()
+    saved = torch.load(full.path / "images-sbn_relax_seed0.pt")
     assert saved["recon"].shape == saved["test"].shape == (16, 16)
 
     # Kill every phase once, right after its checkpoint at step 6 (state: EMA
     # baselines, RELAX's network and its optimiser, temperature counters).
     for _ in cfg.estimators:
         with pytest.raises(Interrupted):
-            part = RunDir(tmp_path / "part", dataclasses.asdict(cfg))
-            run_sbn(cfg, part, quiet=True, data=data, _interrupt_at=6)
+            run_task(SBNTask(), cfg, tmp_path / "part", data=data, interrupt_at=6)
+    res_part = run_task(SBNTask(), cfg, tmp_path / "part", data=data)
     part = RunDir(tmp_path / "part", dataclasses.asdict(cfg))
-    res_part = run_sbn(cfg, part, quiet=True, data=data)
     assert without_timing(res_part) == without_timing(res_full)
     assert without_timing(part.records()) == without_timing(full.records())
 
@@ -261,7 +261,7 @@ def test_run_sbn_categorical_defaults(tmp_path):
     cfg = small_cfg(latent="categorical", units=(3, 2), n_categories=4, estimators=(), steps=2)
     assert cfg.estimator_specs()[-1] == "ars"
     cfg = dataclasses.replace(cfg, estimators=("arsm", "gumbel_softmax:tau=1.0"))
-    res = run_sbn(cfg, RunDir(tmp_path, dataclasses.asdict(cfg)), quiet=True, data=tiny_data())
+    res = run_task(SBNTask(), cfg, tmp_path, data=tiny_data())
     assert res["arsm"]["layer_evals_per_step"] >= 1.0
     assert res["gumbel_softmax:tau=1.0"]["evals_per_step"] == 1.0
 
@@ -279,7 +279,7 @@ def test_run_sbn_categorical_defaults(tmp_path):
         ("estimators", ("arsm",)),
         ("estimators", ("exact",)),
         ("estimators", ("rloo:n_samples=4", "rloo:n_samples=4")),
-        ("seed", -1),
+        ("seeds", (-1,)),
         ("hidden", (0,)),
     ],
 )
@@ -294,4 +294,4 @@ def test_bad_config_values_name_the_field(field, value):
 def test_batch_larger_than_data_is_refused(tmp_path):
     cfg = small_cfg(batch_size=1000)
     with pytest.raises(ValueError, match="batch_size"):
-        run_sbn(cfg, RunDir(tmp_path, dataclasses.asdict(cfg)), quiet=True, data=tiny_data())
+        run_task(SBNTask(), cfg, tmp_path, data=tiny_data())

@@ -11,12 +11,13 @@ import torch.nn.functional as F
 
 from discograd.estimators.registry import make
 from discograd.experiments.runner import RunDir
-from discograd.experiments.ssl import SSLConfig, run_ssl, select_labelled
-from discograd.experiments.vae import Interrupted
+from discograd.experiments.ssl import SSLConfig, SSLTask, select_labelled
 from discograd.models import M2
 from model_helpers import (
+    Interrupted,
     flat,
     per_draw_grads,
+    run_task,
     tiny_data,
     without_timing,
 )
@@ -173,14 +174,17 @@ def test_estimator_costs_and_finiteness_at_extreme_weights():
 
 
 def test_select_labelled_is_balanced_seeded_and_checked():
+    def gen(seed: int) -> torch.Generator:
+        return torch.Generator().manual_seed(seed)
+
     labels = torch.arange(300) % 10
-    a = select_labelled(labels, 100, 10, seed=0)
+    a = select_labelled(labels, 100, 10, gen(0))
     assert len(a) == len(set(a.tolist())) == 100
     assert torch.bincount(labels[a], minlength=10).tolist() == [10] * 10
-    assert torch.equal(a, select_labelled(labels, 100, 10, seed=0))
-    assert not torch.equal(a, select_labelled(labels, 100, 10, seed=1))
+    assert torch.equal(a, select_labelled(labels, 100, 10, gen(0)))
+    assert not torch.equal(a, select_labelled(labels, 100, 10, gen(1)))
     with pytest.raises(ValueError, match="class"):
-        select_labelled(labels[:95], 100, 10, seed=0)  # class 9 has 9 examples
+        select_labelled(labels[:95], 100, 10, gen(0))  # class 9 has 9 examples
 
 
 # ------------------------------------------------------------------ experiment
@@ -199,6 +203,7 @@ def small_cfg(**kw) -> SSLConfig:
         log_every=2,
         eval_every=4,
         checkpoint_every=3,
+        timing_classes=0,
     )
     base.update(kw)
     return SSLConfig(**base)
@@ -207,8 +212,8 @@ def small_cfg(**kw) -> SSLConfig:
 def test_run_ssl_smoke_and_resume_equivalence(tmp_path):
     data = tiny_data()
     cfg = small_cfg()
+    res_full = run_task(SSLTask(), cfg, tmp_path / "full", data=data)
     full = RunDir(tmp_path / "full", dataclasses.asdict(cfg))
-    res_full = run_ssl(cfg, full, quiet=True, data=data)
     assert set(res_full) == {"marginal", "st_gumbel_softmax:tau=1.0", "reinforce_ema"}
     for summary in res_full.values():
         assert 0.0 <= summary["test_accuracy"] <= 1.0
@@ -216,22 +221,21 @@ def test_run_ssl_smoke_and_resume_equivalence(tmp_path):
         assert (summary["labels"], summary["n_labels"], summary["n_unlabelled"]) == ("real", 6, 54)
     assert res_full["marginal"]["evals_per_step"] == 3.0
     assert res_full["marginal"]["speedup_vs_marginal"] == 1.0
-    taus = [r["tau"] for r in full.records("ssl/st_gumbel_softmax:tau=1.0") if "tau" in r]
+    taus = [r["tau"] for r in full.records("ssl/st_gumbel_softmax:tau=1.0/seed0") if "tau" in r]
     assert taus[0] > taus[-1]  # the annealed temperature is part of the resumed state
 
     for _ in cfg.methods:  # kill every phase once, right after its checkpoint at step 6
         with pytest.raises(Interrupted):
-            part = RunDir(tmp_path / "part", dataclasses.asdict(cfg))
-            run_ssl(cfg, part, quiet=True, data=data, _interrupt_at=6)
+            run_task(SSLTask(), cfg, tmp_path / "part", data=data, interrupt_at=6)
+    res_part = run_task(SSLTask(), cfg, tmp_path / "part", data=data)
     part = RunDir(tmp_path / "part", dataclasses.asdict(cfg))
-    res_part = run_ssl(cfg, part, quiet=True, data=data)
     assert without_timing(res_part) == without_timing(res_full)
     assert without_timing(part.records()) == without_timing(full.records())
 
 
 def test_run_ssl_random_labels_for_timing(tmp_path):
     cfg = small_cfg(n_classes=6, methods=("marginal", "gumbel_softmax:tau=1.0"), steps=2)
-    res = run_ssl(cfg, RunDir(tmp_path, dataclasses.asdict(cfg)), quiet=True, data=tiny_data())
+    res = run_task(SSLTask(), cfg, tmp_path, data=tiny_data())
     assert res["marginal"]["labels"] == "random" and res["marginal"]["evals_per_step"] == 6.0
     assert res["gumbel_softmax:tau=1.0"]["evals_per_step"] == 1.0
 
@@ -251,7 +255,7 @@ def test_run_ssl_random_labels_for_timing(tmp_path):
         ("methods", ("arm",)),
         ("methods", ("nonsense",)),
         ("hidden", (0,)),
-        ("seed", -2),
+        ("seeds", (-2,)),
     ],
 )
 def test_bad_config_values_name_the_field(field, value):
@@ -263,4 +267,4 @@ def test_bad_config_values_name_the_field(field, value):
 def test_batch_larger_than_the_unlabelled_set_is_refused(tmp_path):
     cfg = small_cfg(batch_size=100)
     with pytest.raises(ValueError, match="batch_size"):
-        run_ssl(cfg, RunDir(tmp_path, dataclasses.asdict(cfg)), quiet=True, data=tiny_data())
+        run_task(SSLTask(), cfg, tmp_path, data=tiny_data())

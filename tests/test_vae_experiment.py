@@ -10,7 +10,8 @@ import torch
 from discograd.data.datasets import ImageData
 from discograd.errors import ConfigError
 from discograd.experiments import RunDir
-from discograd.experiments.vae import Interrupted, VAEConfig, run_vae
+from discograd.experiments.vae import VAEConfig, VAETask
+from model_helpers import Interrupted, run_task, without_timing
 
 
 def tiny_data(seed: int = 0) -> ImageData:
@@ -30,37 +31,50 @@ CFG = VAEConfig(
 )  # fmt: skip
 
 
-def _records(run: RunDir) -> list[dict]:
-    drop = {"seconds_per_step", "final_seconds_per_step"}
-    return [{k: v for k, v in r.items() if k not in drop} for r in run.records()]
-
-
-def _results(res: dict) -> dict:
-    return {k: {a: b for a, b in v.items() if a != "seconds_per_step"} for k, v in res.items()}
+def _records(path) -> list[dict]:
+    return without_timing(RunDir(path, dataclasses.asdict(CFG)).records())
 
 
 def test_resume_gives_the_same_metrics_as_an_uninterrupted_run(tmp_path):
     data = tiny_data()
-    a = RunDir(tmp_path / "a", dataclasses.asdict(CFG))
-    res_a = run_vae(CFG, a, quiet=True, data=data)
+    res_a = run_task(VAETask(), CFG, tmp_path / "a", data=data)
 
     # Kill the run at every checkpoint from step 12 on, resuming each time: each
     # attempt gets a little further, some die mid-phase after others finished.
     interruptions = 0
     while True:
-        run = RunDir(tmp_path / "b", dataclasses.asdict(CFG))
         try:
-            res_b = run_vae(CFG, run, quiet=True, data=data, _interrupt_at=12)
+            res_b = run_task(VAETask(), CFG, tmp_path / "b", data=data, interrupt_at=12)
             break
         except Interrupted:
             interruptions += 1
             assert interruptions < 20
     assert interruptions >= 3
-    assert _results(res_a) == _results(res_b)
-    assert _records(a) == _records(run)
+    assert without_timing(res_a) == without_timing(res_b)
+    assert _records(tmp_path / "a") == _records(tmp_path / "b")
     # the annealed temperature was logged and resumed with the schedule
-    taus = [r["tau"] for r in a.records("vae/gumbel_softmax:tau=1.0") if "tau" in r]
+    a = RunDir(tmp_path / "a", dataclasses.asdict(CFG))
+    taus = [r["tau"] for r in a.records("vae/gumbel_softmax:tau=1.0/seed0") if "tau" in r]
     assert taus[0] == 1.0 and taus[-1] < 1.0
+
+
+def test_seeds_are_an_axis_and_the_final_models_are_kept(tmp_path):
+    cfg = dataclasses.replace(CFG, steps=4, seeds=(0, 1, 2), estimators=("rloo:n_samples=2",))
+    res = run_task(VAETask(), cfg, tmp_path, data=tiny_data())["rloo:n_samples=2"]
+    values = [res["per_seed"][s]["test_neg_elbo"] for s in ("0", "1", "2")]
+    assert len(set(values)) == 3  # each seed its own initial weights, batches and noise
+    mean = sum(values) / 3
+    se = (sum((v - mean) ** 2 for v in values) / 2 / 3) ** 0.5
+    assert res["test_neg_elbo"] == pytest.approx(mean) and res["se"]["test_neg_elbo"] == (
+        pytest.approx(se)
+    )
+    assert res["n"]["test_neg_elbo"] == 3 and res["seeds"] == [0, 1, 2]
+    # The documented one-liner gives back the trained model, ready to use.
+    saved = torch.load(tmp_path / "models" / "vae_rloo_n_samples_2_seed1.pt", weights_only=False)
+    model = saved["model"]
+    assert saved["seed"] == 1 and saved["estimator"] == "rloo:n_samples=2"
+    x = (tiny_data().test[:5] > 0.5).float()
+    assert model.neg_elbo(x, generator=torch.Generator().manual_seed(0)).shape == (5,)
 
 
 @pytest.mark.parametrize(
@@ -89,7 +103,7 @@ def test_config_validation(field, value, match):
 def test_batch_larger_than_the_data_is_refused(tmp_path):
     cfg = dataclasses.replace(CFG, batch_size=500, estimators=("rloo:n_samples=2",))
     with pytest.raises(ValueError, match="batch_size=500 exceeds"):
-        run_vae(cfg, RunDir(tmp_path, dataclasses.asdict(cfg)), quiet=True, data=tiny_data())
+        run_task(VAETask(), cfg, tmp_path, data=tiny_data())
 
 
 def test_gradient_checks_against_the_exact_encoder_gradient(tmp_path):
@@ -98,10 +112,10 @@ def test_gradient_checks_against_the_exact_encoder_gradient(tmp_path):
         binarization="threshold", anneal_rate=0.0,
         estimators=("exact", "rloo:n_samples=3", "gumbel_softmax:tau=1.0"),
     )  # fmt: skip
+    run_task(VAETask(), cfg, tmp_path, data=tiny_data())
     run = RunDir(tmp_path, dataclasses.asdict(cfg))
-    run_vae(cfg, run, quiet=True, data=tiny_data())
     checks = {
-        phase: [r for r in run.records(phase) if "grad_cosine" in r]
+        phase: [r for r in run.records(f"{phase}/seed0") if "grad_cosine" in r]
         for phase in ("vae/exact", "vae/rloo:n_samples=3", "vae/gumbel_softmax:tau=1.0")
     }
     assert all(len(v) == 4 for v in checks.values())  # steps 0, 8, 16, 24

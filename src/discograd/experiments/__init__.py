@@ -1,5 +1,27 @@
-"""Experiments: each a function plus a config dataclass, writing into a :class:`RunDir`."""
+"""Experiments: one :class:`Trainer` runs every :class:`Task` (toy, variance, vae, sbn, ssl)
+in a :class:`RunDir`; configs are dataclasses (:mod:`discograd.experiments.config`)."""
 
 from discograd.experiments.runner import RunDir, progress
+from discograd.experiments.trainer import (
+    Context,
+    StepResult,
+    Task,
+    TaskState,
+    Trainer,
+    Unit,
+    aggregate,
+    open_run,
+)
 
-__all__ = ["RunDir", "progress"]
+__all__ = [
+    "Context",
+    "RunDir",
+    "StepResult",
+    "Task",
+    "TaskState",
+    "Trainer",
+    "Unit",
+    "aggregate",
+    "open_run",
+    "progress",
+]

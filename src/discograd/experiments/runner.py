@@ -59,7 +59,14 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: no locking
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["CHECKPOINT_FORMAT", "RunDir", "atomic_save", "atomic_write_text", "progress"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "RunDir",
+    "atomic_save",
+    "atomic_write_text",
+    "is_run_folder",
+    "progress",
+]
 
 #: version of the checkpoint layout written by :meth:`RunDir.save_checkpoint`
 CHECKPOINT_FORMAT = 1
@@ -71,10 +78,27 @@ _TEMP_FILE = re.compile(
 )
 
 
+_UMASK_GUARD = threading.Lock()
+
+
+def _file_mode() -> int:
+    """The mode ``open()`` gives a new file under the process's umask (0644 under umask 022).
+
+    ``tempfile.mkstemp`` creates files 0600 whatever the umask; the files of a
+    run are written through it and then given this mode, like every other
+    file the run writes (plots, ``metrics.jsonl``).
+    """
+    with _UMASK_GUARD:  # reading the umask means setting it
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file and ``os.replace``."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()
@@ -88,7 +112,10 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_save(path: Path, obj: Any) -> None:
     """``torch.save`` to ``path`` via a temporary file and ``os.replace``."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, _file_mode())
+    finally:
+        os.close(fd)
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
@@ -223,6 +250,40 @@ def _config_diff(old: dict, new: dict, volatile: frozenset[str], prefix: str = "
     return out
 
 
+#: files whose presence makes a folder a discograd run (``results.json`` alone does not:
+#: a user's own file of that name must not be taken for ours and overwritten)
+_RUN_MARKERS = ("config.json", "state.json", "metrics.jsonl")
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """Whether ``path`` holds (the remains of) a discograd run."""
+    folder = Path(path)
+    if any((folder / name).is_file() for name in _RUN_MARKERS):
+        return True
+    return any(folder.glob("ckpt-*.pt"))
+
+
+def _visible_entries(folder: Path) -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(folder) if not n.startswith("."))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _clear(folder: Path) -> None:
+    """Delete everything in a run folder but its lock (``--fresh``)."""
+    import shutil
+
+    for name in os.listdir(folder):
+        if name == ".lock":
+            continue
+        target = folder / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+
+
 class RunDir:
     """The output folder of one experiment run.
 
@@ -240,6 +301,14 @@ class RunDir:
             resumption; by default the device, whose choice may change
             between runs (a phase in progress whose checkpoint was written
             on another kind of device restarts, see :meth:`resume`).
+        fresh: start the run over: everything in the folder is deleted first
+            (only a folder that holds a discograd run; see below).
+
+    A folder that exists, is not empty (hidden files aside) and holds no
+    discograd run is refused: writing there would overwrite a user's files of
+    the same names. A folder holding the run of another command (config key
+    ``command``) is refused with one line naming it. :attr:`resumed` tells
+    whether the folder already held this run.
 
     Phases log records with :meth:`log`, call :meth:`resume` before their
     first record (it returns the checkpoint to continue from, if any),
@@ -247,9 +316,21 @@ class RunDir:
     """
 
     def __init__(
-        self, path: str | Path, config: dict[str, Any], volatile: Iterable[str] = ("device",)
+        self,
+        path: str | Path,
+        config: dict[str, Any],
+        volatile: Iterable[str] = ("device",),
+        *,
+        fresh: bool = False,
     ) -> None:
         self.path = Path(path)
+        foreign = _visible_entries(self.path)
+        if foreign and not is_run_folder(self.path):
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise RunFolderError(
+                f"{self.path} is not empty ({shown}) and holds no discograd run; use a new or "
+                "empty --out folder (nothing was written)"
+            )
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -258,7 +339,10 @@ class RunDir:
             ) from err
         self._lock = _acquire(self.path)
         self._closer = weakref.finalize(self, _release, self._lock)
+        self._t0 = time.monotonic()
         try:
+            if fresh:
+                _clear(self.path)
             self._open(config, frozenset(volatile))
         except BaseException:
             self.close()
@@ -279,6 +363,7 @@ class RunDir:
                     os.unlink(self.path / name)
         self.config = json.loads(dumps(config))
         cfg_path = self.path / "config.json"
+        self.resumed = cfg_path.exists()
         if cfg_path.exists():
             old = self._read_json(
                 cfg_path,
@@ -290,21 +375,42 @@ class RunDir:
                     f"{cfg_path} is damaged (not a JSON object); restore it, or delete it if "
                     "this command is the one that started the run, or use another --out folder"
                 )
+            was, now = old.get("command"), self.config.get("command")
+            if was is not None and now is not None and was != now:
+                raise RunFolderError(
+                    f"{self.path} holds a {was} run; use another --out folder, or --fresh to "
+                    f"replace it with a {now} run"
+                )
             differ = _config_diff(old, self.config, volatile)
             if differ:
                 raise RunFolderError(
                     f"{self.path} holds a run with a different configuration "
-                    f"({', '.join(differ[:5])}); use another --out folder to start a new run"
+                    f"({', '.join(differ[:5])}); use another --out folder to start a new run, "
+                    "or --fresh to start this one over"
                 )
         atomic_write_text(cfg_path, dumps(self.config, indent=2, sort_keys=True) + "\n")
         self.metrics_path = self.path / "metrics.jsonl"
         self.state_path = self.path / "state.json"
         self.state = self._load_state()
+        elapsed = self.state.get("elapsed", 0.0)
+        self._elapsed_before = (
+            float(elapsed)
+            if isinstance(elapsed, (int, float)) and not isinstance(elapsed, bool)
+            else 0.0
+        )
         lines = self._read_metrics()
         self._tallies: dict[str, tuple[int, str]] = {}
         for phase in {p for _, p in lines if p is not None}:
             self._tallies[phase] = _tally(line for line, p in lines if p == phase)
         self._verify_finished(lines)
+
+    def elapsed(self) -> float:
+        """Seconds this run has taken, over every session that worked on it.
+
+        Each session's time is saved with the state (after every finished
+        phase and checkpoint), so an interrupted run keeps counting.
+        """
+        return self._elapsed_before + time.monotonic() - self._t0
 
     def close(self) -> None:
         """Release the folder's lock (for this object; idempotent)."""
@@ -463,6 +569,7 @@ class RunDir:
             self._ckpt(phase).unlink()
 
     def _write_state(self) -> None:
+        self.state["elapsed"] = round(self.elapsed(), 3)
         atomic_write_text(self.state_path, dumps(self.state, indent=2, sort_keys=True) + "\n")
 
     def resume(self, phase: str, device: torch.device | str | None = None) -> dict[str, Any] | None:
@@ -553,6 +660,7 @@ class RunDir:
             "state": state,
         }
         atomic_save(self._ckpt(phase), payload)
+        self._write_state()  # keeps the time spent so far if this session is killed
 
     def _load_payload(self, phase: str) -> dict[str, Any] | None:
         path = self._ckpt(phase)

@@ -10,9 +10,12 @@ A set of small problems whose support can be enumerated, so that
 * ``offset``: the categorical problem with 100 added to the cost (a large mean:
   the case baselines exist for).
 
-Each estimator gets ``warmup`` training-mode calls first (EMA baselines settle,
-learned control variates train on the problem with θ fixed), then
-``n_draws`` vectorised draws are compared with the exact gradient. Relaxed
+Each estimator with state (EMA baselines, learned control variates) first
+trains for ``warmup`` steps on the problem with θ fixed (the Trainer's loop,
+with no model: only the control variates learn), then ``draws`` vectorised
+draws are compared with the exact gradient. The problems are the same for
+every seed; the seeds change the estimators' random draws, so the standard
+errors over seeds say how much each number would move in another run. Relaxed
 estimators without a temperature in their spec are run at each of
 ``temperatures`` (those a method refuses, such as ReinMax below 1, are
 skipped). Alongside the per-call variance, ``variance × n_evals`` is the
@@ -22,8 +25,6 @@ k and multiplies the cost by k.
 
 from __future__ import annotations
 
-import inspect
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,20 +36,35 @@ from torch.distributions import Distribution, Independent, OneHotCategorical
 
 from discograd.diagnostics import exact_gradient, gradient_stats
 from discograd.errors import ConfigError
-from discograd.estimators import registry
+from discograd.estimators.base import Estimator
 from discograd.estimators.registry import canonical, make, parse_spec
 from discograd.experiments.common import (
     check_estimators,
-    check_floats,
-    check_ints,
-    cv_optimizer,
-    cv_step,
-    resolve_device,
+    is_unbiased,
+    supports,
+    takes_temperature,
 )
-from discograd.experiments.runner import RunDir, progress
-from discograd.experiments.toy import toy_rewards
+from discograd.experiments.config import RunConfig, option
+from discograd.experiments.toy import ESTIMATORS_HELP, toy_rewards
+from discograd.experiments.trainer import (
+    Cadence,
+    Context,
+    StepResult,
+    Task,
+    TaskState,
+    Unit,
+    aggregate,
+    stream_seed,
+)
 
-__all__ = ["PROBLEMS", "VARIANCE_ESTIMATORS", "VarianceConfig", "expand_specs", "run_variance"]
+__all__ = [
+    "PROBLEMS",
+    "VARIANCE_ESTIMATORS",
+    "VarianceConfig",
+    "VarianceTask",
+    "expand_specs",
+    "make_problem",
+]
 
 VARIANCE_ESTIMATORS: tuple[str, ...] = (
     "exact",
@@ -72,34 +88,36 @@ VARIANCE_ESTIMATORS: tuple[str, ...] = (
     "relax",
 )
 
-PROBLEMS: tuple[str, ...] = ("toy", "categorical", "bernoulli", "offset")
+#: problem name -> kind of its variables
+PROBLEMS: dict[str, str] = {
+    "toy": "categorical",
+    "categorical": "categorical",
+    "bernoulli": "bernoulli",
+    "offset": "categorical",
+}
 
 
 @dataclass
-class VarianceConfig:
-    problems: tuple[str, ...] = PROBLEMS
-    estimators: tuple[str, ...] = VARIANCE_ESTIMATORS
-    temperatures: tuple[float, ...] = (0.1, 0.5, 1.0, 2.0)
-    n_draws: int = 1000
-    warmup: int = 200
-    cv_lr: float = 0.01
-    seed: int = 0
-    device: str = "cpu"
+class VarianceConfig(RunConfig):
+    """The study: problems, estimators (relaxed ones at several temperatures), draws."""
+
+    problems: tuple[str, ...] = option(tuple(PROBLEMS), "problems", choices=tuple(PROBLEMS))
+    estimators: tuple[str, ...] = option(VARIANCE_ESTIMATORS, ESTIMATORS_HELP, metavar="SPEC")
+    temperatures: tuple[float, ...] = option(
+        (0.1, 0.5, 1.0, 2.0), "temperatures for relaxed estimators given without one", positive=True
+    )
+    draws: int = option(1000, "gradient draws per estimator", minimum=2)
+    warmup: int = option(
+        200, "training steps of estimators with state (baselines, control variates)", minimum=0
+    )
+    cv_lr: float = option(
+        0.01, "learning rate of the control variates in the warm-up", positive=True
+    )
 
     def validate(self) -> None:
-        unknown = [p for p in self.problems if p not in PROBLEMS]
-        if unknown:
-            raise ConfigError(f"unknown problem {unknown[0]!r}; known: {', '.join(PROBLEMS)}")
+        super().validate()
         if not self.problems:
             raise ConfigError("problems must name at least one problem")
-        check_ints(self, ("n_draws",), minimum=2)
-        check_ints(self, ("warmup", "seed"), minimum=0)
-        check_floats(self, ("cv_lr",))
-        for t in self.temperatures:
-            if isinstance(t, bool) or not (
-                isinstance(t, (int, float)) and t > 0 and math.isfinite(t)
-            ):
-                raise ConfigError(f"temperatures must be positive, got {t!r}")
         check_estimators(self.estimators)
 
 
@@ -113,8 +131,9 @@ class Problem:
     description: str
 
 
-def make_problem(name: str, device: torch.device, seed: int) -> Problem:
-    gen = torch.Generator().manual_seed(seed)
+def make_problem(name: str, device: torch.device | str = "cpu") -> Problem:
+    """Problem ``name``: the same logits and cost for every seed."""
+    gen = torch.Generator().manual_seed(stream_seed(0, f"variance-problem/{name}"))
     dt = torch.float64
     if name == "toy":
         C, R = 10, 30
@@ -130,6 +149,7 @@ def make_problem(name: str, device: torch.device, seed: int) -> Problem:
         )
     if name in ("categorical", "offset"):
         B, D, C = 4, 3, 4
+        gen = torch.Generator().manual_seed(stream_seed(0, "variance-problem/categorical"))
         logits = (torch.randn(B, D, C, generator=gen, dtype=dt) * 1.5).to(device)
         w = torch.randn(D, C, generator=gen, dtype=dt).to(device)
         offset = 100.0 if name == "offset" else 0.0
@@ -167,17 +187,12 @@ def make_problem(name: str, device: torch.device, seed: int) -> Problem:
     raise ConfigError(f"unknown problem {name!r}; known: {', '.join(PROBLEMS)}")
 
 
-def _takes_tau(name: str) -> bool:
-    cls = getattr(registry._est, registry.ESTIMATORS[name], None)
-    return cls is not None and "tau" in inspect.signature(cls.__init__).parameters
-
-
 def expand_specs(specs: tuple[str, ...], temperatures: tuple[float, ...]) -> list[str]:
     """Specs with a temperature each: relaxed specs without ``tau`` get one per temperature."""
     out: list[str] = []
     for spec in specs:
         name, kwargs = parse_spec(spec)
-        if _takes_tau(name) and "tau" not in kwargs and temperatures:
+        if takes_temperature(name) and "tau" not in kwargs and temperatures:
             for t in temperatures:
                 extra = ",".join(f"{k}={v}" for k, v in kwargs.items())
                 out.append(f"{name}:{extra + ',' if extra else ''}tau={t}")
@@ -186,64 +201,84 @@ def expand_specs(specs: tuple[str, ...], temperatures: tuple[float, ...]) -> lis
     return out
 
 
-def run_variance(cfg: VarianceConfig, run: RunDir, *, quiet: bool = False) -> dict[str, Any]:
-    """Run (or resume) the study; returns ``{problem: {spec: stats}}``."""
-    cfg.validate()
-    device = resolve_device(cfg.device)
-    specs = expand_specs(tuple(cfg.estimators), tuple(cfg.temperatures))
-    results: dict[str, Any] = {}
-    total = len(cfg.problems) * len(specs)
-    with progress(total, "variance", quiet=quiet) as bar:
-        for pname in cfg.problems:
-            problem = make_problem(pname, device, cfg.seed)
+@dataclass
+class VarianceState(TaskState):
+    model: None  # θ stays fixed
+    estimator: Estimator
+    problem: Problem
+    leaf: Tensor
+    exact: Any
+
+
+class VarianceTask(Task[VarianceConfig, VarianceState]):
+    """Each (problem, estimator): warm-up of its state, then draws against the exact gradient."""
+
+    name = "variance"
+    Config = VarianceConfig
+
+    def units(self, config: VarianceConfig) -> list[Unit]:
+        out = []
+        for pname in config.problems:
+            for spec in expand_specs(tuple(config.estimators), tuple(config.temperatures)):
+                try:
+                    est = make(spec)
+                except ConfigError:
+                    continue  # a temperature this method refuses (ReinMax below 1)
+                if supports(est, PROBLEMS[pname]):
+                    out.append(Unit(f"{pname}/{canonical(spec)}", spec, pname))
+        return out
+
+    def setup(
+        self, config: VarianceConfig, data: Any, ctx: Context, estimator: Any
+    ) -> VarianceState:
+        problem = make_problem(ctx.unit.extra, ctx.device)
+        leaf = problem.logits.clone().requires_grad_()
+        exact = exact_gradient(problem.f, problem.build(leaf), leaf)
+        return VarianceState(None, estimator, problem, leaf, exact)
+
+    def cadence(self, config: VarianceConfig, state: VarianceState) -> Cadence:
+        est = state.estimator
+        stateful = any(p.requires_grad for p in est.parameters()) or any(est.buffers())
+        return Cadence(config.warmup if stateful else 0)
+
+    def step(self, state: VarianceState, step: int, ctx: Context) -> StepResult:
+        q = state.problem.build(state.leaf)
+        out = state.estimator(state.problem.f, q, generator=ctx.stream("train"))
+        # θ stays fixed: no model loss to apply, only the control variates learn.
+        return StepResult(None, out.cv_loss, out.mean_evals)
+
+    def finish(self, state: VarianceState, ctx: Context) -> dict[str, Any]:
+        p, leaf = state.problem, state.leaf
+        stats = gradient_stats(
+            state.estimator,
+            p.f,
+            p.build(leaf),
+            leaf,
+            ctx.config.draws,
+            exact=state.exact,
+            generator=ctx.stream("draws"),
+        )
+        d: dict[str, Any] = stats.as_dict()
+        d["variance_x_evals"] = stats.variance * stats.n_evals
+        d["unbiased"] = is_unbiased(state.estimator)
+        return d
+
+    def collect(
+        self, config: VarianceConfig, per_seed: dict[str, dict[int, dict[str, Any]]]
+    ) -> dict[str, Any]:
+        """``{problem: {description, exact_norm, estimators: {spec: mean ± s.e.}}}``."""
+        out: dict[str, Any] = {}
+        for pname in config.problems:
+            problem = make_problem(pname)
             leaf = problem.logits.clone().requires_grad_()
             exact = exact_gradient(problem.f, problem.build(leaf), leaf)
-            results[pname] = {
+            out[pname] = {
                 "description": problem.description,
                 "exact_norm": float(torch.cat([g.reshape(-1) for g in exact]).norm()),
-                "estimators": {},
+                "estimators": {
+                    key.split("/", 1)[1]: aggregate(seeds)
+                    for key, seeds in per_seed.items()
+                    if key.split("/", 1)[0] == pname
+                },
             }
-            for spec in specs:
-                label = canonical(spec)
-                phase = f"variance/{pname}/{label}"
-                if not run.is_done(phase):
-                    run.resume(phase)  # drops a record an interrupted run logged but did not finish
-                    stats = _measure(cfg, problem, spec, exact, device)
-                    if stats is not None:
-                        run.log({"phase": phase, **stats})
-                    run.finish(phase, stats)
-                res = run.result(phase)
-                if res is not None:
-                    results[pname]["estimators"][label] = res
-                bar.update()
-    return results
-
-
-def _measure(cfg, problem: Problem, spec: str, exact, device) -> dict[str, Any] | None:
-    torch.manual_seed(cfg.seed)  # initial weights of learned control variates (RELAX's network)
-    try:
-        est = make(spec).to(device)
-    except ConfigError:
-        return None  # e.g. a temperature this method refuses
-    if problem.kind not in est.supports:
-        return None
-    gen = torch.Generator(device=device).manual_seed(cfg.seed + 7)
-    leaf = problem.logits.clone().requires_grad_()
-    cv_opt = cv_optimizer(est, cfg.cv_lr, problem.f, problem.build(leaf))
-    est.train()
-    for _ in range(cfg.warmup if (cv_opt is not None or _has_state(est)) else 0):
-        out = est(problem.f, problem.build(leaf), generator=gen)
-        if cv_opt is not None and out.cv_loss is not None and out.cv_loss.requires_grad:
-            cv_step(out.cv_loss, cv_opt)
-    est.eval()
-    stats = gradient_stats(
-        est, problem.f, problem.build(leaf), leaf, cfg.n_draws, exact=exact, generator=gen
-    )
-    d = stats.as_dict()
-    d["variance_x_evals"] = d["variance"] * d["n_evals"]
-    d["unbiased"] = bool(getattr(est, "unbiased", True))
-    return d
-
-
-def _has_state(est) -> bool:
-    return any(True for _ in est.buffers())
+        return out
