@@ -435,3 +435,43 @@ def test_more_seeds_in_the_same_out_reuse_the_seeds_already_run(tmp_path, capsys
     res = json.loads((tmp_path / "run" / "results.json").read_text())["toy"]["arsm"]
     assert res["seeds"] == [0, 1] and res["n"]["p_last"] == 2
     assert json.loads((tmp_path / "run" / "config.json").read_text())["seeds"] == [0, 1]
+
+
+def test_log_sinks_and_meta_json_from_the_command_line(tmp_path):
+    """--log csv,tensorboard: views equal to metrics.jsonl; meta.json records the session."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "toy"
+    args = [*TOY, "--estimators", "rloo:n_samples=3", "--out", str(out)]
+    assert run_cli(*args, "--log", "csv,tensorboard") == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    scalars = {
+        (r["phase"], r["step"], k, float(v))
+        for r in records
+        for k, v in r.items()
+        if k not in ("phase", "step") and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "phase,step,key,value"
+    got = {(p, int(s), k, float(v)) for p, s, k, v in (row.split(",") for row in rows[1:])}
+    assert got == scalars
+    (folder,) = (out / "tb").iterdir()
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    acc.Reload()
+    rewards = [e.value for e in acc.Scalars("expected_reward")]
+    want = [r["expected_reward"] for r in records if "expected_reward" in r]
+    assert rewards == pytest.approx(want, rel=1e-6)  # TensorBoard stores float32
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["device"] == "cpu" and meta["argv"][0] == "discograd"
+    assert meta["ended"] is not None and meta["wall_seconds"] >= 0
+    assert len(meta["sessions"]) == 1
+    # A second invocation (everything finished) is a second session of the same run.
+    assert run_cli(*args, "--log", "csv") == 0
+    assert len(json.loads((out / "meta.json").read_text())["sessions"]) == 2
+
+
+def test_an_unknown_log_sink_is_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "toy"
+    assert run_cli(*TOY, "--out", str(out), "--log", "csv,paper") == 2
+    assert "unknown log sink 'paper'" in capsys.readouterr().err
+    assert not out.exists()

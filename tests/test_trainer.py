@@ -184,7 +184,13 @@ class Recorder:
         self.calls.append(("open", resumed))
 
     def scalars(self, phase: str, step: int, values: Any) -> None:
-        self.calls.append((phase, step, dict(values)))
+        self.calls.append((phase, step, {k: float(v) for k, v in values.items()}))
+
+    def rebuild(self, records: Any) -> None:
+        """Replace what it holds by ``records`` (the sink protocol's resume rule)."""
+        self.calls = [c for c in self.calls if len(c) != 3]
+        for phase, step, values in records:
+            self.scalars(phase, step, values)
 
     def close(self) -> None:
         self.calls.append(("close",))

@@ -193,10 +193,19 @@ def _config(args: argparse.Namespace) -> Any:
 
 
 def _open_run(args: argparse.Namespace, config: Any):  # type: ignore[no-untyped-def]
-    """The locked run folder of ``--out``; says in one line when it resumes a run."""
-    from discograd.experiments import open_run
+    """The locked run folder of ``--out``; says in one line when it resumes a run.
 
+    Also checks ``--log`` (before anything is written: a bad sink name is exit 2
+    with nothing created) and records this session in ``meta.json``.
+    """
+    from discograd.experiments import open_run
+    from discograd.experiments.meta import now, write_meta
+    from discograd.experiments.sinks import make_sinks
+
+    args.sinks = make_sinks(args.log)
+    args.started, args.run_config = now(), config
     run = open_run(args.out, config, command=args.command, fresh=args.fresh)
+    write_meta(run.path, device=_device(config), argv=args.argv, started=args.started)
     if run.resumed:
         done = len(run.state["done"])
         print(
@@ -204,6 +213,13 @@ def _open_run(args: argparse.Namespace, config: Any):  # type: ignore[no-untyped
             f"({done} phase{'s' * (done != 1)} finished, {run.elapsed():.0f} s so far)"
         )
     return run
+
+
+def _device(config: Any) -> str:
+    """The device a run's config asks for, resolved (``auto`` becomes cpu or cuda)."""
+    from discograd.experiments.common import resolve_device
+
+    return str(resolve_device(config.device))
 
 
 def _sections() -> dict[str, Callable[..., tuple[str, list[str]]]]:
@@ -225,9 +241,13 @@ def _sections() -> dict[str, Callable[..., tuple[str, list[str]]]]:
 
 
 def _finish(run: Any, args: argparse.Namespace, sections: list[str], summary: list[str]) -> None:
+    from discograd.experiments.meta import now, write_meta
     from discograd.report import write_report
 
     path = write_report(run, f"discograd {args.command}", args.command_line, sections, summary)
+    write_meta(
+        run.path, device=_device(args.run_config), argv=args.argv, started=args.started, ended=now()
+    )
     print(f"\nreport: {path}")
     for line in summary:
         print(f"  * {line.replace('`', '')}")
@@ -256,7 +276,10 @@ def _task_command(args: argparse.Namespace) -> int:
 
     task = args.task()
     config = _config(args)
-    with _open_run(args, config) as run, Trainer(run, quiet=args.quiet) as trainer:
+    with (
+        _open_run(args, config) as run,
+        Trainer(run, quiet=args.quiet, sinks=args.sinks) as trainer,
+    ):
         results = trainer.run(task, config)
         written: dict[str, Any] = {task.name: results}
         extra: dict[str, Any] = {}
@@ -289,7 +312,10 @@ def _bench(args: argparse.Namespace) -> int:
     from discograd.report.markdown import bench_summary
 
     config = _config(args)
-    with _open_run(args, config) as run, Trainer(run, quiet=args.quiet) as trainer:
+    with (
+        _open_run(args, config) as run,
+        Trainer(run, quiet=args.quiet, sinks=args.sinks) as trainer,
+    ):
         sections, summary, results = [], [], {}
         for name, task, sub in config.studies():
             if not args.quiet:
@@ -353,6 +379,13 @@ def _run_options(p: argparse.ArgumentParser, command: str) -> None:
         "--seed", type=int, default=None, metavar="K", help="run seed K alone (instead of --seeds)"
     )
     g.add_argument("--quiet", action="store_true", help="no progress bars (for CI and logs)")
+    g.add_argument(
+        "--log",
+        default="",
+        metavar="SINKS",
+        help="more views of the metrics besides metrics.jsonl (always written): csv, "
+        "tensorboard, wandb, mlflow, comma-separated (e.g. --log csv,tensorboard)",
+    )
     g.add_argument(
         "--threads",
         type=int,
@@ -436,6 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.command_line = _command_line(argv)
+    args.argv = sys.argv if argv is None else ["discograd", *argv]
     threads = getattr(args, "threads", None)
     if threads is not None:
         if threads < 1:

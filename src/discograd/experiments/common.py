@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from discograd.errors import ConfigError
+from discograd.estimators import registry
 from discograd.estimators.base import Estimator
 
 __all__ = [
@@ -75,36 +76,33 @@ def lazily_sized(module: nn.Module) -> bool:
 # when the estimator classes declare them (registry metadata), only these change.
 def has_temperature(est: Any) -> bool:
     """A relaxed estimator whose temperature follows a schedule (annealable)."""
-    return hasattr(est, "schedule")
+    return registry.tempered(est) is not None
 
 
 def temperature(est: Any) -> float | None:
     """The temperature ``est``'s next call uses, or ``None`` (REBAR/RELAX learn theirs)."""
-    return float(est.tau) if est is not None and has_temperature(est) else None
+    t = registry.tempered(est) if est is not None else None
+    return None if t is None else float(t.tau)
 
 
 def supports(est: Any, kind: str) -> bool:
     """Whether ``est`` handles ``kind`` (``"bernoulli"`` or ``"categorical"``) variables."""
-    return kind in est.supports
+    return kind in type(est).supports
 
 
 def support_limit(est: Any) -> int | None:
     """The most configurations per data point ``est`` enumerates (``Exact``), or ``None``."""
-    return getattr(est, "max_support", None)
+    return est.max_support if type(est).exact else None
 
 
 def is_unbiased(est: Any) -> bool:
-    return bool(getattr(est, "unbiased", True))
+    return bool(type(est).unbiased)
 
 
 def takes_temperature(name: str) -> bool:
-    """Whether registry name ``name``'s constructor takes ``tau``."""
-    import inspect
-
-    from discograd.estimators import registry
-
-    cls = getattr(registry._est, registry.ESTIMATORS[name], None)
-    return cls is not None and "tau" in inspect.signature(cls.__init__).parameters
+    """Whether registry name ``name`` has a temperature hyper-parameter ``tau`` (the
+    scheduled relaxations, and REBAR/RELAX's initial learned temperature)."""
+    return "tau" in registry.info(name).defaults
 
 
 # ------------------------------------------------------------ config checks

@@ -37,7 +37,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +52,7 @@ from discograd.experiments.common import (
 )
 from discograd.experiments.config import to_dict, volatile_keys
 from discograd.experiments.runner import RunDir, atomic_save, progress
+from discograd.experiments.sinks import Logger, Sink
 
 __all__ = [
     "Cadence",
@@ -318,29 +319,6 @@ class Context:
                 gen.set_state(self._saved.pop(name))
 
 
-# ------------------------------------------------------------ sinks (local)
-class Sink(Protocol):
-    """Where records go besides ``metrics.jsonl`` (CSV, TensorBoard, ...).
-
-    ``metrics.jsonl`` is the source of truth: on resume a sink is rebuilt from
-    the records kept there (:meth:`Trainer.open` replays them).
-    """
-
-    def open(self, out: Path, config: Mapping[str, Any], *, resumed: bool) -> None: ...
-
-    def scalars(self, phase: str, step: int, values: Mapping[str, float]) -> None: ...
-
-    def close(self) -> None: ...
-
-
-def _scalars(record: Mapping[str, Any]) -> dict[str, float]:
-    return {
-        k: float(v)
-        for k, v in record.items()
-        if k not in ("phase", "step") and isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
-
-
 # ---------------------------------------------------------------- divergence
 class Diverged(Exception):
     """A training step produced a non-finite ``quantity``."""
@@ -546,7 +524,7 @@ class Trainer:
         self.run_dir = run
         self.quiet = quiet
         self.sinks = list(sinks)
-        self._opened = False
+        self._logger: Logger | None = None
 
     def __enter__(self) -> Trainer:
         self.open()
@@ -556,42 +534,19 @@ class Trainer:
         self.close()
 
     def open(self) -> None:
-        """Open the sinks; on a resumed run, give them the records of finished phases."""
-        if self._opened:
-            return
-        for sink in self.sinks:
-            sink.open(self.run_dir.path, self.run_dir.config, resumed=self.run_dir.resumed)
-        if self.sinks and self.run_dir.resumed:
-            # A phase in progress replays its own kept records when it resumes.
-            self._replay(
-                r
-                for r in self.run_dir.records()
-                if not isinstance(r.get("phase"), str) or self.run_dir.is_done(r["phase"])
-            )
-        self._opened = True
+        """Open the sinks and rebuild them from ``metrics.jsonl`` (see :class:`Logger`)."""
+        if self._logger is None:
+            self._logger = Logger(self.run_dir, self.sinks)
 
     def close(self) -> None:
-        if self._opened:
-            for sink in self.sinks:
-                sink.close()
-            self._opened = False
-
-    def _replay(self, records: Any) -> None:
-        for record in records:
-            self._emit(record)
-
-    def _emit(self, record: Mapping[str, Any]) -> None:
-        phase, step = record.get("phase"), record.get("step")
-        if not self.sinks or not isinstance(phase, str) or not isinstance(step, int):
-            return
-        values = _scalars(record)
-        if values:
-            for sink in self.sinks:
-                sink.scalars(phase, step, values)
+        if self._logger is not None:
+            logger, self._logger = self._logger, None
+            logger.close()
 
     def _log(self, record: dict[str, Any]) -> None:
-        self.run_dir.log(record)
-        self._emit(record)
+        self.open()
+        assert self._logger is not None
+        self._logger.log(record)
 
     # ---------------------------------------------------------------- run
     def run(self, task: Task[Any, Any], config: Any, *, data: Any = None) -> Any:
@@ -696,7 +651,6 @@ class _Phase:
                     part.load_state_dict(saved[key])
             self.ctx._load_stream_states(saved["streams"])
             self.task.load_state_dict(self.state, saved["task"])
-        self.trainer._replay(self.run.records(self.name))
 
     # -------------------------------------------------------------- train
     def train(self) -> dict[str, Any]:
