@@ -59,20 +59,22 @@ class DiscreteVAE(nn.Module):
     """Shared machinery; subclasses define the posterior, the prior and the KL."""
 
     x_dim: int
+    encoder: nn.Module
+    decoder: nn.Module
 
-    def posterior(self, x: Tensor) -> Distribution:
+    def posterior(self, x: Tensor) -> Independent:
         raise NotImplementedError
 
-    def prior(self) -> Distribution:
+    def prior(self) -> Independent:
         raise NotImplementedError
 
     def decoder_input(self, z: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def analytic_kl(self, q: Distribution) -> Tensor:
+    def analytic_kl(self, q: Independent) -> Tensor:
         raise NotImplementedError
 
-    def relaxed_kl(self, q: Distribution, tau: float | Tensor, generator=None) -> Tensor:
+    def relaxed_kl(self, q: Independent, tau: float | Tensor, generator=None) -> Tensor:
         raise NotImplementedError
 
     def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
@@ -149,6 +151,10 @@ def _sample(
         from discograd.functional import gumbel_max
 
         return gumbel_max(base.logits.expand(full + base.event_shape), generator=generator)
+    if not isinstance(base, Bernoulli):
+        raise TypeError(
+            f"expected Bernoulli or OneHotCategorical latents, got {type(base).__name__}"
+        )
     probs = base.probs.expand(full)
     u = torch.rand(full, dtype=probs.dtype, device=probs.device, generator=generator)
     return (u < probs).to(probs.dtype)
@@ -188,22 +194,22 @@ class CategoricalVAE(DiscreteVAE):
         else:
             raise ValueError(f"prior must be 'uniform' or 'learned', got {prior!r}")
 
-    def posterior(self, x: Tensor) -> Distribution:
+    def posterior(self, x: Tensor) -> Independent:
         logits = self.encoder(x).view(*x.shape[:-1], self.n_latent, self.n_categories)
         return Independent(OneHotCategorical(logits=logits), 1)
 
-    def prior(self) -> Distribution:
+    def prior(self) -> Independent:
         return Independent(OneHotCategorical(logits=self.prior_logits), 1)
 
     def decoder_input(self, z: Tensor) -> Tensor:
         return z.flatten(-2)
 
-    def analytic_kl(self, q: Distribution) -> Tensor:
+    def analytic_kl(self, q: Independent) -> Tensor:
         log_q = q.base_dist.logits  # normalised by torch
         log_p = torch.log_softmax(self.prior_logits, -1)
         return (log_q.exp() * (log_q - log_p)).sum((-1, -2))
 
-    def relaxed_kl(self, q: Distribution, tau: float | Tensor, generator=None) -> Tensor:
+    def relaxed_kl(self, q: Independent, tau: float | Tensor, generator=None) -> Tensor:
         q_t = ExpConcrete(tau, logits=q.base_dist.logits)
         p_t = ExpConcrete(tau, logits=self.prior_logits)
         s = q_t.rsample(generator=generator)
@@ -239,16 +245,16 @@ class BernoulliVAE(DiscreteVAE):
         else:
             raise ValueError(f"prior must be 'uniform' or 'learned', got {prior!r}")
 
-    def posterior(self, x: Tensor) -> Distribution:
+    def posterior(self, x: Tensor) -> Independent:
         return Independent(Bernoulli(logits=self.encoder(x)), 1)
 
-    def prior(self) -> Distribution:
+    def prior(self) -> Independent:
         return Independent(Bernoulli(logits=self.prior_logits), 1)
 
     def decoder_input(self, z: Tensor) -> Tensor:
         return z
 
-    def analytic_kl(self, q: Distribution) -> Tensor:
+    def analytic_kl(self, q: Independent) -> Tensor:
         a, b = q.base_dist.logits, self.prior_logits
         # KL(Bern(σ(a)) || Bern(σ(b))) = σ(a)(log σ(a) − log σ(b)) + σ(−a)(log σ(−a) − log σ(−b))
         pa = torch.sigmoid(a)
@@ -257,7 +263,7 @@ class BernoulliVAE(DiscreteVAE):
         )
         return kl.sum(-1)
 
-    def relaxed_kl(self, q: Distribution, tau: float | Tensor, generator=None) -> Tensor:
+    def relaxed_kl(self, q: Independent, tau: float | Tensor, generator=None) -> Tensor:
         q_t = BinaryConcrete(tau, logits=q.base_dist.logits)
         p_t = BinaryConcrete(tau, logits=self.prior_logits)
         s = q_t.rsample_logit(generator=generator)
