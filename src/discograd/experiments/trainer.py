@@ -330,9 +330,23 @@ class Diverged(Exception):
 
 def check_finite(quantity: str, *tensors: Tensor | None) -> None:
     """Raise :class:`Diverged` naming ``quantity`` unless every tensor (``None`` skipped) is
-    finite: one device synchronisation for all of them."""
-    present = [t for t in tensors if t is not None]
-    if present and not bool(torch.stack([torch.isfinite(t).all() for t in present]).all()):
+    finite: one device synchronisation in the common case.
+
+    Fast path: the sum of all entries, a vectorised reduction per tensor that
+    allocates nothing of their size (``isfinite(t).all()`` materialises a bool
+    tensor per parameter, several times slower on CPU). A sum of finite values
+    is finite unless it overflows, so a non-finite sum is confirmed entry by
+    entry before the step is declared diverged.
+    """
+    present = [t.detach() for t in tensors if t is not None]
+    if not present:
+        return
+    total = present[0].sum().float()
+    for t in present[1:]:
+        total = total + t.sum().float()
+    if bool(torch.isfinite(total)):
+        return
+    if not all(bool(torch.isfinite(t).all()) for t in present):
         raise Diverged(quantity)
 
 

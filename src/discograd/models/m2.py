@@ -160,7 +160,7 @@ class M2(nn.Module):
 
     def q_y(self, x: Tensor) -> OneHotCategorical:
         """:math:`q(y \\mid x)` as a ``OneHotCategorical`` with batch shape ``x.shape[:-1]``."""
-        return OneHotCategorical(logits=self.class_logits(x))
+        return OneHotCategorical(logits=self.class_logits(x), validate_args=False)
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:
@@ -237,7 +237,7 @@ class M2(nn.Module):
                 f"method must be 'marginal' or an Estimator, got {type(method).__name__}"
             )
         logits = self.class_logits(x)
-        q = OneHotCategorical(logits=logits)
+        q = OneHotCategorical(logits=logits, validate_args=False)
 
         if entropy == "analytic":
 

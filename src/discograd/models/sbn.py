@@ -205,9 +205,9 @@ class StochasticBinaryNetwork(nn.Module):
 
     def _dist(self, logits: Tensor, n: int) -> Distribution:
         if self.latent_kind == "bernoulli":
-            return Independent(Bernoulli(logits=logits), 1)
+            return Independent(Bernoulli(logits=logits, validate_args=False), 1)
         logits = logits.view(*logits.shape[:-1], n, self.n_categories)
-        return Independent(OneHotCategorical(logits=logits), 1)
+        return Independent(OneHotCategorical(logits=logits, validate_args=False), 1)
 
     def _flat(self, h: Tensor) -> Tensor:
         # Categorical codes arrive one-hot (or relaxed) with a trailing C dimension.

@@ -56,7 +56,12 @@ class VAEObjective:
 
 
 class DiscreteVAE(nn.Module):
-    """Shared machinery; subclasses define the posterior, the prior and the KL."""
+    """Shared machinery; subclasses define the posterior, the prior and the KL.
+
+    Posteriors and priors are built with ``validate_args=False``: torch's check of
+    a ``OneHotCategorical`` computes the softmax of the logits and a simplex test
+    on every construction (a few percent of a training step), and the
+    estimators check the logits themselves (NaN is refused, ``Latent.parse``)."""
 
     x_dim: int
     encoder: nn.Module
@@ -196,10 +201,10 @@ class CategoricalVAE(DiscreteVAE):
 
     def posterior(self, x: Tensor) -> Independent:
         logits = self.encoder(x).view(*x.shape[:-1], self.n_latent, self.n_categories)
-        return Independent(OneHotCategorical(logits=logits), 1)
+        return Independent(OneHotCategorical(logits=logits, validate_args=False), 1)
 
     def prior(self) -> Independent:
-        return Independent(OneHotCategorical(logits=self.prior_logits), 1)
+        return Independent(OneHotCategorical(logits=self.prior_logits, validate_args=False), 1)
 
     def decoder_input(self, z: Tensor) -> Tensor:
         return z.flatten(-2)
@@ -246,10 +251,10 @@ class BernoulliVAE(DiscreteVAE):
             raise ValueError(f"prior must be 'uniform' or 'learned', got {prior!r}")
 
     def posterior(self, x: Tensor) -> Independent:
-        return Independent(Bernoulli(logits=self.encoder(x)), 1)
+        return Independent(Bernoulli(logits=self.encoder(x), validate_args=False), 1)
 
     def prior(self) -> Independent:
-        return Independent(Bernoulli(logits=self.prior_logits), 1)
+        return Independent(Bernoulli(logits=self.prior_logits, validate_args=False), 1)
 
     def decoder_input(self, z: Tensor) -> Tensor:
         return z

@@ -1,0 +1,230 @@
+"""The Trainer's cost: a whole discograd training step against a hand-written PyTorch loop.
+
+Run by hand (a few minutes on 2 CPU cores; ``--quick``: about one)::
+
+    PYTHONPATH=src python benchmarks/bench_engine.py [--quick] [--threads 1] [--repeats 5]
+
+Two problems, each run both ways in one process, interleaved:
+
+* ``categorical``: the 20x10 categorical VAE of ``discograd vae`` (784-512-256
+  encoder, mirrored decoder, LeakyReLU(0.2), uniform prior, analytic KL),
+  ``rloo:n_samples=4``, batch 200, Adam 3e-4;
+* ``bernoulli``: the linear Bernoulli VAE of the DisARM paper (200 latents,
+  affine encoder and decoder, learned prior, analytic KL), ``disarm``,
+  batch 50, Adam 1e-4.
+
+The discograd side is ``Trainer.run(VAETask(), config)``: batches drawn by the
+Trainer's hashed streams, the estimator from the registry, the guarded step
+(finite checks of the loss and of every gradient), cost accounting, logging
+every 50 steps, checkpoints every 500, a progress bar (off: ``quiet``, as in
+a sweep), optionally the TensorBoard sink. Its time per step is the mean
+interval between the starts of consecutive ``Task.step`` calls, so it counts
+everything the Trainer does around a step and nothing of the set-up or the
+final test evaluation. The hand-written side (below, about 30 lines a
+problem) is the same model, estimator, batch size and optimiser written
+directly in PyTorch, timed the same way. Both train on the same 784-pixel
+binary images: the MNIST test set from ``../shared/data`` when present, else
+Fashion-MNIST from Debian's ``dataset-fashion-mnist``, else random images.
+
+The bar (issue 12): discograd / hand-written <= 1.10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import math
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from _machine import cpu_name
+from torch import nn
+
+from discograd.data.datasets import ImageData
+from discograd.experiments import Trainer
+from discograd.experiments.runner import RunDir
+from discograd.experiments.sinks import make_sinks
+from discograd.experiments.vae import VAEConfig, VAETask
+
+HERE = Path(__file__).resolve().parent
+
+
+# ------------------------------------------------------------------ data
+def _idx_images(path: Path) -> torch.Tensor:
+    raw = gzip.decompress(path.read_bytes())
+    n, rows, cols = (int.from_bytes(raw[4 * i : 4 * i + 4], "big") for i in (1, 2, 3))
+    pixels = torch.frombuffer(bytearray(raw[16:]), dtype=torch.uint8)
+    return pixels.view(n, rows * cols).float() / 255
+
+
+def images() -> tuple[torch.Tensor, str]:
+    for path in (
+        HERE.parent.parent / "shared/data/mnist/t10k-images-idx3-ubyte.gz",
+        Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"),
+    ):
+        if path.exists():
+            return _idx_images(path), str(path)
+    gen = torch.Generator().manual_seed(0)
+    return torch.rand(10_000, 784, generator=gen), "random images"
+
+
+def image_data(x: torch.Tensor) -> ImageData:
+    n = len(x)
+    labels = torch.zeros(n, dtype=torch.long)
+    cut = n - 1000
+    return ImageData(
+        "bench", (28, 28), x[:cut], labels[:cut], x[cut:], labels[cut:], x[cut:], labels[cut:], ""
+    )
+
+
+# --------------------------------------------------------- discograd side
+class TimedVAETask(VAETask):
+    """VAETask recording when each step starts: intervals are whole Trainer iterations."""
+
+    starts: list[float]
+
+    def step(self, state: Any, step: int, ctx: Any) -> Any:
+        self.starts.append(time.perf_counter())
+        return super().step(state, step, ctx)
+
+
+def discograd_step(config: VAEConfig, data: ImageData, sinks: str, warmup: int) -> float:
+    task = TimedVAETask()
+    task.starts = []
+    with tempfile.TemporaryDirectory() as out, RunDir(out, {"bench": "engine"}) as run:
+        with Trainer(run, quiet=True, sinks=make_sinks(sinks)) as trainer:
+            trainer.run(task, config, data=data)
+    gaps = [b - a for a, b in zip(task.starts[warmup:], task.starts[warmup + 1 :], strict=False)]
+    return statistics.fmean(gaps)
+
+
+# ------------------------------------------------------ hand-written side
+def hand_categorical(x: torch.Tensor, steps: int, warmup: int) -> float:
+    """RLOO(4) on the 20x10 categorical VAE, written out."""
+    torch.manual_seed(0)
+    V, C, S, B = 20, 10, 4, 200
+    act = nn.LeakyReLU(0.2)
+    enc = nn.Sequential(nn.Linear(784, 512), act, nn.Linear(512, 256), act, nn.Linear(256, V * C))
+    dec = nn.Sequential(nn.Linear(V * C, 256), act, nn.Linear(256, 512), act, nn.Linear(512, 784))
+    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], 3e-4)
+    data = (x > 0.5).float()
+    starts = []
+    for step in range(steps):
+        starts.append(time.perf_counter())
+        xb = data[torch.randint(len(data), (B,))]
+        log_q = torch.log_softmax(enc(xb).view(B, V, C), -1)
+        idx = torch.distributions.Categorical(logits=log_q.detach()).sample((S,))  # [S, B, V]
+        z = F.one_hot(idx, C).float()
+        logits = dec(z.flatten(-2))
+        f = F.binary_cross_entropy_with_logits(logits, xb.expand(S, -1, -1), reduction="none")
+        f = f.sum(-1)  # [S, B]
+        lq = log_q.expand(S, -1, -1, -1).gather(-1, idx.unsqueeze(-1)).squeeze(-1).sum(-1)
+        w = (f - f.mean(0)).detach() / (S - 1)
+        kl = (log_q.exp() * (log_q + math.log(C))).sum((-1, -2))
+        loss = (f.mean(0) + (w * lq).sum(0) + kl).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    gaps = [b - a for a, b in zip(starts[warmup:], starts[warmup + 1 :], strict=False)]
+    return statistics.fmean(gaps)
+
+
+def hand_bernoulli(x: torch.Tensor, steps: int, warmup: int) -> float:
+    """DisARM on the linear 200-latent Bernoulli VAE with a learned prior, written out."""
+    torch.manual_seed(0)
+    V, B = 200, 50
+    enc, dec = nn.Linear(784, V), nn.Linear(V, 784)
+    prior = nn.Parameter(torch.zeros(V))
+    opt = torch.optim.Adam([*enc.parameters(), *dec.parameters(), prior], 1e-4)
+    data = (x > 0.5).float()
+    starts = []
+    for step in range(steps):
+        starts.append(time.perf_counter())
+        xb = data[torch.randint(len(data), (B,))]
+        a = enc(xb)
+        u = torch.rand(a.shape)
+        p = torch.sigmoid(a.detach())
+        b1, b2 = u < p, (1 - u) < p
+        logits = dec(torch.stack([b1, b2]).float())
+        f = F.binary_cross_entropy_with_logits(logits, xb.expand(2, -1, -1), reduction="none")
+        f = f.sum(-1)  # [2, B]
+        df = (f[0] - f[1]).detach().unsqueeze(-1)
+        sign = torch.where(b2, -1.0, 1.0)
+        g = 0.5 * df * sign * (b1 != b2) * torch.sigmoid(a.detach().abs())
+        pa = torch.sigmoid(a)
+        kl = pa * (F.logsigmoid(a) - F.logsigmoid(prior))
+        kl = (kl + (1 - pa) * (F.logsigmoid(-a) - F.logsigmoid(-prior))).sum(-1)
+        loss = (0.5 * (f[0] + f[1]) + (g * (a - a.detach())).sum(-1) + kl).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    gaps = [b - a for a, b in zip(starts[warmup:], starts[warmup + 1 :], strict=False)]
+    return statistics.fmean(gaps)
+
+
+# ----------------------------------------------------------------- main
+PROBLEMS = {
+    "categorical": (
+        dict(latent="categorical", estimators=("rloo:n_samples=4",), batch_size=200, lr=3e-4),
+        hand_categorical,
+    ),
+    "bernoulli": (
+        dict(
+            latent="bernoulli",
+            n_latent=200,
+            hidden=(),
+            prior="learned",
+            estimators=("disarm",),
+            batch_size=50,
+            lr=1e-4,
+        ),
+        hand_bernoulli,
+    ),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps and repeats")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None, help="steps per timed run")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    repeats = args.repeats or (3 if args.quick else 5)
+    steps = args.steps or (120 if args.quick else 400)
+    warmup = 20
+    x, source = images()
+    data = image_data(x)
+    print(f"# bench_engine: {cpu_name()}, torch {torch.__version__}, {args.threads} thread(s)")
+    print(f"# data: {source}; {steps} steps per run ({warmup} warm-up), {repeats} repeats")
+    print("| problem | sinks | discograd ms/step | hand-written ms/step | ratio |")
+    print("|---|---|--:|--:|--:|")
+    for name, (fields, hand) in PROBLEMS.items():
+        config = VAEConfig(
+            **fields,  # type: ignore[arg-type]
+            steps=steps,
+            eval_every=10**9,
+            log_every=50,
+            checkpoint_every=500,
+            eval_samples=1,
+            iw_examples=1,
+            binarization="threshold",
+        )
+        for sinks in ("", "tensorboard"):
+            ours, theirs = [], []
+            for _ in range(repeats):  # interleaved
+                ours.append(discograd_step(config, data, sinks, warmup))
+                theirs.append(hand(x, steps, warmup))
+            a, b = statistics.median(ours), statistics.median(theirs)
+            label = sinks or "jsonl only"
+            print(f"| {name} | {label} | {1e3 * a:.3f} | {1e3 * b:.3f} | **{a / b:.2f}** |")
+
+
+if __name__ == "__main__":
+    main()
