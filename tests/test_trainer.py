@@ -254,3 +254,14 @@ def test_aggregate_means_standard_errors_and_divergence():
     assert agg["seeds"] == [0, 1, 2] and agg["per_seed"]["1"]["x"] == 3.0
     one = aggregate({4: {"x": 2.0, "diverged": None}})
     assert one["x"] == 2.0 and one["se"]["x"] is None and one["n"]["x"] == 1
+
+
+def test_check_finite_is_exact_when_the_fast_sum_overflows():
+    from discograd.experiments.trainer import Diverged, check_finite
+
+    big = torch.full((4,), torch.finfo(torch.float32).max)  # finite; the sum overflows
+    check_finite("gradient", big, torch.ones(3))  # not a divergence
+    for bad in (torch.tensor([1.0, math.nan]), torch.tensor([math.inf, -math.inf])):
+        with pytest.raises(Diverged, match="gradient"):
+            check_finite("gradient", torch.ones(2), bad)
+    check_finite("loss", None)  # nothing to check
