@@ -1,20 +1,30 @@
-"""discograd.data: IDX files, the downloader (against a loopback server), splits, binarisation."""
+"""discograd.data: IDX files, the embedded default, the downloader, splits, binarisation.
+
+The downloader is tested against a loopback server or a monkeypatched opener:
+never the network.
+"""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
 import http.server
+import io
 import math
 import socket
 import struct
+import sys
 import threading
+import urllib.error
+import urllib.request
+from importlib import resources
 from pathlib import Path
 
 import pytest
 import torch
 
 from discograd import data as D
+from discograd.data import embedded as E
 
 
 def test_idx_roundtrip_gz_and_raw(tmp_path):
@@ -108,7 +118,105 @@ def test_load_missing_inputs(tmp_path):
         D.load("kmnist", data_dir=tmp_path / "cache", download_ok=False)
 
 
-def test_digits_offline_default():
+# ----------------------------------------------------------- embedded data
+
+
+def test_the_default_is_the_embedded_fashion_mnist_and_needs_nothing_optional(monkeypatch):
+    # No scikit-learn and no network: both would fail the load if it touched them.
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setattr(urllib.request, "urlopen", _no_network)
+    assert D.DEFAULT_DATASET == "fashion-mnist-small" and D.DEFAULT_DATASET in D.DATASET_NAMES
+    d = D.load()
+    assert d.name == D.DEFAULT_DATASET and d.image_shape == (28, 28) and d.dim == 784
+    sizes = {"train": 3000, "valid": 500, "test": 1000}
+    for split, n in sizes.items():
+        x, y = getattr(d, split), getattr(d, f"{split}_labels")
+        assert x.shape == (n, 784) and x.dtype == torch.float32 and y.dtype == torch.int64
+        assert torch.bincount(y, minlength=10).tolist() == [n // 10] * 10  # stratified
+        levels = x * 15
+        assert torch.equal(levels, levels.round()) and 0 <= float(x.min()) < float(x.max()) <= 1
+    assert not torch.equal(d.train[:10], d.test[:10])
+    assert len(set(d.train_labels[:20].tolist())) > 3  # classes interleaved, not sorted
+    assert torch.equal(D.load(D.DEFAULT_DATASET).valid, d.valid)  # the same every time
+
+
+def test_the_embedded_file_is_small_licensed_and_intact():
+    spec = D.DATASETS[D.DEFAULT_DATASET]
+    here = resources.files("discograd.data")
+    raw = here.joinpath(spec.embedded).read_bytes()
+    assert len(raw) < 1_000_000
+    assert hashlib.sha256(gzip.decompress(raw)).hexdigest() == spec.sha256
+    notice = here.joinpath("LICENSE-fashion-mnist").read_text(encoding="utf-8")
+    assert "Zalando SE" in notice and "MIT License" in notice
+    header = E.decode(raw)
+    assert header["name"] == D.DEFAULT_DATASET and len(header["classes"]) == 10
+    assert header["splits"] == [["train", 3000], ["valid", 500], ["test", 1000]]
+
+
+def test_quantize_keeps_the_threshold_bits_and_is_within_a_thirtieth():
+    v = torch.arange(256, dtype=torch.uint8)
+    k = E.quantize(v)
+    assert k.dtype == torch.uint8 and int(k.min()) == 0 and int(k.max()) == 15
+    assert bool((k[1:] >= k[:-1]).all())  # monotone
+    x = v.float() / 255
+    assert torch.equal(D.binarize(k.float() / 15, "threshold"), D.binarize(x, "threshold"))
+    assert float((k.float() / 15 - x).abs().max()) <= 1 / 30 + 1e-7
+
+
+def _tiny_splits(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        name: (
+            torch.randint(0, 16, (n, 6, 4), generator=gen, dtype=torch.uint8),
+            torch.randint(0, 10, (n,), generator=gen),
+        )
+        for name, n in (("train", 7), ("valid", 3), ("test", 0))
+    }
+
+
+def test_embedded_format_roundtrip():
+    splits = _tiny_splits()
+    raw = E.encode(splits, {"name": "tiny", "note": "ü"})
+    assert raw == E.encode(splits, {"name": "tiny", "note": "ü"})  # bit for bit (mtime 0)
+    payload_sha = hashlib.sha256(gzip.decompress(raw)).hexdigest()
+    back = E.decode(raw, sha256=payload_sha)
+    assert back["name"] == "tiny" and back["note"] == "ü" and back["image_shape"] == [6, 4]
+    assert back["splits"] == [["train", 7], ["valid", 3], ["test", 0]]
+    for name, (x, y) in splits.items():
+        bx, by = back["data"][name]
+        assert bx.shape == (len(x), 24) and by.dtype == torch.int64
+        assert torch.equal(bx, x.reshape(len(x), 24).float() / 15)
+        assert torch.equal(by, y)
+
+
+def test_embedded_format_errors():
+    splits = _tiny_splits()
+    raw = E.encode(splits, {})
+    with pytest.raises(ValueError, match="damaged"):
+        E.decode(raw[: len(raw) // 2], what="tiny")
+    with pytest.raises(ValueError, match="does not match its SHA-256"):
+        E.decode(raw, sha256="0" * 64)
+    with pytest.raises(ValueError, match="not a discograd embedded dataset"):
+        E.decode(gzip.compress(b"IDX? no"))
+    payload = gzip.decompress(raw)
+    with pytest.raises(ValueError, match="header promises"):
+        E.decode(gzip.compress(payload[:-1]))
+    with pytest.raises(ValueError, match="odd pixel count"):
+        E.encode({"a": (torch.zeros(2, 3, 3, dtype=torch.uint8), torch.zeros(2))}, {})
+    with pytest.raises(ValueError, match="grey levels"):
+        E.encode({"a": (torch.full((2, 2, 2), 16, dtype=torch.uint8), torch.zeros(2))}, {})
+    with pytest.raises(ValueError, match="one label"):
+        E.encode({"a": (torch.zeros(2, 2, 2, dtype=torch.uint8), torch.zeros(3))}, {})
+
+
+def test_a_damaged_embedded_file_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(E, "read_resource", lambda name: b"not gzip at all")
+    with pytest.raises(ValueError, match=r"embedded dataset 'fashion-mnist-small'.*reinstall"):
+        D.load(D.DEFAULT_DATASET)
+
+
+def test_digits_still_available():
+    pytest.importorskip("sklearn")
     d = D.load("digits")
     assert d.image_shape == (8, 8)
     assert (len(d.train), len(d.valid), len(d.test)) == (1197, 300, 300)
@@ -170,7 +278,7 @@ def test_download_corrupted_file_leaves_nothing(served, tmp_path):
     name = "t10k-labels-idx1-ubyte.gz"
     with pytest.raises(D.ChecksumError, match=r"MD5 .* expected 0{32}.*nothing was written"):
         D.download(name, tmp_path / "cache", [server.url], "0" * 32, quiet=True)
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert list(tmp_path.iterdir()) == [tmp_path / "www"]  # not even the cache folder
 
 
 def test_download_server_down_is_a_clear_error(tmp_path):
@@ -180,7 +288,7 @@ def test_download_server_down_is_a_clear_error(tmp_path):
         D.download(
             "x.gz", tmp_path / "cache", [_closed_port_url()], "0" * 32, timeout=5, quiet=True
         )
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_load_downloads_with_mirror_fallback_then_uses_the_cache(served, tmp_path):
@@ -200,6 +308,51 @@ def test_load_downloads_with_mirror_fallback_then_uses_the_cache(served, tmp_pat
     victim.write_bytes(gzip.compress(b"tampered"))
     with pytest.raises(ValueError, match="does not match its published MD5"):
         D.load("toy-mnist", spec=spec, data_dir=tmp_path / "cache")
+
+
+def _no_network(url, *args, **kwargs):
+    raise urllib.error.URLError("no network in the tests")
+
+
+def test_a_failed_download_creates_no_folder(monkeypatch, tmp_path):
+    monkeypatch.setattr(urllib.request, "urlopen", _no_network)
+    deep = tmp_path / "no" / "such" / "cache"
+    with pytest.raises(D.DownloadError, match="nothing was written"):
+        D.download("x.gz", deep, ["http://mirror.invalid/"], "0" * 32, quiet=True)
+    assert list(tmp_path.iterdir()) == []
+    # The same through load(), as --data-dir /nonexistent/... does.
+    with pytest.raises(D.DownloadError):
+        D.load("kmnist", data_dir=deep, quiet=True)
+    assert list(tmp_path.iterdir()) == []
+    # A cache folder that existed before is kept, and stays as it was.
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "mine.txt").write_text("keep")
+    with pytest.raises(D.DownloadError):
+        D.load("kmnist", data_dir=tmp_path / "cache", quiet=True)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["mine.txt"]
+
+
+def test_a_dataset_download_is_all_or_nothing(monkeypatch, tmp_path):
+    """The first file arrives and checks out, the second fails: neither stays."""
+    good = b"first file"
+    spec = D.DatasetSpec(
+        "two-files",
+        ("http://mirror.invalid/",),
+        {"a.gz": hashlib.md5(good).hexdigest(), "b.gz": "0" * 32},
+    )
+    calls = []
+
+    def opener(url, *args, **kwargs):
+        calls.append(url)
+        if url.endswith("a.gz"):
+            return io.BytesIO(good)
+        raise urllib.error.URLError("connection reset")
+
+    monkeypatch.setattr(urllib.request, "urlopen", opener)
+    with pytest.raises(D.DownloadError, match=r"could not download b\.gz"):
+        D.load("two-files", spec=spec, data_dir=tmp_path / "cache", quiet=True)
+    assert calls == ["http://mirror.invalid/a.gz", "http://mirror.invalid/b.gz"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_data_dir_from_environment(monkeypatch, tmp_path):

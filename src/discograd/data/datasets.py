@@ -1,5 +1,9 @@
-"""Image datasets for the experiments: the MNIST family and an offline default.
+"""Image datasets for the experiments: an embedded default and the MNIST family.
 
+* ``fashion-mnist-small`` (:data:`DEFAULT_DATASET`): 4,500 Fashion-MNIST images
+  (28×28, 16 grey levels, with labels) shipped inside the package, split
+  3,000 / 500 / 1,000 with every class equally often in each split. Needs no
+  network and nothing optional; ``docs/data.md`` says how it was made.
 * ``mnist``, ``fashion-mnist``, ``kmnist``: 28×28 IDX files, found in a local
   folder (``path=``), the cache (``data_dir=``, ``$DISCOGRAD_DATA``,
   ``~/.cache/discograd``), Debian's ``/usr/share/datasets/<name>/`` (the
@@ -7,8 +11,7 @@
   cache. Splits: the last ``validation`` training images are the validation
   set (55k/5k/10k for ``validation=5000``, as in Jang et al. and the ARSM code).
 * ``digits``: scikit-learn's 1,797 8×8 digits (install the ``data`` extra),
-  needing no network — the default for ``discograd bench``. A fixed permutation
-  (seed 0) splits it 1,197/300/300.
+  needing no network. A fixed permutation (seed 0) splits it 1,197/300/300.
 
 Pixel intensities are floats in [0, 1]; binarise them with
 :func:`discograd.data.binarize`.
@@ -22,10 +25,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from discograd.data.download import default_data_dir, download, md5sum
+from discograd.data.download import default_data_dir, download, make_dirs, md5sum, remove_dirs
 from discograd.data.idx import read_idx
 
-__all__ = ["DATASETS", "DatasetSpec", "ImageData", "load"]
+__all__ = ["DATASETS", "DATASET_NAMES", "DEFAULT_DATASET", "DatasetSpec", "ImageData", "load"]
 
 _FILES = (
     "train-images-idx3-ubyte",
@@ -37,20 +40,39 @@ _FILES = (
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """Where an MNIST-format dataset lives and how to check it.
+    """Where a dataset lives and how to check it.
 
-    ``md5`` maps each gzipped file name to the digest of the file as published.
+    An MNIST-format dataset: ``md5`` maps each gzipped file name to the digest
+    of the file as published, fetched from ``mirrors`` or found in
+    ``system_dirs``. An embedded one: ``embedded`` names its file inside
+    ``discograd.data`` (see :mod:`discograd.data.embedded`) and ``sha256`` is
+    the digest of its decompressed payload; it has no mirrors.
     """
 
     name: str
     mirrors: tuple[str, ...]
     md5: dict[str, str] = field(hash=False)
     system_dirs: tuple[str, ...] = ()
+    embedded: str = ""
+    sha256: str = ""
 
+
+#: The dataset the experiments use unless told otherwise: embedded, nothing to install.
+DEFAULT_DATASET = "fashion-mnist-small"
+#: SHA-256 of the decompressed payload of ``fashion_mnist_small.bin.gz``
+#: (``scripts/make_embedded_data.py`` prints it when it rebuilds the file).
+EMBEDDED_SHA256 = "496caabfe8cff1a024c4df1c368639354b82d4eebcf280a0d790a09a21aac0eb"
 
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
+        DatasetSpec(
+            DEFAULT_DATASET,
+            (),
+            {},
+            embedded="fashion_mnist_small.bin.gz",
+            sha256=EMBEDDED_SHA256,
+        ),
         DatasetSpec(
             "mnist",
             (
@@ -88,6 +110,8 @@ DATASETS: dict[str, DatasetSpec] = {
         ),
     )
 }
+#: Every name :func:`load` accepts (``digits`` needs scikit-learn, the ``data`` extra).
+DATASET_NAMES: tuple[str, ...] = (*DATASETS, "digits")
 
 
 @dataclass
@@ -187,8 +211,32 @@ def _load_digits() -> ImageData:
     )
 
 
+def _load_embedded(spec: DatasetSpec) -> ImageData:
+    from discograd.data.embedded import decode, read_resource
+
+    what = f"the embedded dataset {spec.name!r} (discograd/data/{spec.embedded})"
+    try:
+        raw = read_resource(spec.embedded)
+    except OSError as err:
+        raise FileNotFoundError(f"{what} is missing from this installation: {err}") from err
+    got = decode(raw, sha256=spec.sha256 or None, what=what)
+    (tr_x, tr_y), (va_x, va_y), (te_x, te_y) = (got["data"][s] for s in ("train", "valid", "test"))
+    h, w = got["image_shape"]
+    return ImageData(
+        name=spec.name,
+        image_shape=(h, w),
+        train=tr_x,
+        train_labels=tr_y,
+        valid=va_x,
+        valid_labels=va_y,
+        test=te_x,
+        test_labels=te_y,
+        source=f"embedded in discograd ({spec.embedded})",
+    )
+
+
 def load(
-    name: str = "digits",
+    name: str = DEFAULT_DATASET,
     *,
     path: str | Path | None = None,
     data_dir: str | Path | None = None,
@@ -200,12 +248,16 @@ def load(
     """Load a dataset by name, or an MNIST-format folder by path.
 
     Args:
-        name: ``digits`` (offline default), ``mnist``, ``fashion-mnist`` or ``kmnist``.
+        name: ``fashion-mnist-small`` (the embedded default, :data:`DEFAULT_DATASET`),
+            ``digits`` (scikit-learn's), ``mnist``, ``fashion-mnist`` or ``kmnist``.
         path: a folder with the four IDX files (``.gz`` or not); overrides ``name``'s
             search. A missing folder is a ``FileNotFoundError``.
-        data_dir: cache folder (default: ``$DISCOGRAD_DATA`` or ``~/.cache/discograd``).
-        download_ok: fetch missing files (checksummed, atomic) into the cache.
-        validation: training images held out as the validation set (MNIST family).
+        data_dir: cache folder (default: ``$DISCOGRAD_DATA`` or ``~/.cache/discograd``);
+            created only when a download into it succeeds.
+        download_ok: fetch missing files (checksummed, atomic) into the cache; when
+            any file fails, the files and folders this call created are removed again.
+        validation: training images held out as the validation set (MNIST family;
+            the embedded and ``digits`` splits are fixed).
         spec: override the registry entry (other mirrors, for tests or private copies).
         quiet: no download messages.
     """
@@ -218,8 +270,10 @@ def load(
         return _load_digits()
     spec = spec or DATASETS.get(name)
     if spec is None:
-        known = ", ".join(["digits", *DATASETS])
+        known = ", ".join(DATASET_NAMES)
         raise ValueError(f"unknown dataset {name!r}; known: {known} (or pass a folder path)")
+    if spec.embedded:
+        return _load_embedded(spec)
     cache = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     folder = cache / spec.name
     if _folder_complete(folder):
@@ -234,9 +288,30 @@ def load(
             + (f" or {', '.join(spec.system_dirs)}" if spec.system_dirs else "")
             + "; allow downloading or pass a folder with the IDX files"
         )
-    for file_name, digest in spec.md5.items():
-        download(file_name, folder, spec.mirrors, digest, quiet=quiet)
+    _download_all(spec, folder, quiet)
     return _read_folder(folder, spec.name, validation)
+
+
+def _download_all(spec: DatasetSpec, folder: Path, quiet: bool) -> None:
+    """Every file of ``spec`` into ``folder``, or nothing: a failure removes what this call made.
+
+    All or nothing, so that a failed download never leaves a half-filled or
+    empty cache folder behind (nor the folders above it that did not exist).
+    """
+    created = make_dirs(folder)
+    fetched: list[Path] = []
+    try:
+        for file_name, digest in spec.md5.items():
+            target = folder / file_name
+            existed = target.exists()
+            download(file_name, folder, spec.mirrors, digest, quiet=quiet)
+            if not existed:
+                fetched.append(target)
+    except BaseException:  # also Ctrl-C: the cache is left as it was found
+        for p in fetched:
+            p.unlink(missing_ok=True)
+        remove_dirs(created)
+        raise
 
 
 def _verify_cached(folder: Path, spec: DatasetSpec) -> None:

@@ -3,7 +3,8 @@
 A file is streamed into a temporary file in the destination folder while its
 MD5 is computed; only a file whose checksum matches is moved into place, with
 ``os.replace`` (atomic on POSIX and Windows). A failed or corrupted download
-leaves nothing behind but an error that says what to do.
+leaves nothing behind but an error that says what to do: no partial file, and
+no folder that the download itself had to create.
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["ChecksumError", "DownloadError", "default_data_dir", "download", "md5sum"]
+__all__ = [
+    "ChecksumError",
+    "DownloadError",
+    "default_data_dir",
+    "download",
+    "make_dirs",
+    "md5sum",
+    "remove_dirs",
+]
 
 _CHUNK = 1 << 20
 
@@ -36,6 +45,31 @@ def default_data_dir() -> Path:
         return Path(env).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache) / "discograd"
+
+
+def make_dirs(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; return those created, outermost first."""
+    missing = []
+    p = folder
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    missing.reverse()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:  # e.g. no permission half way down: take back the part that was made
+        remove_dirs(missing)
+        raise
+    return missing
+
+
+def remove_dirs(created: Sequence[Path]) -> None:
+    """Undo :func:`make_dirs`: remove the folders it created, innermost first, if still empty."""
+    for p in reversed(created):
+        try:
+            p.rmdir()
+        except OSError:  # not empty (someone else wrote there meanwhile) or already gone
+            return
 
 
 def md5sum(path: str | Path) -> str:
@@ -59,7 +93,8 @@ def download(
 
     Args:
         name: file name, appended to each mirror's base URL.
-        dest_dir: the folder to put it in (created if needed).
+        dest_dir: the folder to put it in (created if needed, and removed again,
+            with any parents this call created, when the download fails).
         mirrors: base URLs ending in ``/``, tried in order.
         md5: expected hex digest of the file as served.
         timeout: seconds per connection attempt.
@@ -67,13 +102,24 @@ def download(
 
     Returns the path of the verified file. Raises :class:`ChecksumError` when a
     mirror served a different file, :class:`DownloadError` when none could be
-    reached; in both cases no partial file remains.
+    reached; in both cases no partial file and no folder made by this call remains.
     """
     dest_dir = Path(dest_dir)
-    dest_dir.mkdir(parents=True, exist_ok=True)
     target = dest_dir / name
     if target.exists() and md5sum(target) == md5:
         return target
+    created = make_dirs(dest_dir)
+    try:
+        return _fetch(name, dest_dir, mirrors, md5, timeout=timeout, quiet=quiet)
+    except BaseException:  # also Ctrl-C: leave the file system as it was found
+        remove_dirs(created)
+        raise
+
+
+def _fetch(
+    name: str, dest_dir: Path, mirrors: Sequence[str], md5: str, *, timeout: float, quiet: bool
+) -> Path:
+    target = dest_dir / name
     problems: list[str] = []
     bad_checksum = False
     for base in mirrors:
