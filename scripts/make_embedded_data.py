@@ -7,8 +7,8 @@
 
 The recipe (docs/data.md explains the choices):
 
-1. Read the four IDX files (``.gz`` or not) and check their decompressed
-   SHA-256 against the official release (so another copy gives the same file).
+1. Read the four IDX files (``.gz`` or not) and check the SHA-256 of their
+   decompressed content (so another copy of the release gives the same file).
 2. Split as ``discograd.data.load("fashion-mnist")`` does: training images
    0..54,999 are ``train``, 55,000..59,999 ``valid``; t10k is ``test``.
 3. From each split take, for each class 0..9, the first 300 (``train``), 50
@@ -45,8 +45,8 @@ from discograd.data.idx import read_idx  # noqa: E402
 
 OUT = ROOT / "src" / "discograd" / "data" / "fashion_mnist_small.bin.gz"
 SOURCE = Path("/usr/share/datasets/fashion-mnist")
-# SHA-256 of the decompressed files of the official release (zalandoresearch/fashion-mnist,
-# data/fashion/; Debian's dataset-fashion-mnist ships the same content recompressed).
+# SHA-256 of the decompressed IDX files, as in Debian's dataset-fashion-mnist
+# 0.0~git20200523.55506a9-1 (upstream zalandoresearch/fashion-mnist, data/fashion/).
 SOURCE_SHA256 = {
     "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
     "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
