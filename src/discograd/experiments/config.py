@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from discograd.data import DATASET_NAMES, DEFAULT_DATASET
 from discograd.errors import ConfigError
 
 __all__ = [
@@ -600,8 +601,9 @@ class DataConfig:
     """Image data: which dataset, where it is cached, how it is binarised."""
 
     dataset: str = option(
-        "digits",
-        "digits, mnist, fashion-mnist, kmnist or a folder of IDX files",
+        DEFAULT_DATASET,
+        f"{', '.join(DATASET_NAMES)} or a folder of IDX files (default: the embedded "
+        "Fashion-MNIST subset, no download)",
         metavar="NAME|FOLDER",
     )
     data_dir: str | None = option(

@@ -31,9 +31,9 @@ __all__ = [
 
 
 def known_datasets() -> tuple[str, ...]:
-    from discograd.data import DATASETS
+    from discograd.data import DATASET_NAMES
 
-    return ("digits", *DATASETS)
+    return tuple(DATASET_NAMES)
 
 
 def dataset_value(value: str) -> str:

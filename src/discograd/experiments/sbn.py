@@ -14,8 +14,9 @@ annealed ST 58.7 / 61.1, Gumbel-Softmax 58.5 / 59.0, ST Gumbel-Softmax
 literature-faithful settings are ``dataset="mnist"``, ``units=()`` (the
 defaults 200 / 20×10), ``hidden=()``, ``eval_samples=1000``,
 ``iw_examples=10000`` and a learning rate picked on the validation set; the
-defaults here are sized for the offline 8×8 ``digits`` (32 input and 32 output
-pixels), where absolute numbers are not comparable with MNIST.
+defaults here are sized for short CPU runs on the embedded Fashion-MNIST subset
+(:data:`discograd.data.DEFAULT_DATASET`: 392 input and 392 output pixels, 3,000
+training images), whose absolute numbers are not comparable with MNIST.
 
 Validation uses the first ``iw_examples`` validation images. Each stochastic
 layer gets its own instance of the estimator (see

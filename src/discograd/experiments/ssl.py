@@ -19,8 +19,9 @@ labels: only the speed is measured). Kingma et al.'s M2 on MNIST: one hidden
 layer of 500 softplus units in each network, z of 50 dimensions, α = 0.1·N.
 Literature-faithful settings: ``dataset="mnist"``, ``hidden=(500,)``,
 ``z_dim=50``, ``n_labels=100``, many more steps (Kingma et al. train for
-thousands of epochs); the defaults are sized for the offline 8×8 ``digits``
-(1,197 training images: 100 labelled, 1,097 unlabelled).
+thousands of epochs); the defaults are sized for short CPU runs on the embedded
+Fashion-MNIST subset (:data:`discograd.data.DEFAULT_DATASET`, 3,000 training
+images: 100 labelled, 2,900 unlabelled).
 
 ``n_classes`` other than the dataset's number of classes replaces every label
 (train, valid, test) by a uniformly random one in ``0..n_classes-1`` drawn from
