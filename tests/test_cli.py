@@ -262,6 +262,7 @@ def test_a_dataset_folder_that_cannot_be_read_is_bad_input(tmp_path, capsys):
     assert rc == cli.EXIT_USAGE
     err = capsys.readouterr().err.strip()
     assert err.startswith("discograd vae: error: ") and "lacks" in err and "\n" not in err
+    assert not (tmp_path / "x").exists()  # the data is read before the run folder is made
 
 
 def test_unwritable_out_is_a_clear_error(tmp_path, capsys):

@@ -276,11 +276,13 @@ def _task_command(args: argparse.Namespace) -> int:
 
     task = args.task()
     config = _config(args)
+    # Data first: a dataset that cannot be found or read leaves no run folder behind.
+    data = task.load(config, quiet=args.quiet)
     with (
         _open_run(args, config) as run,
         Trainer(run, quiet=args.quiet, sinks=args.sinks) as trainer,
     ):
-        results = trainer.run(task, config)
+        results = trainer.run(task, config, data=data)
         written: dict[str, Any] = {task.name: results}
         extra: dict[str, Any] = {}
         if task.name == "ssl":
@@ -312,15 +314,18 @@ def _bench(args: argparse.Namespace) -> int:
     from discograd.report.markdown import bench_summary
 
     config = _config(args)
+    studies = [
+        (name, task, sub, task.load(sub, quiet=args.quiet)) for name, task, sub in config.studies()
+    ]
     with (
         _open_run(args, config) as run,
         Trainer(run, quiet=args.quiet, sinks=args.sinks) as trainer,
     ):
         sections, summary, results = [], [], {}
-        for name, task, sub in config.studies():
+        for name, task, sub, data in studies:
             if not args.quiet:
                 print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-            results[name] = trainer.run(task, sub)
+            results[name] = trainer.run(task, sub, data=data)
             text, lines = _sections()[name](run, results[name], sub)
             sections.append(text)
             summary += lines
