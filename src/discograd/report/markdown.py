@@ -127,6 +127,13 @@ def _decimals(r: Mapping[str, Any], key: str, scale: float, decimals: int | None
     return decimals
 
 
+def column(results: Results, key: str, *, decimals: int, scale: float = 1.0) -> dict[str, str]:
+    """``pm`` of ``key`` for every estimator, all to the same decimals: ``decimals``, or
+    more where a standard error would show as 0 with that many."""
+    d = max((_decimals(r, key, scale, decimals) or decimals for r in results.values()), default=0)
+    return {k: pm(r, key, scale=scale, decimals=max(d, decimals)) for k, r in results.items()}
+
+
 def per_seed_values(r: Mapping[str, Any], key: str) -> list[Any]:
     """``key`` in each seed's result, in seed order."""
     per_seed = r.get("per_seed") or {"0": r}

@@ -14,6 +14,8 @@ from discograd.report.vae import TIMING
 
 __all__ = ["section"]
 
+NATS = ("test_nll", "test_nll_1", "valid_nll")
+
 
 def section(run: RunDir, results: Results, cfg: Any) -> Section:
     dataset = md.dataset_name(cfg)
@@ -32,12 +34,11 @@ def section(run: RunDir, results: Results, cfg: Any) -> Section:
         f"Nats, lower is better. {TIMING} {md.seed_note(results)}",
         "",
     ]
+    nats = {key: md.column(done, key, decimals=2) for key in NATS}
     rows: list[list[Any]] = [
         [
             k,
-            pm(r, "test_nll", decimals=2),
-            pm(r, "test_nll_1", decimals=2),
-            pm(r, "valid_nll", decimals=2),
+            *(nats[key][k] for key in NATS),
             pm(r, "evals_per_step"),
             fmt_timing(step_timing(r), scale=1000),
         ]

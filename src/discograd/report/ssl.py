@@ -7,10 +7,12 @@ from typing import Any
 from discograd.experiments.runner import RunDir
 from discograd.report import markdown as md
 from discograd.report.curves import Records, curve
-from discograd.report.markdown import Results, Section, divergence, pm
+from discograd.report.markdown import Results, Section, divergence
 from discograd.report.timing import compare_times, fmt_timing, speedup_cell, step_timing
 
 __all__ = ["section"]
+
+ACCURACY = ("test_accuracy", "valid_accuracy")
 
 
 def _timing_rows(results: Results) -> list[list[Any]]:
@@ -40,13 +42,11 @@ def section(run: RunDir, results: Results, cfg: Any, timing: Results | None = No
         f"over lower). {md.seed_note(results)}",
         "",
     ]
+    done = md.finished(results)
+    acc = {key: md.column(done, key, scale=100, decimals=1) for key in ACCURACY}
+    elbo = md.column(done, "test_neg_elbo", decimals=2)
     rows = [
-        [
-            k,
-            pm(r, "test_accuracy", scale=100, decimals=1) + " %",
-            pm(r, "test_neg_elbo", decimals=2),
-            pm(r, "valid_accuracy", scale=100, decimals=1) + " %",
-        ]
+        [k, acc["test_accuracy"][k] + " %", elbo[k], acc["valid_accuracy"][k] + " %"]
         if divergence(r) is None
         else [k, f"diverged at {divergence(r)}", None, None]
         for k, r in results.items()
@@ -67,7 +67,6 @@ def section(run: RunDir, results: Results, cfg: Any, timing: Results | None = No
         text += _plots(run, results, cfg, timing)
     else:
         text += [md.PLOTS_SKIPPED, ""]
-    done = md.finished(results)
     summary = [
         f"Semi-supervised M2 on {dataset}: {line}"
         for line in (

@@ -13,6 +13,7 @@ from discograd.report.timing import compare_times, fmt_timing, step_timing
 
 __all__ = ["section"]
 
+NATS = ("test_neg_elbo", "test_iw_bound", "valid_neg_elbo")
 TIMING = "ms / step: median [interquartile range] of timed windows of each run, all seeds pooled."
 
 
@@ -37,12 +38,12 @@ def section(run: RunDir, results: Results, cfg: Any) -> Section:
         "",
     ]
     done = md.finished(results)
+    # nats: two decimals (or more for a small standard error), whatever the magnitude
+    nats = {key: md.column(done, key, decimals=2) for key in NATS}
     rows: list[list[Any]] = [
         [
             k,
-            pm(r, "test_neg_elbo", decimals=2),  # nats: two decimals, whatever the magnitude
-            pm(r, "test_iw_bound", decimals=2),
-            pm(r, "valid_neg_elbo", decimals=2),
+            *(nats[key][k] for key in NATS),
             pm(r, "evals_per_step"),
             fmt_timing(step_timing(r), scale=1000),
         ]
