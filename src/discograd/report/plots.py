@@ -130,7 +130,7 @@ def _draw(ax: Axes, c: Curve, style: dict[str, Any], logy: bool, marks: set[str]
             )
 
 
-def _mark_handles(marks: set[str], logy: bool) -> list[tuple[Line2D, str]]:
+def _mark_handles(marks: set[str]) -> list[tuple[Line2D, str]]:
     out = []
     if ZERO in marks:
         out.append((ZERO, "0 (marked on the bottom edge:\nnot on a log axis)"))
@@ -178,27 +178,32 @@ def curves(
         for c, (xlabel, series) in enumerate(columns):
             ax = axes[r][c]
             log_x = c < len(logx) and logx[c]
+            # A log y axis needs a positive value to show; without one (every value 0)
+            # the panel keeps a linear axis, where zeros are drawn as they are.
+            log_y = logy and any(
+                y > 0 for k in row_labels if leaders[c].get(k) for y in series[k].mean
+            )
             for k in row_labels:
                 if leaders[c].get(k) == k:
                     shown = _positive_x(series[k]) if log_x else series[k]
-                    _draw(ax, shown, _style(index[k]), logy, marks)
+                    _draw(ax, shown, _style(index[k]), log_y, marks)
             if hline is not None:
                 ax.axhline(hline[0], color="black", lw=0.8, ls=":")
             if log_x:
                 ax.set_xscale("log")
-            positive = any(y > 0 for k in row_labels if leaders[c].get(k) for y in series[k].mean)
-            if logy and positive:
+            if log_y:
                 ax.set_yscale("log")
             ax.set_xlabel(xlabel)
             ax.grid(alpha=0.3)
-            if row_title:
-                ax.set_title(row_title, fontsize=9)
+            note = "\n(no positive value: linear axis)" if logy and not log_y else ""
+            if row_title or note:
+                ax.set_title(row_title + note, fontsize=9)
         axes[r][0].set_ylabel(ylabel)
         handles, texts = _legend(row_labels, leaders, [x for x, _ in columns], index)
         if hline is not None:
             handles.append(Line2D([], [], color="black", lw=0.8, ls=":"))
             texts.append(hline[1])
-        for h, t in _mark_handles(marks, logy):
+        for h, t in _mark_handles(marks):
             handles.append(h)
             texts.append(t)
         if handles:
