@@ -45,9 +45,6 @@ class Records:
     def of(self, phase: str) -> list[dict[str, Any]]:
         return self.by_phase.get(phase, [])
 
-    def has(self, phases: Sequence[str], key: str) -> bool:
-        return any(key in r for p in phases for r in self.of(p))
-
 
 def _value(v: Any) -> float | None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
