@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from discograd.experiments.runner import RunDir
+from discograd.experiments.variance import TIMING_DRAWS, TIMING_REPEATS
 from discograd.report import markdown as md
 from discograd.report.markdown import Results, Section, pm
 from discograd.report.timing import draw_timing, fmt_timing
@@ -56,8 +57,9 @@ def section(run: RunDir, results: Results, cfg: Any) -> Section:
         "is of that size); *var × evals* is the variance at equal cost (averaging k draws divides "
         "the variance by k and multiplies the cost by k); *cosine* is the mean cosine between a "
         "single draw and the exact gradient. *µs / draw*: median [interquartile range] of "
-        "repeated timed calls, all seeds pooled. Unbiased or not: the estimator's registry "
-        f"metadata. {md.seed_note(all_estimators)}",
+        f"{TIMING_REPEATS} timed calls of {min(TIMING_DRAWS, cfg.draws)} vectorised draws per "
+        "seed, all seeds pooled. Unbiased or not: the estimator's registry metadata. "
+        f"{md.seed_note(all_estimators)}",
         "",
     ]
     summary: list[str] = []
