@@ -369,7 +369,7 @@ def test_ssl_smoke_with_a_timing_run(tmp_path):
     assert 0 <= results["ssl"]["marginal"]["test_accuracy"] <= 1
     assert results["timing"]["gumbel_softmax:tau=1.0"]["speedup_vs_marginal"] > 0
     report = (out / "report.md").read_text()
-    assert "Semi-supervised" in report and "Speed with 20 classes" in report
+    assert "Semi-supervised" in report and "Time per step with 20 classes" in report
     assert (out / "timing-20" / "config.json").exists()  # the timing run's own folder
 
 

@@ -255,16 +255,10 @@ def _finish(run: Any, args: argparse.Namespace, sections: list[str], summary: li
 
 
 def _print_results(title: str, results: dict[str, Any], keys: Sequence[str]) -> None:
-    """One line per estimator: its headline numbers, mean ± s.e. over seeds."""
-    from discograd.report.markdown import divergence, pm
+    """One line per estimator: its headline numbers as the report shows them."""
+    from discograd.report.markdown import headline
 
-    rows = []
-    for label, r in results.items():
-        where = divergence(r)
-        if where is not None:
-            rows.append((label, f"diverged at {where}"))
-        else:
-            rows.append((label, "  ".join(f"{k} {pm(r, k)}" for k in keys)))
+    rows = headline(results, keys)
     print(f"\n{title}")
     width = max((len(k) for k, _ in rows), default=0)
     for k, v in rows:
@@ -311,7 +305,7 @@ def _ssl_timing(args: argparse.Namespace, run: Any, config: Any) -> dict[str, An
 
 def _bench(args: argparse.Namespace) -> int:
     from discograd.experiments.trainer import Trainer
-    from discograd.report.markdown import bench_summary
+    from discograd.report import simplex_section
 
     config = _config(args)
     studies = [
@@ -330,24 +324,9 @@ def _bench(args: argparse.Namespace) -> int:
             sections.append(text)
             summary += lines
             run.write_results(results)  # after every study: nothing finished is lost
-        sections.insert(0, _simplex_section(run))
-        _finish(run, args, sections, summary + bench_summary(results))
+        sections.insert(0, simplex_section(run))
+        _finish(run, args, sections, summary)
     return 0
-
-
-def _simplex_section(run) -> str:
-    try:
-        from discograd.report import plots
-    except ImportError:
-        return "## Concrete samples\n\n(install the `plot` extra for figures)\n"
-    plots.simplex_samples(run.path / "concrete_simplex.png")
-    return (
-        "## Concrete samples on the simplex\n\n"
-        "Gumbel-Softmax samples softmax((θ + G)/τ) of a 3-category variable: near the corners "
-        "(almost one-hot, high-variance gradients) at low τ, near the centre (smooth, biased) "
-        "at high τ; the argmax is an exact categorical sample at every τ (Jang et al. 2017, "
-        "Fig. 1; Maddison et al. 2017).\n\n![Concrete samples](concrete_simplex.png)\n"
-    )
 
 
 # -------------------------------------------------------------------- parser

@@ -286,6 +286,6 @@ class SSLTask(ImageTask[SSLConfig, SSLState]):
                 own = result.get("seconds_per_step")
                 ref = base.get(seed, {}).get("seconds_per_step")
                 # a method that diverged before its first step has no time per step
-                speedup = None if own is None or ref is None else ref / max(own, 1e-12)
+                speedup = None if not own or ref is None else ref / own
                 result["speedup_vs_marginal"] = speedup
         return {key: aggregate(seeds) for key, seeds in per_seed.items()}

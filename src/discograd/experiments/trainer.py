@@ -14,8 +14,10 @@ owns everything around them, the same for every experiment:
 * the guarded update: a non-finite loss, control-variate loss or gradient stops
   the phase before it reaches the model (recorded as ``diverged``; the next
   phase runs);
-* cost accounting (f-evaluations and seconds per step), progress bars, logging
-  to ``metrics.jsonl`` and to any sinks;
+* cost accounting (f-evaluations and seconds per step, and the seconds per
+  step of each of :data:`TIMING_WINDOWS` stretches of the phase: repeated
+  measurements for the reports' medians), progress bars, logging to
+  ``metrics.jsonl`` and to any sinks;
 * checkpoints and exact resumption: the checkpoint of step s is saved before
   anything of step s is logged, so a resumed phase logs exactly what an
   uninterrupted one would; Ctrl-C finishes the step, saves a checkpoint and
@@ -55,6 +57,7 @@ from discograd.experiments.runner import RunDir, atomic_save, progress
 from discograd.experiments.sinks import Logger, Sink
 
 __all__ = [
+    "TIMING_WINDOWS",
     "Cadence",
     "Context",
     "Diverged",
@@ -71,6 +74,11 @@ __all__ = [
 
 #: version of the layout of ``models/<phase>.pt``
 MODEL_FORMAT = 1
+
+#: A phase's steps are timed in this many consecutive windows (a result's
+#: ``step_seconds``): repeated measurements, so that reports can give a median and
+#: its spread rather than one mean that a single slow stretch can move.
+TIMING_WINDOWS = 20
 
 
 def stream_seed(seed: int, name: str) -> int:
@@ -382,6 +390,9 @@ def aggregate(per_seed: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
     * ``seeds`` and ``per_seed`` (``{seed: result}``), the numbers themselves;
     * ``diverged``: ``None``, or the first divergence with ``seeds``: the
       seeds that diverged.
+
+    Other entries keep their value when it is the same in every seed, and are
+    ``None`` otherwise (each seed's is in ``per_seed``).
     """
     seeds = sorted(per_seed)
     results = [per_seed[s] for s in seeds]
@@ -405,7 +416,9 @@ def aggregate(per_seed: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
                 out[key] = sum(finite) / len(finite) if finite else None
             se[key] = _standard_error(finite)
         else:
-            out[key] = present[0] if present else None
+            # One seed's list (its timing windows) must not pass for the run's.
+            same = all(v == present[0] for v in present)
+            out[key] = present[0] if present and same else None
     gone = [(s, r["diverged"]) for s, r in zip(seeds, results, strict=True) if r.get("diverged")]
     out["diverged"] = {**gone[0][1], "seeds": [s for s, _ in gone]} if gone else None
     out["se"], out["n"] = se, n
@@ -504,6 +517,18 @@ class _Progress:
     seconds: float = 0.0
     counts: dict[str, float] = field(default_factory=dict)
     window: list[dict[str, Any]] = field(default_factory=list)
+    # Timing windows: seconds per step of each one finished, and where the open one began.
+    step_seconds: list[float] = field(default_factory=list)
+    timed_steps: int = 0
+    timed_seconds: float = 0.0
+
+    def time_window(self, done: int, steps: int) -> None:
+        """Close the timing window ending after step ``done`` (of ``steps``), if one does."""
+        width = max(1, steps // TIMING_WINDOWS)
+        if done > self.timed_steps and (done % width == 0 or done == steps):
+            per_step = (self.seconds - self.timed_seconds) / (done - self.timed_steps)
+            self.step_seconds.append(per_step)
+            self.timed_steps, self.timed_seconds = done, self.seconds
 
     def per_step(self, done: int) -> dict[str, float | None]:
         rates: dict[str, float | None] = {
@@ -720,6 +745,7 @@ class _Phase:
                 for k, v in result.counts.items():
                     prog.counts[k] = prog.counts.get(k, 0.0) + float(v)
                 prog.window.append(dict(result.metrics))
+                prog.time_window(step + 1, steps)
                 bar.update()
         return self._finish(final, diverged)
 
@@ -740,6 +766,7 @@ class _Phase:
     def _finish(self, final: dict[str, Any], diverged: dict[str, Any] | None) -> dict[str, Any]:
         done = diverged["step"] if diverged is not None else self.cadence.steps
         summary: dict[str, Any] = {"steps": done, **self.progress.per_step(done)}
+        summary["step_seconds"] = list(self.progress.step_seconds)
         if diverged is None:
             # A model stopped part-way has no final numbers worth comparing.
             with _eval_mode(self.state.model, self.state.estimator):

@@ -20,11 +20,13 @@ estimators without a temperature in their spec are run at each of
 ``temperatures`` (those a method refuses, such as ReinMax below 1, are
 skipped). Alongside the per-call variance, ``variance × n_evals`` is the
 variance at equal cost: averaging k independent draws divides the variance by
-k and multiplies the cost by k.
+k and multiplies the cost by k. Seconds per draw (``draw_seconds``) come from
+:data:`TIMING_REPEATS` further timed calls of :data:`TIMING_DRAWS` draws.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +36,7 @@ from torch import Tensor
 from torch.distributions import Bernoulli as TorchBernoulli
 from torch.distributions import Distribution, Independent, OneHotCategorical
 
-from discograd.diagnostics import exact_gradient, gradient_stats
+from discograd.diagnostics import exact_gradient, gradient_draws, gradient_stats
 from discograd.errors import ConfigError
 from discograd.estimators.base import Estimator
 from discograd.estimators.registry import canonical, make, parse_spec
@@ -210,6 +212,24 @@ class VarianceState(TaskState):
     exact: Any
 
 
+#: Seconds per draw are measured by this many calls of ``TIMING_DRAWS`` vectorised draws
+#: (at most ``draws``) after the statistics: repeats for a median and its spread.
+TIMING_REPEATS = 5
+TIMING_DRAWS = 50
+
+
+def _time_draws(state: VarianceState, ctx: Context) -> tuple[int, list[float]]:
+    """``(draws per call, [seconds per draw of each timed call])``, on a stream of their own."""
+    p, leaf = state.problem, state.leaf
+    n = min(ctx.config.draws, TIMING_DRAWS)
+    times = []
+    for _ in range(TIMING_REPEATS):
+        start = time.perf_counter()
+        gradient_draws(state.estimator, p.f, p.build(leaf), leaf, n, generator=ctx.stream("timing"))
+        times.append((time.perf_counter() - start) / n)
+    return n, times
+
+
 class VarianceTask(Task[VarianceConfig, VarianceState]):
     """Each (problem, estimator): warm-up of its state, then draws against the exact gradient."""
 
@@ -261,6 +281,7 @@ class VarianceTask(Task[VarianceConfig, VarianceState]):
         d: dict[str, Any] = stats.as_dict()
         d["variance_x_evals"] = stats.variance * stats.n_evals
         d["unbiased"] = is_unbiased(state.estimator)
+        d["timing_draws"], d["draw_seconds"] = _time_draws(state, ctx)
         return d
 
     def collect(
