@@ -114,7 +114,7 @@ def hand_categorical(x: torch.Tensor, steps: int, warmup: int) -> float:
     opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], 3e-4)
     data = (x > 0.5).float()
     starts = []
-    for step in range(steps):
+    for _ in range(steps):
         starts.append(time.perf_counter())
         xb = data[torch.randint(len(data), (B,))]
         log_q = torch.log_softmax(enc(xb).view(B, V, C), -1)
@@ -143,7 +143,7 @@ def hand_bernoulli(x: torch.Tensor, steps: int, warmup: int) -> float:
     opt = torch.optim.Adam([*enc.parameters(), *dec.parameters(), prior], 1e-4)
     data = (x > 0.5).float()
     starts = []
-    for step in range(steps):
+    for _ in range(steps):
         starts.append(time.perf_counter())
         xb = data[torch.randint(len(data), (B,))]
         a = enc(xb)

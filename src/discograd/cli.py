@@ -23,11 +23,14 @@ import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
 from discograd.errors import ConfigError, RunFolderWarning
+
+if TYPE_CHECKING:  # the command imports the experiments lazily (fast --help)
+    from discograd.experiments.runner import RunDir
 
 __all__ = ["build_parser", "main"]
 
@@ -192,7 +195,7 @@ def _config(args: argparse.Namespace) -> Any:
     return config
 
 
-def _open_run(args: argparse.Namespace, config: Any):  # type: ignore[no-untyped-def]
+def _open_run(args: argparse.Namespace, config: Any) -> RunDir:
     """The locked run folder of ``--out``; says in one line when it resumes a run.
 
     Also checks ``--log`` (before anything is written: a bad sink name is exit 2
@@ -489,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _warning_printer(command: str, fallback: Callable[..., None]) -> Callable[..., None]:
     """Run-folder repairs as one line each on stderr; other warnings as usual."""
 
-    def show(message, category, filename, lineno, file=None, line=None) -> None:  # type: ignore[no-untyped-def]
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
         if issubclass(category, RunFolderWarning):
             print(f"discograd {command}: warning: {message}", file=sys.stderr)
         else:

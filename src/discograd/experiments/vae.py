@@ -17,10 +17,10 @@ Resuming, divergence, seeds: see :mod:`discograd.experiments.trainer`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from discograd.errors import ConfigError
 from discograd.estimators.base import Estimator
@@ -147,7 +147,7 @@ def encoder_gradient_stats(
         est,
         lambda z: -model.log_likelihood(x, z),
         model.posterior(x),
-        list(cast(nn.Module, model.encoder).parameters()),
+        list(model.encoder.parameters()),
         n_draws,
         generator=generator,
     )
