@@ -989,8 +989,6 @@ def _say(bar: Any, text: str) -> None:
 
 def run_sweep(sweep: Sweep, opts: Options) -> int:
     """Expand, check, run the cells that are not done, aggregate; returns the exit status."""
-    from discograd.experiments.meta import now, write_meta
-    from discograd.experiments.runner import progress
     from discograd.experiments.sinks import make_sinks
 
     if opts.jobs is not None and opts.jobs < 1:
@@ -1004,6 +1002,19 @@ def run_sweep(sweep: Sweep, opts: Options) -> int:
     cells = expand(sweep)
     out = opts.out
     _check_folder(out, sweep.task)
+    with contextlib.ExitStack() as stack:
+        if not (opts.dry_run or opts.report_only):
+            # Locked before reading the cells' state: another sweep may be writing it.
+            out.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(_locked(out))
+        return _run_locked(sweep, opts, cells, use_ray)
+
+
+def _run_locked(sweep: Sweep, opts: Options, cells: list[Cell], use_ray: bool) -> int:
+    from discograd.experiments.meta import now, write_meta
+    from discograd.experiments.runner import progress
+
+    out = opts.out
     conflicts = _conflicts(out, cells, sweep.task)
     if conflicts:
         raise RunFolderError(
@@ -1045,70 +1056,64 @@ def run_sweep(sweep: Sweep, opts: Options) -> int:
         counts = _counts({c.name: {"status": _plain(status[c.name])} for c in cells})
         return _finish(out, sweep, cells, counts, opts, jobs_text, interrupted=False)
 
-    out.mkdir(parents=True, exist_ok=True)
-    with _locked(out):
-        started = now()
-        write_meta(out, device="cpu", argv=opts.argv, started=started)
-        table = {c.name: {"status": _plain(status[c.name])} for c in cells}
-        _write_sweep_json(out, sweep, cells, table, opts.argv)
-        job_list = [
-            CellJob(
-                task=sweep.task,
-                name=c.name,
-                path=str((out / "cells" / c.name).resolve()),
-                config=c.config,
-                threads=opts.threads,
-                log=opts.log,
-                argv=tuple(opts.argv),
-            )
-            for c in todo
-        ]
-        (out / "cells").mkdir(exist_ok=True)
-        failed: list[str] = []
-        resumed = 0
-        live = sys.stderr.isatty() and not opts.quiet
-        with progress(len(cells), "sweep", quiet=not live, initial=done0) as bar, _Stop() as stop:
+    started = now()
+    write_meta(out, device="cpu", argv=opts.argv, started=started)
+    table = {c.name: {"status": _plain(status[c.name])} for c in cells}
+    _write_sweep_json(out, sweep, cells, table, opts.argv)
+    job_list = [
+        CellJob(
+            task=sweep.task,
+            name=c.name,
+            path=str((out / "cells" / c.name).resolve()),
+            config=c.config,
+            threads=opts.threads,
+            log=opts.log,
+            argv=tuple(opts.argv),
+        )
+        for c in todo
+    ]
+    (out / "cells").mkdir(exist_ok=True)
+    failed: list[str] = []
+    resumed = 0
+    live = sys.stderr.isatty() and not opts.quiet
+    with progress(len(cells), "sweep", quiet=not live, initial=done0) as bar, _Stop() as stop:
 
-            def report(outcome: Outcome) -> None:
-                nonlocal resumed
-                entry: dict[str, Any] = {"status": outcome.status}
-                if outcome.status == "pending":
-                    entry["status"] = _plain(status[outcome.name])
-                else:
-                    entry.update(seconds=outcome.seconds, host=outcome.host)
-                if outcome.error:
-                    entry["error"] = outcome.error
-                    failed.append(f"{outcome.name}: {outcome.error}")
-                table[outcome.name] = entry
-                resumed += outcome.resumed and outcome.status == "done"
-                _write_sweep_json(out, sweep, cells, table, opts.argv)
-                for w in outcome.warnings:
-                    _say(bar, f"discograd sweep: {outcome.name}: warning: {w}")
-                if outcome.status == "failed":
-                    _say(bar, f"discograd sweep: {outcome.name} failed: {outcome.error}")
-                elif outcome.status == "done":
-                    bar.update()
-                    if not live and not opts.quiet:
-                        n = sum(e["status"] == "done" for e in table.values())
-                        _say(
-                            bar, f"[{n}/{len(cells)}] {outcome.name} done ({outcome.seconds:.1f} s)"
-                        )
+        def report(outcome: Outcome) -> None:
+            nonlocal resumed
+            entry: dict[str, Any] = {"status": outcome.status}
+            if outcome.status == "pending":
+                entry["status"] = _plain(status[outcome.name])
+            else:
+                entry.update(seconds=outcome.seconds, host=outcome.host)
+            if outcome.error:
+                entry["error"] = outcome.error
+                failed.append(f"{outcome.name}: {outcome.error}")
+            table[outcome.name] = entry
+            resumed += outcome.resumed and outcome.status == "done"
+            _write_sweep_json(out, sweep, cells, table, opts.argv)
+            for w in outcome.warnings:
+                _say(bar, f"discograd sweep: {outcome.name}: warning: {w}")
+            if outcome.status == "failed":
+                _say(bar, f"discograd sweep: {outcome.name} failed: {outcome.error}")
+            elif outcome.status == "done":
+                bar.update()
+                if not live and not opts.quiet:
+                    n = sum(e["status"] == "done" for e in table.values())
+                    _say(bar, f"[{n}/{len(cells)}] {outcome.name} done ({outcome.seconds:.1f} s)")
 
-            if job_list:
-                if use_ray:
-                    _run_ray(job_list, opts.ray_address, opts.jobs, opts.threads, stop, report)
-                elif (opts.jobs or 1) > 1:
-                    _run_pool(job_list, opts.jobs or 1, opts.threads, stop, report)
-                else:
-                    _run_here(job_list, stop, report)
-            interrupted = stop.count > 0 or any(
-                e["status"] == "interrupted" for e in table.values()
-            )
-        write_meta(out, device="cpu", argv=opts.argv, started=started, ended=now())
-        counts = _counts(table)
-        if resumed:
-            print(f"discograd sweep: resumed {resumed} interrupted cell{'s' * (resumed != 1)}")
-        code = _finish(out, sweep, cells, counts, opts, jobs_text, interrupted=interrupted)
+        if job_list:
+            if use_ray:
+                _run_ray(job_list, opts.ray_address, opts.jobs, opts.threads, stop, report)
+            elif (opts.jobs or 1) > 1:
+                _run_pool(job_list, opts.jobs or 1, opts.threads, stop, report)
+            else:
+                _run_here(job_list, stop, report)
+        interrupted = stop.count > 0 or any(e["status"] == "interrupted" for e in table.values())
+    write_meta(out, device="cpu", argv=opts.argv, started=started, ended=now())
+    counts = _counts(table)
+    if resumed:
+        print(f"discograd sweep: resumed {resumed} interrupted cell{'s' * (resumed != 1)}")
+    code = _finish(out, sweep, cells, counts, opts, jobs_text, interrupted=interrupted)
     if failed:
         print(
             f"discograd sweep: {len(failed)} cell{'s' * (len(failed) != 1)} failed:",
