@@ -672,9 +672,53 @@ def _import_ray() -> Any:
         ) from None
 
 
+def _check_reachable(address: str) -> None:
+    """A ``host:port`` that refuses connections is an error now, not after Ray's minutes
+    of retrying."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # "auto", "ray://...": Ray's to resolve
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except OSError as err:
+        raise ConfigError(
+            f"cannot reach the Ray cluster at {address}: {err.strerror or err}"
+        ) from None
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, n: int | None, threads: int) -> Iterator[Any]:
+    """The ``ray`` module, initialised: connected to ``address``, else to ``RAY_ADDRESS``,
+    else a local instance of ``n`` × ``threads`` CPUs (all of them without ``n``) that is
+    shut down at the end. An instance already initialised in this process is used as is."""
+    ray = _import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+    if address is not None:
+        _check_reachable(address)
+        options["address"] = address
+    elif not os.environ.get("RAY_ADDRESS"):  # else ray.init() joins that cluster
+        # "local": a new instance, even where an earlier `ray start` left its address behind.
+        options.update(address="local", include_dashboard=False)
+        if n is not None:
+            options["num_cpus"] = n * threads
+    try:
+        ray.init(**options)
+    except Exception as err:  # a cluster that refuses us (a token, versions): not a bug here
+        where = f" at {address}" if address is not None else ""
+        first = str(err).strip().splitlines()[0] if str(err).strip() else _one_line(err)
+        raise ConfigError(f"cannot start or reach Ray{where}: {first}") from err
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
 def _run_ray(
+    ray: Any,
     jobs: list[CellJob],
-    address: str | None,
     n: int | None,
     threads: int,
     stop: _Stop,
@@ -685,62 +729,42 @@ def _run_ray(
     The cells write their run folders themselves: ``--out`` must be on a file
     system that every node of the cluster sees at the same path.
     """
-    ray = _import_ray()
-    started_here = not ray.is_initialized()
-    if started_here:
-        options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
-        if address is not None:
-            options["address"] = address
-        else:
-            options["include_dashboard"] = False
-            if n is not None:
-                options["num_cpus"] = n * threads
-        ray.init(**options)
-    try:
-        remote = ray.remote(num_cpus=threads, max_retries=0)(run_cell)
-        queue = list(jobs)
-        running: dict[Any, CellJob] = {}
-        window = n or len(jobs)
-        cancelled = 0
-
-        def forward(count: int) -> None:
-            pass  # acted on in the loop below: Ray's calls are not for signal handlers
-
-        stop.forward = forward
-        while queue or running:
-            while queue and not stop.count and len(running) < window:
-                job = queue.pop(0)
-                running[remote.remote(job)] = job
-            if stop.count > cancelled:
-                cancelled = stop.count
-                # force=False raises KeyboardInterrupt in the task: the Trainer saves a
-                # checkpoint first; the second Ctrl-C kills the workers.
-                for ref in running:
-                    ray.cancel(ref, force=cancelled > 1)
-                for job in queue:
-                    report(Outcome(job.name, "pending"))
-                queue = []
-            if not running:
-                break
-            ready, _ = ray.wait(list(running), num_returns=1, timeout=0.2)
-            for ref in ready:
-                job = running.pop(ref)
-                try:
-                    outcome = ray.get(ref)
-                except ray.exceptions.TaskCancelledError:
-                    outcome = Outcome(job.name, "interrupted")
-                except ray.exceptions.RayError as err:
-                    outcome = Outcome(job.name, "failed", _one_line(err).splitlines()[0])
-                if outcome.status == "done" and not (Path(job.path) / "state.json").exists():
-                    outcome.status, outcome.error = (
-                        "failed",
-                        f"finished on {outcome.host}, but its folder is not visible here: "
-                        "--out must be on a file system that every node shares",
-                    )
-                report(outcome)
-    finally:
-        if started_here:
-            ray.shutdown()
+    remote = ray.remote(num_cpus=threads, max_retries=0)(run_cell)
+    queue = list(jobs)
+    running: dict[Any, CellJob] = {}
+    window = n or len(jobs)
+    cancelled = 0
+    while queue or running:
+        while queue and not stop.count and len(running) < window:
+            job = queue.pop(0)
+            running[remote.remote(job)] = job
+        if stop.count > cancelled:  # acted on here: Ray's calls are not for signal handlers
+            cancelled = stop.count
+            # force=False raises KeyboardInterrupt in the task: the Trainer saves a
+            # checkpoint first; the second Ctrl-C kills the workers.
+            for ref in running:
+                ray.cancel(ref, force=cancelled > 1)
+            for job in queue:
+                report(Outcome(job.name, "pending"))
+            queue = []
+        if not running:
+            break
+        ready, _ = ray.wait(list(running), num_returns=1, timeout=0.2)
+        for ref in ready:
+            job = running.pop(ref)
+            try:
+                outcome = ray.get(ref)
+            except ray.exceptions.TaskCancelledError:
+                outcome = Outcome(job.name, "interrupted")
+            except ray.exceptions.RayError as err:
+                outcome = Outcome(job.name, "failed", _one_line(err).splitlines()[0])
+            if outcome.status == "done" and not (Path(job.path) / "state.json").exists():
+                outcome.status, outcome.error = (
+                    "failed",
+                    f"finished on {outcome.host}, but its folder is not visible here: "
+                    "--out must be on a file system that every node shares",
+                )
+            report(outcome)
 
 
 # ---------------------------------------------------------- sweep folder
@@ -1002,15 +1026,24 @@ def run_sweep(sweep: Sweep, opts: Options) -> int:
     cells = expand(sweep)
     out = opts.out
     _check_folder(out, sweep.task)
+    running = not (opts.dry_run or opts.report_only)
     with contextlib.ExitStack() as stack:
-        if not (opts.dry_run or opts.report_only):
+        ray = None
+        if (
+            use_ray
+            and running
+            and any(cell_status(out / "cells" / c.name, c) != "done" for c in cells)
+        ):
+            # Before the folder is made: a cluster that cannot be reached is bad input.
+            ray = stack.enter_context(ray_session(opts.ray_address, opts.jobs, opts.threads))
+        if running:
             # Locked before reading the cells' state: another sweep may be writing it.
             out.mkdir(parents=True, exist_ok=True)
             stack.enter_context(_locked(out))
-        return _run_locked(sweep, opts, cells, use_ray)
+        return _run_locked(sweep, opts, cells, use_ray, ray)
 
 
-def _run_locked(sweep: Sweep, opts: Options, cells: list[Cell], use_ray: bool) -> int:
+def _run_locked(sweep: Sweep, opts: Options, cells: list[Cell], use_ray: bool, ray: Any) -> int:
     from discograd.experiments.meta import now, write_meta
     from discograd.experiments.runner import progress
 
@@ -1103,7 +1136,12 @@ def _run_locked(sweep: Sweep, opts: Options, cells: list[Cell], use_ray: bool) -
 
         if job_list:
             if use_ray:
-                _run_ray(job_list, opts.ray_address, opts.jobs, opts.threads, stop, report)
+                with contextlib.ExitStack() as late:
+                    if ray is None:  # all was done a moment ago, before the lock
+                        ray = late.enter_context(
+                            ray_session(opts.ray_address, opts.jobs, opts.threads)
+                        )
+                    _run_ray(ray, job_list, opts.jobs, opts.threads, stop, report)
             elif (opts.jobs or 1) > 1:
                 _run_pool(job_list, opts.jobs or 1, opts.threads, stop, report)
             else:
@@ -1182,7 +1220,7 @@ def add_parser(sub: Any, func: Callable[[Any], int]) -> Any:
         "report of mean ± s.e. over seeds. The sweep file (TOML, YAML or JSON) holds task, "
         "base (settings of every cell), config (a config file), grid (setting -> list of "
         "values), estimators, seeds and metrics; the flags below override it.",
-        epilog="example: discograd sweep examples/sweep-toy.toml --jobs 2",
+        epilog="example: discograd sweep examples/toy-lr.toml --jobs 2",
         allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

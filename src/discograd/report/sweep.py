@@ -35,7 +35,7 @@ def printed(data: Mapping[str, Any]) -> list[str]:
     metrics = data["metrics"]
     lines = ["", "sweep results (mean ± s.e. over seeds)"]
     for p in data["points"]:
-        lines.append(p["label"])
+        lines += ["", p["label"]]
         rows = []
         for unit, r in p["results"].items():
             where = divergence(r)
