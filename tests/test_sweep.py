@@ -486,3 +486,35 @@ def test_sweep_options_are_checked(tmp_path, capsys):
         assert message in capsys.readouterr().err
     with pytest.raises(ConfigError, match="give a sweep file"):
         sw.command(cli.build_parser().parse_args(["sweep"]))
+
+
+def test_the_report_compares_estimators_on_one_problem_at_a_time():
+    from discograd.experiments.trainer import aggregate
+    from discograd.report.sweep import render
+
+    def unit(values: list[float]) -> dict:
+        return aggregate({s: {"variance": v, "seconds_per_step": v} for s, v in enumerate(values)})
+
+    data = {
+        "task": "variance",
+        "metrics": ["variance", "seconds_per_step", "snr"],
+        "cells": {"done": 6},
+        "points": [
+            {
+                "grid": {},
+                "label": "(no grid)",
+                "results": {
+                    "toy/a": unit([1.0, 1.1, 0.9]),
+                    "toy/b": unit([5.0, 5.1, 4.9]),
+                    "bernoulli/a": unit([0.001, 0.002, 0.0015]),
+                },
+            }
+        ],
+    }
+    text, printed = render(data, "discograd sweep x.toml", "1 job at a time")
+    sentences = [line for line in text.splitlines() if line.startswith("* ")]
+    # toy/a against toy/b only: the Bernoulli problem's much lower variance is no rival.
+    assert len(sentences) == 1 and "`toy/a` had the lowest variance" in sentences[0]
+    assert "against 5 ± 0.0577 for `toy/b`" in sentences[0]
+    assert "| `bernoulli/a` | 0.0015 ± 2.89e-04 | 0.0015 ± 2.89e-04 | 3 |" in text
+    assert printed[-1] == "no result has snr"  # a misspelt or absent metric is said

@@ -30,6 +30,21 @@ def _n_seeds(r: Mapping[str, Any]) -> int:
     return len(r.get("seeds") or [])
 
 
+def _seeds(r: Mapping[str, Any]) -> str:
+    n = _n_seeds(r)
+    return f"{n} seed{'s' * (n != 1)}"
+
+
+def _groups(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Results that may be compared with each other: the variance study's units are
+    ``problem/estimator``, and estimators are compared on one problem at a time."""
+    groups: dict[str, dict[str, Any]] = {}
+    for unit, r in results.items():
+        prefix = unit.split("/", 1)[0] if "/" in unit else ""
+        groups.setdefault(prefix, {})[unit] = r
+    return list(groups.values())
+
+
 def printed(data: Mapping[str, Any]) -> list[str]:
     """What the command prints: per grid point, one line per estimator, mean ± s.e."""
     metrics = data["metrics"]
@@ -44,11 +59,15 @@ def printed(data: Mapping[str, Any]) -> list[str]:
                 if where is not None
                 else "  ".join(f"{k} {pm(r, k)}" for k in metrics if k in r)
             )
-            rows.append((unit, f"{text}  ({_n_seeds(r)} seeds)"))
+            rows.append((unit, f"{text}  ({_seeds(r)})"))
         if not rows:
             lines.append("  (no finished cell)")
         width = max((len(u) for u, _ in rows), default=0)
         lines += [f"  {u:<{width}}  {t}" for u, t in rows]
+    found = {k for p in data["points"] for r in p["results"].values() for k in r}
+    missing = [k for k in metrics if k not in found]
+    if found and missing:  # a misspelt --metrics name shows, rather than an empty column
+        lines += ["", f"no result has {', '.join(missing)}"]
     return lines
 
 
@@ -80,12 +99,13 @@ def render(data: Mapping[str, Any], command: str, how: str) -> tuple[str, list[s
             [f"`{u}`", *(pm(r, k) for k in shown), str(_n_seeds(r))] for u, r in results.items()
         ]
         lines += [*_table(["estimator", *shown, "seeds"], rows), ""]
-        for k in shown:
-            if any(t in k for t in TIMING):
-                continue
-            sentence = compare(results, k, k, lower=k not in HIGHER)
-            if sentence is not None:
-                lines.append(f"* {sentence}")
+        for group in _groups(results):
+            for k in shown:
+                if any(t in k for t in TIMING):
+                    continue
+                sentence = compare(group, k, k, lower=k not in HIGHER)
+                if sentence is not None:
+                    lines.append(f"* {sentence}")
         lines.append("")
     if len(points) > 1:
         units = list(dict.fromkeys(u for p in points for u in p["results"]))
