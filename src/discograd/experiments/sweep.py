@@ -1209,8 +1209,6 @@ def _finish(
 def add_parser(sub: Any, func: Callable[[Any], int]) -> Any:
     """The ``sweep`` subcommand of ``discograd``, run by ``func`` (the command line's: it
     passes :func:`command` the report's renderer)."""
-    import argparse
-
     p = sub.add_parser(
         "sweep",
         help="a grid of runs (settings × estimators × seeds), in parallel or on Ray",
@@ -1222,7 +1220,6 @@ def add_parser(sub: Any, func: Callable[[Any], int]) -> Any:
         "values), estimators, seeds and metrics; the flags below override it.",
         epilog="example: discograd sweep examples/toy-lr.toml --jobs 2",
         allow_abbrev=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("file", nargs="?", metavar="SWEEP_FILE", help="the sweep (.toml, .yaml, .json)")
     what = p.add_argument_group("the sweep (each replaces the file's)")
