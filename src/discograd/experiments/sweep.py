@@ -847,6 +847,17 @@ def _locked(out: Path) -> Iterator[None]:
         _release(key)
 
 
+def grid_values(cells: Sequence[Cell]) -> dict[str, list[Any]]:
+    """Each grid setting's values as the cells' configs have them (``"1"`` from a flag is
+    ``1.0`` for a float setting), in order."""
+    out: dict[str, list[Any]] = {}
+    for cell in cells:
+        for key, value in cell.point:
+            if value not in out.setdefault(key, []):
+                out[key].append(value)
+    return out
+
+
 def _write_sweep_json(
     out: Path,
     sweep: Sweep,
@@ -866,7 +877,7 @@ def _write_sweep_json(
         "file": sweep.source,
         "argv": list(argv),
         "updated": now().isoformat(timespec="milliseconds"),
-        "grid": sweep.grid,
+        "grid": grid_values(cells),
         "counts": counts,
         "cells": [
             {
@@ -968,7 +979,7 @@ def write_results(
     data = {
         "format": SWEEP_FORMAT,
         "task": sweep.task,
-        "grid": sweep.grid,
+        "grid": grid_values(cells),
         "seeds": sorted({c.seed for c in cells}),
         "metrics": _metrics(sweep),
         "cells": dict(counts),
