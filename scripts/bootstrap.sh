@@ -5,6 +5,7 @@
 #
 #   PYTHON=python3.12 bash scripts/bootstrap.sh     # choose the interpreter
 #   DISCOGRAD_TORCH="torch==2.5.1" bash scripts/bootstrap.sh   # choose torch
+#   DISCOGRAD_EXTRAS=ray bash scripts/bootstrap.sh  # more extras (CI: ray, for the Ray test)
 #
 # torch is installed first and pinned (default torch==2.13.0): where pip is
 # configured with a local CPU wheel of that version it takes it, so no CUDA
@@ -15,6 +16,7 @@ cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
 TORCH_SPEC="${DISCOGRAD_TORCH:-torch==2.13.0}"
+EXTRAS="dev,plot,data${DISCOGRAD_EXTRAS:+,$DISCOGRAD_EXTRAS}"
 VENV=.venv
 
 "$PYTHON" - <<'PY'
@@ -39,11 +41,11 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
 fi
 
 stamp="$VENV/.discograd-installed"
-want="$(cat pyproject.toml | cksum)"
+want="$(cat pyproject.toml | cksum) $EXTRAS"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] \
     || ! "$VENV/bin/python" -c "import discograd" 2>/dev/null; then
-    echo "bootstrap: installing discograd (editable) with extras dev, plot, data"
-    "${PIP[@]}" install -e ".[dev,plot,data]"
+    echo "bootstrap: installing discograd (editable) with extras $EXTRAS"
+    "${PIP[@]}" install -e ".[$EXTRAS]"
     echo "$want" > "$stamp"
 fi
 echo "bootstrap: ready ($("$VENV/bin/python" -c 'import torch, discograd; print("torch", torch.__version__, "| discograd", discograd.__version__)'))"

@@ -1,7 +1,8 @@
 """The ``discograd`` command (also ``python -m discograd``).
 
 Subcommands: ``bench`` (the main job: toy + variance + a short VAE, one
-report), ``toy``, ``variance``, ``vae``, ``sbn``, ``ssl``, ``demo``. Each run
+report), ``toy``, ``variance``, ``vae``, ``sbn``, ``ssl``, ``sweep`` (a grid of
+those runs, see :mod:`discograd.experiments.sweep`), ``demo``. Each run
 command is a :class:`~discograd.experiments.trainer.Task` run by the
 :class:`~discograd.experiments.trainer.Trainer`: its flags, their defaults and
 help come from the task's config dataclass; ``--config FILE`` and
@@ -332,6 +333,13 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from discograd.experiments.sweep import command
+    from discograd.report.sweep import render
+
+    return command(args, render)
+
+
 # -------------------------------------------------------------------- parser
 def _run_options(p: argparse.ArgumentParser, command: str) -> None:
     g = p.add_argument_group("run options")
@@ -435,6 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
             config_class=spec.config,
             config_flags=dests,
         )
+
+    from discograd.experiments.sweep import add_parser as add_sweep
+
+    add_sweep(sub, _sweep)
 
     demo = sub.add_parser(
         "demo",
