@@ -265,3 +265,29 @@ def test_check_finite_is_exact_when_the_fast_sum_overflows():
         with pytest.raises(Diverged, match="gradient"):
             check_finite("gradient", torch.ones(2), bad)
     check_finite("loss", None)  # nothing to check
+
+
+def test_declared_evaluation_periods_skip_undue_steps_with_the_same_records(tmp_path):
+    """Task.evaluations: evaluate runs only where a period is due; the run is unchanged."""
+
+    class Counting(CoinTask):
+        calls: list[int]
+
+        def evaluate(self, state: TaskState, step: int, ctx: Any) -> dict[str, Any]:
+            self.calls.append(step)
+            return super().evaluate(state, step, ctx)
+
+    cfg = CoinConfig(estimators=("rloo:n_samples=3",), steps=12)
+    seen = []
+    for periods in (None, ("eval_every",)):
+        task = Counting()
+        task.calls, task.evaluations = [], periods
+        out = tmp_path / str(periods)
+        with RunDir(out, dataclasses.asdict(cfg)) as run, Trainer(run, quiet=True) as trainer:
+            trainer.run(task, cfg)
+        seen.append(records(out))
+        if periods is not None:
+            assert task.calls == [0, 5, 10, 12]  # eval_every=5, and the last step
+        else:
+            assert task.calls == list(range(13))
+    assert seen[0] == seen[1]

@@ -169,6 +169,7 @@ class SBNTask(ImageTask[SBNConfig, SBNState]):
 
     name = "sbn"
     Config = SBNConfig
+    evaluations = ("eval_every",)
     headline = ("test_nll", "test_nll_1", "seconds_per_step", "evals_per_step")
 
     def units(self, config: SBNConfig) -> list[Unit]:

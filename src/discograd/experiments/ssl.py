@@ -207,6 +207,7 @@ class SSLTask(ImageTask[SSLConfig, SSLState]):
 
     name = "ssl"
     Config = SSLConfig
+    evaluations = ("eval_every",)
     headline = ("test_accuracy", "test_neg_elbo", "seconds_per_step", "speedup_vs_marginal")
 
     def units(self, config: SSLConfig) -> list[Unit]:

@@ -105,6 +105,7 @@ class ToyTask(Task[ToyConfig, ToyState]):
 
     name = "toy"
     Config = ToyConfig
+    evaluations = ("eval_every", "var_every")
     headline = ("expected_reward", "p_last", "steps_to_p_last_0.9", "evals_per_step")
 
     def setup(self, config: ToyConfig, data: Any, ctx: Context, estimator: Any) -> ToyState:

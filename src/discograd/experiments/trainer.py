@@ -140,11 +140,22 @@ class Unit:
 
 @dataclass(frozen=True)
 class Cadence:
-    """How long a phase trains and how often it logs and checkpoints (0: never)."""
+    """How long a phase trains and how often it logs, checkpoints and evaluates (0: never).
+
+    ``evaluate_every``: the periods of the task's evaluations (:meth:`Task.evaluate`
+    is called at the steps where one of them is due, and at the first and last
+    step); ``None``: at every step (the task decides).
+    """
 
     steps: int
     log_every: int = 0
     checkpoint_every: int = 0
+    evaluate_every: tuple[int, ...] | None = None
+
+    def evaluates(self, step: int) -> bool:
+        if self.evaluate_every is None or step in (0, self.steps):
+            return True
+        return any(every and step % every == 0 for every in self.evaluate_every)
 
 
 C = TypeVar("C")
@@ -165,6 +176,9 @@ class Task(Generic[C, S]):
     Config: ClassVar[type]
     #: result keys the command prints per estimator (mean ± s.e. over seeds)
     headline: ClassVar[tuple[str, ...]] = ()
+    #: config fields holding the periods of :meth:`evaluate`'s work (``ctx.due``);
+    #: ``None``: :meth:`evaluate` is called at every step
+    evaluations: ClassVar[tuple[str, ...] | None] = None
 
     def load(self, config: C, *, quiet: bool = False) -> Any:
         """Data shared by every phase, loaded once per run (default: none)."""
@@ -193,10 +207,14 @@ class Task(Generic[C, S]):
         return torch.optim.Adam(params, lr=config.lr)  # type: ignore[attr-defined]
 
     def cadence(self, config: C, state: S) -> Cadence:
+        periods = None
+        if self.evaluations is not None:
+            periods = tuple(int(getattr(config, name)) for name in self.evaluations)
         return Cadence(
             config.steps,  # type: ignore[attr-defined]
             config.log_every,  # type: ignore[attr-defined]
             config.checkpoint_every,  # type: ignore[attr-defined]
+            periods,
         )
 
     def step(self, state: S, step: int, ctx: Context) -> StepResult:
@@ -724,8 +742,10 @@ class _Phase:
                     means = {k: _mean([_plain(m.get(k)) for m in prog.window]) for k in keys}
                     log({"phase": self.name, "step": step, **means, **prog.per_step(step)})
                     prog.window = []
-                with _eval_mode(state.model, state.estimator):
-                    record = task.evaluate(state, step, ctx)
+                record = {}
+                if cadence.evaluates(step):  # switching modes costs a little every step
+                    with _eval_mode(state.model, state.estimator):
+                        record = task.evaluate(state, step, ctx)
                 if record:
                     costs = {"evals": prog.evals, "seconds": prog.seconds}
                     log({"phase": self.name, "step": step, **record, **costs})

@@ -166,6 +166,7 @@ class VAETask(ImageTask[VAEConfig, VAEState]):
 
     name = "vae"
     Config = VAEConfig
+    evaluations = ("eval_every", "grad_check_every")
     headline = ("test_neg_elbo", "test_iw_bound", "seconds_per_step", "evals_per_step")
 
     def setup(self, config: VAEConfig, data: Any, ctx: Context, estimator: Any) -> VAEState:
