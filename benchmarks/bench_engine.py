@@ -194,6 +194,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None, help="steps per timed run")
+    parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
+    parser.add_argument(
+        "--sinks", nargs="+", default=["", "tensorboard"], help="'' (JSONL only), tensorboard"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     repeats = args.repeats or (3 if args.quick else 5)
@@ -205,7 +209,8 @@ def main() -> None:
     print(f"# data: {source}; {steps} steps per run ({warmup} warm-up), {repeats} repeats")
     print("| problem | sinks | discograd ms/step | hand-written ms/step | ratio |")
     print("|---|---|--:|--:|--:|")
-    for name, (fields, hand) in PROBLEMS.items():
+    for name in args.problems:
+        fields, hand = PROBLEMS[name]
         config = VAEConfig(
             **fields,  # type: ignore[arg-type]
             steps=steps,
@@ -216,7 +221,7 @@ def main() -> None:
             iw_examples=1,
             binarization="threshold",
         )
-        for sinks in ("", "tensorboard"):
+        for sinks in args.sinks:
             ours, theirs = [], []
             for _ in range(repeats):  # interleaved
                 ours.append(discograd_step(config, data, sinks, warmup))

@@ -87,7 +87,8 @@ def test_coincident_samples_cost_one_evaluation_and_zero_gradient():
         assert (theta.grad[0] == 0).all() and out.value[0] == 16.0
         calls.clear()
         out = est(f, Independent(Bernoulli(logits=theta[:1]), 1))
-        assert calls == [1] and out.n_evals.tolist() == [1]
+        # Every data point coincides: one evaluation, n_evals a number (the contract).
+        assert calls == [1] and out.n_evals == 1 and out.mean_evals == 1.0
 
 
 def test_infinite_logits_give_no_nan():
@@ -110,4 +111,6 @@ def test_supported_distributions():
             est(lambda z: z.sum(-1), Categorical(logits=theta))
         assert est.unbiased and est.supports == frozenset({"bernoulli"})
         out = est(lambda b: b, Bernoulli(logits=theta[0]))  # plain Bernoulli: batch (3,)
-        assert out.loss.shape == (3,) and out.n_evals.shape == (3,)
+        assert out.loss.shape == (3,)
+        n = out.n_evals  # a number when every data point costs the same, else per data point
+        assert n in (1.0, 2.0) if not isinstance(n, torch.Tensor) else n.shape == (3,)

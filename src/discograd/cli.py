@@ -402,14 +402,14 @@ def _debug_arg(p: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from discograd import __version__
-    from discograd.estimators.registry import ESTIMATORS
+    from discograd.estimators import registry
     from discograd.experiments.config import add_flags
     from discograd.experiments.vae import VAEConfig
 
     parser = argparse.ArgumentParser(
         prog="discograd",
         description="Gradients through discrete random variables: which estimator, at what cost.",
-        epilog="estimators: " + ", ".join(ESTIMATORS),
+        epilog="estimators: " + ", ".join(registry.names()),
         allow_abbrev=False,
     )
     parser.add_argument(

@@ -51,21 +51,26 @@ class _Antithetic(Estimator):
         # sample dimension for the whole batch, so a data point whose pair coincides
         # saves nothing unless every one does, and sorting configurations of
         # hundreds of variables cost more than the decoder of a linear VAE.
-        if bool(same.all()):
+        n_same = int(same.sum())  # the one device synchronisation
+        if n_same == B:
             f1 = latent.call_f(f, latent.encode(b1.reshape(latent.index_shape())), ())
             values = f1.reshape(1, B).expand(2, B)
         else:
             pair = torch.stack([b1, b2]).reshape(latent.index_shape((2,)))
             values = latent.call_f(f, latent.encode(pair), (2,)).reshape(2, B)
-        count = 2 - same.to(torch.int64)
+        # A number when every data point costs the same (the usual case): no tensor
+        # for the caller to reduce and read back.
+        count: float | Tensor = 1.0 if n_same == B else 2.0
+        if 0 < n_same < B:
+            count = (2 - same.to(torch.int64)).reshape(latent.batch_shape)
         df = (values[0] - values[1]).detach().to(th.dtype).unsqueeze(-1)
         grad = self._grad(th, u, b1, b2, df)  # surrogate() zeroes it at ±inf logits
         mean_f = 0.5 * (values[0] + values[1])
-        loss = surrogate(mean_f, grad, theta, 1).reshape(latent.batch_shape)
+        loss = surrogate(mean_f, grad, theta, 1, finite=latent.finite).reshape(latent.batch_shape)
         return Estimate(
             loss=loss,
             value=mean_f.detach().reshape(latent.batch_shape),
-            n_evals=count.reshape(latent.batch_shape),
+            n_evals=count,
         )
 
 

@@ -89,7 +89,8 @@ class _AugmentREINFORCE(Estimator):
     @staticmethod
     def _finish(latent: Latent, theta: Tensor, f_true: Tensor, grad: Tensor, n_evals) -> Estimate:
         # surrogate zeroes the gradient of masked (-inf) logits.
-        loss = surrogate(f_true, grad, theta, 2).reshape(latent.batch_shape)
+        loss = surrogate(f_true, grad, theta, 2, finite=latent.finite)
+        loss = loss.reshape(latent.batch_shape)
         if isinstance(n_evals, Tensor):
             n_evals = n_evals.reshape(latent.batch_shape)
         return Estimate(

@@ -97,7 +97,7 @@ def _given_probs(base: _Base) -> bool:
     return probs is not None and getattr(inner, "_param", None) is probs
 
 
-def _canonical_logits(base: _Base, kind: Kind) -> Tensor:
+def _canonical_logits(base: _Base, kind: Kind) -> tuple[Tensor, bool]:
     r"""Exact logits of ``base``: ``-inf`` where a probability is 0 (``+inf`` where a
     Bernoulli probability is 1), normalised for categorical variables.
 
@@ -108,6 +108,9 @@ def _canonical_logits(base: _Base, kind: Kind) -> Tensor:
     masked, probabilities outside [0, 1]) raise ``ValueError``: with
     ``validate_args=False`` torch accepts them, and they would otherwise turn
     into silently wrong samples and expectations.
+
+    Also returns whether every logit is known to be finite (no masked category,
+    no deterministic variable), which lets the surrogates skip their masking.
     """
     if _given_probs(base):
         p = base.probs
@@ -122,10 +125,9 @@ def _canonical_logits(base: _Base, kind: Kind) -> Tensor:
             ps = torch.where(inside, pc, 0.5)
             certain = torch.where(pc > 0.5, math.inf, -math.inf)  # constant: no gradient
             logits = torch.where(inside, ps.log() - torch.log1p(-ps), certain)
-        return logits.to(p.dtype)
+        return logits.to(p.dtype), False
     logits = base.logits
-    _check_params(logits, "logits", base, kind)
-    return logits
+    return logits, _check_params(logits, "logits", base, kind)
 
 
 def _invalid(x: Tensor, name: str, kind: Kind) -> Tensor:
@@ -137,8 +139,9 @@ def _invalid(x: Tensor, name: str, kind: Kind) -> Tensor:
     return ~((x >= 0) & (x <= 1)) if kind == "bernoulli" else ~(x >= 0)  # NaN: invalid
 
 
-def _check_params(x: Tensor, name: str, base: Distribution, kind: Kind) -> None:
-    """``ValueError`` naming the parameter if any entry of ``x`` is invalid.
+def _check_params(x: Tensor, name: str, base: Distribution, kind: Kind) -> bool:
+    """``ValueError`` naming the parameter if any entry of ``x`` is invalid; returns
+    whether every entry is finite, where that comes for free (else ``False``).
 
     The common case costs one vectorised reduction: the sum of valid logits is
     not NaN (unless ``+inf`` and ``-inf`` Bernoulli logits meet, when the exact
@@ -151,18 +154,19 @@ def _check_params(x: Tensor, name: str, base: Distribution, kind: Kind) -> None:
     if is_compiling():
         ok = ~_invalid(x, name, kind).any()
         torch._assert_async(ok, f"invalid {name} of {type(base).__name__}")
-        return
+        return False
     if name == "logits":
-        if not bool(torch.isnan(x.sum())):
-            return
+        total = float(x.sum())  # finite iff every logit is (barring overflow)
+        if not math.isnan(total):
+            return math.isfinite(total)
     elif kind == "categorical":
         if bool(x.amin() >= 0):  # amin propagates NaN
-            return
+            return False
     elif bool((x.amin() >= 0) & (x.amax() <= 1)):
-        return
+        return False
     bad = _invalid(x, name, kind)
     if not bool(bad.any()):
-        return
+        return False
     at = tuple(bad.nonzero()[0].tolist())
     if name == "probs":
         rule = "a number in [0, 1]" if kind == "bernoulli" else "non-negative, not NaN"
@@ -213,6 +217,9 @@ class Latent:
         var_end = logits.dim() - (1 if kind == "categorical" else 0)
         self.var_shape = logits.shape[len(batch_shape) : var_end]
         self.num_categories = logits.shape[-1] if kind == "categorical" else 2
+        #: every logit is known to be finite (no masked category, no deterministic
+        #: variable); False when unknown. Lets surrogates skip their masking.
+        self.finite = False
 
     # ------------------------------------------------------------------ parsing
     @classmethod
@@ -236,12 +243,14 @@ class Latent:
                 f"{owner} does not support {type(q).__name__}{inner}; supported: {_SUPPORTED}"
             )
         base = cast(_Base, found)
-        logits = _canonical_logits(base, kind)
+        logits, finite = _canonical_logits(base, kind)
         # Independent reinterprets trailing batch dims as variables; expand so
         # the logits carry the full batch + variable shape.
         var_shape = base.batch_shape[len(q.batch_shape) :]
         full = q.batch_shape + var_shape + (logits.shape[-1:] if kind == "categorical" else ())
-        return cls(q, kind, logits.expand(full), q.batch_shape, type(base))
+        latent = cls(q, kind, logits.expand(full), q.batch_shape, type(base))
+        latent.finite = finite
+        return latent
 
     def rebuild(self, logits: Tensor) -> Distribution:
         """A distribution of ``q``'s type with these logits (extra leading batch dims allowed)."""

@@ -169,7 +169,7 @@ class _RelaxedControl(Estimator):
         if latent.kind == "categorical":
             # Gradient w.r.t. the normalised logits → w.r.t. the unnormalised ones.
             g_hat = g_hat - probs * g_hat.sum(-1, keepdim=True)
-        loss = surrogate(fb, g_hat, theta, n_event)
+        loss = surrogate(fb, g_hat, theta, n_event, finite=latent.finite)
         cv_loss = None
         sq = sum_event(g_hat.pow(2), n_event).mean()
         if need_cv and sq.requires_grad:

@@ -7,7 +7,7 @@ a bug, keep its traceback.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -74,6 +74,14 @@ def lazily_sized(module: nn.Module) -> bool:
 # ------------------------------------------------------- estimator capabilities
 # Every question the experiments ask an estimator about what it is, one function each:
 # when the estimator classes declare them (registry metadata), only these change.
+def every_estimator(kind: str | None, overrides: Mapping[str, str] = {}) -> tuple[str, ...]:
+    """The specs of every registered estimator (supporting ``kind``), in registry order,
+    with a study's hyper-parameters ``{name: "key=value,..."}`` where they differ."""
+    return tuple(
+        f"{name}:{overrides[name]}" if name in overrides else name for name in registry.names(kind)
+    )
+
+
 def has_temperature(est: Any) -> bool:
     """A relaxed estimator whose temperature follows a schedule (annealable)."""
     return registry.tempered(est) is not None

@@ -26,31 +26,24 @@ from torch.distributions import Categorical
 
 from discograd.diagnostics import gradient_draws
 from discograd.estimators.base import Estimator
-from discograd.experiments.common import check_estimators, is_unbiased
+from discograd.experiments.common import check_estimators, every_estimator, is_unbiased
 from discograd.experiments.config import TrainConfig, option
 from discograd.experiments.trainer import Context, StepResult, Task, TaskState
 
 __all__ = ["TOY_ESTIMATORS", "ToyConfig", "ToyTask", "toy_rewards"]
 
-#: every estimator that applies to a categorical variable
-TOY_ESTIMATORS: tuple[str, ...] = (
-    "exact",
-    "reinforce",
-    "reinforce_ema",
-    "rloo:n_samples=10",
-    "vargrad:n_samples=10",
-    "ar",
-    "ars",
-    "arsm",
-    "ars_plus",
-    "arsm_plus",
-    "gumbel_softmax:tau=0.5",
-    "st_gumbel_softmax:tau=0.5",
-    "straight_through",
-    "gumbel_rao:tau=0.5,n_samples=10",
-    "reinmax:tau=1.0",
-    "rebar",
-    "relax",
+#: every registered estimator for categorical variables (an estimator added to
+#: the registry joins the toy), with the toy's hyper-parameters where they differ
+TOY_ESTIMATORS: tuple[str, ...] = every_estimator(
+    "categorical",
+    {
+        "rloo": "n_samples=10",
+        "vargrad": "n_samples=10",
+        "gumbel_softmax": "tau=0.5",
+        "st_gumbel_softmax": "tau=0.5",
+        "gumbel_rao": "tau=0.5,n_samples=10",
+        "reinmax": "tau=1.0",
+    },
 )
 
 ESTIMATORS_HELP = "estimator specs name[:key=value,...], e.g. rloo:n_samples=4 arsm"

@@ -367,6 +367,10 @@ def check_finite(quantity: str, *tensors: Tensor | None) -> None:
     present = [t.detach() for t in tensors if t is not None]
     if not present:
         return
+    if len(present) == 1 and present[0].numel() == 1:  # a loss: read it, no reduction
+        if not math.isfinite(present[0].item()):
+            raise Diverged(quantity)
+        return
     total = present[0].sum().float()
     for t in present[1:]:
         total = total + t.sum().float()
