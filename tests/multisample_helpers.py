@@ -63,12 +63,12 @@ def problem(kind: str, B: int = 3, D: int = 3, C: int = 3, seed: int = 0, masked
     shape = (B, D, C) if kind == "categorical" else (B, D)
     theta = 1.2 * torch.randn(shape, dtype=D64, generator=gen)
     if masked and kind == "categorical":
-        theta[1, 0, 1] = -math.inf
-        theta[2, 2, 0] = -math.inf
-        theta[2, 2, 2] = -math.inf  # one possible category: a deterministic variable
+        theta[1 % B, 0, 1] = -math.inf
+        theta[-1, -1, 0] = -math.inf
+        theta[-1, -1, 2] = -math.inf  # one possible category: a deterministic variable
     elif masked:
-        theta[1, 0] = math.inf
-        theta[2, -1] = -math.inf
+        theta[1 % B, 0] = math.inf
+        theta[-1, -1] = -math.inf
     w = torch.randn(shape[1:], dtype=D64, generator=gen)
     return theta, w
 
@@ -107,19 +107,26 @@ def n_theta(theta: torch.Tensor) -> int:
     return theta.numel()
 
 
-def same_mean_and_variance(a: torch.Tensor, b: torch.Tensor, z_tol: float) -> tuple[float, float]:
+def same_mean_and_variance(
+    a: torch.Tensor, b: torch.Tensor, z_tol: float, split: int
+) -> tuple[float, float, float]:
     """Independent draws ``[n, P]`` of two implementations: the means agree (z-test of
     the difference, coordinate by coordinate) and so do the total variances (trace
-    of the covariance, standard errors from 20 batches). Returns (max |z|, ratio)."""
+    of the covariance, standard errors from 20 batches), separately for the logit
+    columns ``[:split]`` (the score part, small next to the decoder's pathwise
+    part) and the others. Returns (max |z|, variance ratio of the logits, of the rest)."""
     diff = a.mean(0) - b.mean(0)
     se = torch.sqrt(a.var(0) / a.shape[0] + b.var(0) / b.shape[0])
     spread = se > 1e-12
     z = float((diff[spread].abs() / se[spread]).max())
     assert z < z_tol, f"means differ: max |z| = {z:.2f}"
     assert torch.allclose(diff[~spread], torch.zeros_like(diff[~spread]), atol=1e-9)
-    ta = torch.stack([c.var(0).sum() for c in a.chunk(20)])
-    tb = torch.stack([c.var(0).sum() for c in b.chunk(20)])
-    va, vb = float(ta.mean()), float(tb.mean())
-    se_v = math.hypot(float(ta.std()), float(tb.std())) / math.sqrt(20)
-    assert abs(va - vb) < z_tol * se_v, f"variances differ: {va:.5g} vs {vb:.5g} (se {se_v:.3g})"
-    return z, va / vb
+    ratios = []
+    for cols in (slice(0, split), slice(split, None)):
+        ta = torch.stack([c[:, cols].var(0).sum() for c in a.chunk(20)])
+        tb = torch.stack([c[:, cols].var(0).sum() for c in b.chunk(20)])
+        va, vb = float(ta.mean()), float(tb.mean())
+        se_v = math.hypot(float(ta.std()), float(tb.std())) / math.sqrt(20)
+        assert abs(va - vb) < z_tol * se_v, f"variances differ: {va:.5g} vs {vb:.5g} ({se_v:.3g})"
+        ratios.append(va / vb)
+    return z, ratios[0], ratios[1]
