@@ -84,7 +84,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from discograd.estimators.registry import ESTIMATORS, make
+from discograd.estimators.registry import ESTIMATORS, make, names
 from discograd.experiments.common import cv_optimizer
 from discograd.models import CategoricalVAE
 
@@ -119,18 +119,20 @@ def applicable(model: CategoricalVAE, x: Tensor) -> list[str]:
     ``TypeError`` (wrong kind of variable) or ``ValueError`` (Exact's support
     budget) rules a name out.
     """
-    names = []
+    found = []
     with torch.no_grad():
         q = model.posterior(x[:2])
-        for name in ESTIMATORS:
+        # the cost is a negative log-likelihood: estimators of E[f] only, not the
+        # multi-sample-bound ones (whose first argument is a log weight)
+        for name in names(multi_sample=False):
             est = make(name).to(x.device).eval()
             gen = torch.Generator(device=x.device).manual_seed(0)
             try:
                 est(lambda z: -model.log_likelihood(x[:2], z), q, generator=gen)
             except (TypeError, ValueError):
                 continue
-            names.append(name)
-    return names
+            found.append(name)
+    return found
 
 
 # ------------------------------------------------------------------ timing
