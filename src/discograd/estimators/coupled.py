@@ -56,7 +56,7 @@ def copula_bits(theta: Tensor, uc: Tensor) -> Tensor:
     :math:`b = 1[u < p]` for :math:`p = \sigma(\theta) < \frac12`; for
     :math:`p \ge \frac12` the uniforms are flipped, :math:`b = 1[1 - u < p]`, which
     is what makes the rarer value the one whose indicators are negatively
-    correlated (ARMS §3). Written with :math:`\sigma(-\theta)` and ``>=`` so that a
+    correlated, as in the official code. Written with :math:`\sigma(-\theta)` and ``>=`` so that a
     logit of ``+inf`` gives 1 even where ``uc`` is exactly 0.
     """
     low = theta < 0

@@ -243,7 +243,7 @@ class LocalARMS(_MultiSampleBound):
     evaluations of ``log_weight`` per data point, in one call.
 
     Dimitriev & Zhou 2021, "ARMS: Antithetic-REINFORCE-Multi-Sample Gradient for
-    Binary Variables" (ICML), §4 (official code: ``get_losses_arms``).
+    Binary Variables" (ICML); official code: ``get_losses_arms`` in ``alekdimi/arms``.
 
     Args:
         n_samples: :math:`n \ge 2`, the bound's number of samples and the size of
