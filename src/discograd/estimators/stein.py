@@ -27,6 +27,9 @@ How the pieces map to the contract:
   that does not depend on ``z`` through autograd (an integer cost, a constant)
   has :math:`G = 0` and both estimators reduce to leave-one-out forms that stay
   unbiased.
+* The scales of the control variates start at 0, as in the official code: the
+  first estimates are exactly RLOO's, and ∂f/∂z enters only ``cv_loss`` until
+  training has moved them.
 """
 
 from __future__ import annotations
