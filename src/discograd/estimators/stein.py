@@ -239,7 +239,11 @@ class SteinControlNet(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, taylor: Tensor, cost: Tensor) -> Tensor:
-        h = self.taylor(taylor.unsqueeze(-1)) + self.cost(cost.unsqueeze(-1))
+        # Both inputs are scalars: the first layer is an outer product, formed by
+        # broadcasting (the cost part once per cost, not once per Taylor feature)
+        # instead of a matrix product with an inner dimension of 1.
+        level = self.cost(cost.unsqueeze(-1)) + self.taylor.bias
+        h = torch.addcmul(level, taylor.unsqueeze(-1), self.taylor.weight[:, 0])
         return self.out(F.leaky_relu(h, 0.3))
 
 
