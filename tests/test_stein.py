@@ -121,10 +121,10 @@ def _ref_samples(theta: torch.Tensor, K: int, n: int, seed: int) -> list[torch.T
     ]
 
 
-def ref_double_cv(theta, w, K, alpha, n, seed):
+def ref_double_cv(theta, w, K, alpha, n, seed, samples=None):
     """Titsias & Shi 2022, written out: global leave-one-out + local Taylor term at the mean."""
     p = torch.sigmoid(theta)
-    b = _ref_samples(theta, K, n, seed)
+    b = _ref_samples(theta, K, n, seed) if samples is None else list(samples)
     fg = [_ref_f_and_grad(bk, w) for bk in b]
     f = [x[0] for x in fg]
     G = [x[1] for x in fg]
@@ -148,10 +148,10 @@ def ref_double_cv(theta, w, K, alpha, n, seed):
     return g
 
 
-def ref_rodeo(theta, w, K, alpha, beta, net, variant, n, seed):
+def ref_rodeo(theta, w, K, alpha, beta, net, variant, n, seed, samples=None):
     """Shi et al. 2022, written out: Gibbs Stein operator over explicit neighbours."""
     p = torch.sigmoid(theta)
-    b = _ref_samples(theta, K, n, seed)
+    b = _ref_samples(theta, K, n, seed) if samples is None else list(samples)
     fg = [_ref_f_and_grad(bk, w) for bk in b]
     f = [x[0] for x in fg]
     G = [x[1] for x in fg]
@@ -246,6 +246,44 @@ def test_rodeo_matches_reference(K, variant):
             REF_THETA, REF_W, K, alpha, beta, est.control_net, variant, N_REF, seed=7
         ).reshape(N_REF, -1)
     _same_estimator(lib, ref, _ref_exact(), f"RODEO K={K} {variant}")
+
+
+@pytest.mark.parametrize(
+    "make_est",
+    [
+        lambda: DoubleCV(2, alpha=0.9),
+        lambda: DoubleCV(4, alpha=-0.7),
+        lambda: RODEO(2, hidden=8, alpha=0.6, beta=0.8),
+        lambda: RODEO(3, variant="avg", hidden=8, alpha=0.6, beta=-0.8),
+        lambda: RODEO(3, variant="output_avg", hidden=8, alpha=-0.6, beta=0.8),
+    ],
+)
+def test_reference_on_the_library_samples(make_est):
+    """Draw by draw: the reference, fed the samples the library passed to f, gives
+    the library's estimate (to rounding)."""
+    est = _randomised(make_est(), seed=14)
+    n, seen = 500, []
+    leaf = REF_THETA.expand((n,) + REF_THETA.shape).clone().requires_grad_()
+
+    def f(z):
+        seen.append(z.detach().clone())
+        return _ref_f_and_grad(z, REF_W)[0]
+
+    out = est(
+        f, Independent(Bernoulli(logits=leaf), 1), generator=torch.Generator().manual_seed(15)
+    )
+    (g,) = torch.autograd.grad(out.loss.sum(), leaf)
+    (z,) = seen
+    K, alpha = est.n_samples, float(est.alpha.detach())
+    with torch.no_grad():
+        if isinstance(est, DoubleCV):
+            ref = ref_double_cv(REF_THETA, REF_W, K, alpha, n, 0, samples=z)
+        else:
+            net, variant = est.control_net, est.resolved_variant
+            ref = ref_rodeo(
+                REF_THETA, REF_W, K, alpha, float(est.beta.detach()), net, variant, n, 0, z
+            )
+    torch.testing.assert_close(g, ref, rtol=1e-9, atol=1e-12)
 
 
 # --------------------------------------------------------------- exact identities
