@@ -22,6 +22,7 @@ from discograd.estimators.relaxed import (
 from discograd.estimators.arsm import AR, ARS, ARSM, ARSMPlus, ARSPlus
 from discograd.estimators.arm import ARM, DisARM
 from discograd.estimators.control import REBAR, RELAX, MLPControlVariate
+from discograd.estimators.stein import RODEO, DoubleCV, SteinControlNet
 
 # isort: on
 from discograd.estimators import baselines, registry
@@ -37,9 +38,11 @@ __all__ = [
     "REINFORCE",
     "RELAX",
     "RLOO",
+    "RODEO",
     "ARSMPlus",
     "ARSPlus",
     "DisARM",
+    "DoubleCV",
     "Estimate",
     "Estimator",
     "EstimatorInfo",
@@ -50,6 +53,7 @@ __all__ = [
     "MLPControlVariate",
     "ReinMax",
     "STGumbelSoftmax",
+    "SteinControlNet",
     "StraightThrough",
     "VarGrad",
     "baselines",
