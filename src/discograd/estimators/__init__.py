@@ -23,6 +23,7 @@ from discograd.estimators.arsm import AR, ARS, ARSM, ARSMPlus, ARSPlus
 from discograd.estimators.arm import ARM, DisARM
 from discograd.estimators.control import REBAR, RELAX, MLPControlVariate
 from discograd.estimators.coupled import ARMS
+from discograd.estimators.stein import RODEO, DoubleCV, SteinControlNet
 from discograd.estimators.multisample import VIMCO, LocalARMS, LocalDisARM
 
 # isort: on
@@ -40,10 +41,12 @@ __all__ = [
     "REINFORCE",
     "RELAX",
     "RLOO",
+    "RODEO",
     "VIMCO",
     "ARSMPlus",
     "ARSPlus",
     "DisARM",
+    "DoubleCV",
     "Estimate",
     "Estimator",
     "EstimatorInfo",
@@ -57,6 +60,7 @@ __all__ = [
     "MLPControlVariate",
     "ReinMax",
     "STGumbelSoftmax",
+    "SteinControlNet",
     "StraightThrough",
     "VarGrad",
     "baselines",

@@ -84,8 +84,12 @@ class DiscreteVAE(nn.Module):
 
     def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
         """log p(x | z), shape ``S + (B,)``, for ``z`` of leading shape ``S + (B,)``."""
+        return -self.neg_log_likelihood(x, z)
+
+    def neg_log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
+        """−log p(x | z), the reconstruction cost (one negation fewer on the training path)."""
         logits, target = torch.broadcast_tensors(self.decoder(self.decoder_input(z)), x)
-        return -F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
+        return F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
 
     def objective(
         self,
@@ -98,7 +102,7 @@ class DiscreteVAE(nn.Module):
     ) -> VAEObjective:
         """The surrogate negative ELBO of a batch ``x`` [B, x_dim] under ``estimator``."""
         q = self.posterior(x)
-        out = estimator(lambda z: -self.log_likelihood(x, z), q, generator=generator)
+        out = estimator(lambda z: self.neg_log_likelihood(x, z), q, generator=generator)
         if kl == "analytic":
             kl_term = self.analytic_kl(q)
         elif kl == "relaxed":
