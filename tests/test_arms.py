@@ -13,6 +13,7 @@ from discograd.estimators.coupled import arms_grad, copula_bits, copula_debias, 
 from multisample_helpers import (
     D64,
     cost,
+    dist,
     draws,
     exact,
     impossible,
@@ -92,7 +93,7 @@ def test_n2_same_mean_and_variance_as_disarm():
     print(f"\nARMS(2) vs DisARM: max |z| {z:.2f}, variance ratios {r_theta:.4f}, {r_w:.4f}")
 
 
-def _reference_arms(theta, w, n_draws, n, gen):
+def _reference_arms(theta, w, n_draws, n, gen, given=None):
     """Dimitriev & Zhou's algorithm, written plainly: loops over samples and variables.
 
     Returns ``[n_draws, P]`` gradient draws of E[f] w.r.t. (θ, w), with the helpers'
@@ -102,13 +103,14 @@ def _reference_arms(theta, w, n_draws, n, gen):
     th = theta.detach().expand(n_draws, B, D).clone().requires_grad_()
     ww = w.detach().expand(n_draws, 1, D).clone().requires_grad_()
     p = torch.sigmoid(th.detach())
-    # Dirichlet copula per variable: n exponentials, normalised.
-    e = -torch.rand((n, n_draws, B, D), generator=gen, dtype=D64).log()
-    d = e / e.sum(0)
-    samples = []
-    for k in range(n):
-        uk = (1 - d[k]) ** (n - 1)
-        samples.append(torch.where(p < 0.5, uk < p, 1 - uk < p).double())
+    samples = [] if given is None else [given[k] for k in range(n)]
+    if given is None:
+        # Dirichlet copula per variable: n exponentials, normalised.
+        e = -torch.rand((n, n_draws, B, D), generator=gen, dtype=D64).log()
+        d = e / e.sum(0)
+        for k in range(n):
+            uk = (1 - d[k]) ** (n - 1)
+            samples.append(torch.where(p < 0.5, uk < p, 1 - uk < p).double())
 
     f = cost("bernoulli", th, ww)
     fs = [f(b) for b in samples]
@@ -142,6 +144,31 @@ def test_matches_the_reference_implementation(n):
     z, r_theta, r_w = same_mean_and_variance(lib, ref, Z_TOL, theta.numel())
     print(f"\nARMS({n}) vs reference: max |z| {z:.2f}, variance ratios {r_theta:.4f}, {r_w:.4f}")
     assert_mean_matches(ref, exact("bernoulli", theta, w)[0])
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_reference_reproduces_the_library_draw_by_draw(n):
+    """On the samples the library drew (what f saw), the reference's gradient is the
+    library's, draw for draw."""
+    theta, w = problem("bernoulli", B=3, D=3, seed=41, masked=False)
+    theta[:, 1] = torch.tensor([math.inf, -math.inf, math.inf], dtype=D64)
+    N = 2000
+    leaf = theta.expand((N,) + theta.shape).clone().requires_grad_()
+    w_leaf = w.expand((N, 1) + w.shape).clone().requires_grad_()
+    f = cost("bernoulli", leaf, w_leaf)
+    seen = []
+
+    def recording(z):
+        seen.append(z.detach())
+        return f(z)
+
+    est = ARMS(n)
+    out = est(recording, dist("bernoulli", leaf), generator=torch.Generator().manual_seed(42))
+    g_theta, g_w = torch.autograd.grad(out.loss.sum(), (leaf, w_leaf))
+    g_lib = torch.cat([g_theta.reshape(N, -1), g_w.reshape(N, -1)], 1)
+    assert len(seen) == 1
+    g_ref = _reference_arms(theta, w, N, n, None, given=seen[0])
+    torch.testing.assert_close(g_lib, g_ref, rtol=1e-9, atol=1e-10)
 
 
 def test_debias_is_finite_everywhere():
