@@ -21,7 +21,7 @@ from discograd.estimators.relaxed import (
 )
 from discograd.estimators.arsm import AR, ARS, ARSM, ARSMPlus, ARSPlus
 from discograd.estimators.arm import ARM, DisARM
-from discograd.estimators.control import REBAR, RELAX, MLPControlVariate
+from discograd.estimators.control import NVIL, REBAR, RELAX, BaselineNet, MLPControlVariate, MuProp
 
 # isort: on
 from discograd.estimators import baselines, registry
@@ -33,12 +33,14 @@ __all__ = [
     "ARM",
     "ARS",
     "ARSM",
+    "NVIL",
     "REBAR",
     "REINFORCE",
     "RELAX",
     "RLOO",
     "ARSMPlus",
     "ARSPlus",
+    "BaselineNet",
     "DisARM",
     "Estimate",
     "Estimator",
@@ -48,6 +50,7 @@ __all__ = [
     "GumbelSoftmax",
     "Latent",
     "MLPControlVariate",
+    "MuProp",
     "ReinMax",
     "STGumbelSoftmax",
     "StraightThrough",
