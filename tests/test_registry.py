@@ -71,7 +71,7 @@ def test_names_and_filters():
     ber = registry.names("bernoulli", unbiased=True, exact=False)
     assert "disarm" in ber and "arsm" not in ber and "exact" not in ber
     assert set(registry.names("categorical")) == set(ESTIMATORS) - {"arm", "disarm"}
-    assert registry.names(unbiased=True, needs_grad_f=True) == ["rebar", "relax"]
+    assert registry.names(unbiased=True, needs_grad_f=True) == ["rebar", "relax", "muprop"]
     with pytest.raises(ValueError, match="kind"):
         registry.names("binary")
 
