@@ -140,30 +140,37 @@ def reference_bernoulli(theta, w, n, seed, *, method, c=0.0, s=1.0, base=None, e
     """``n`` draws of [∂/∂θ (B·D), ∂/∂w (D)] of NVIL or MuProp, Bernoulli variables."""
     rng = random.Random(seed)
     B, D = len(theta), len(w)
+    # What depends on θ alone, per data point: probabilities, baseline, and for
+    # MuProp the expansion point z̄ = p, f(z̄), ∂f/∂z at z̄ and the analytic slope.
+    consts = []
+    for i in range(B):
+        th = theta[i]
+        p = [sig(t) for t in th]
+        b = 0.0 if base is None else base(th)
+        fm, grad, slope = 0.0, [0.0] * D, [0.0] * D
+        if method == "muprop":
+            am = sum(p[d] * w[d] for d in range(D))
+            fm = _h(am) + sum(
+                p[d] * log_sig(th[d]) + (1 - p[d]) * log_sig(-th[d]) for d in range(D)
+            )
+            grad = [_dh(am) * w[d] + th[d] for d in range(D)]  # ∂/∂z_d of a², sin, log q
+            slope = [eta[1] * grad[d] * p[d] * (1 - p[d]) for d in range(D)]
+        consts.append((th, p, b, fm, grad, slope))
     rows = []
     for _ in range(n):
         g_theta = [[0.0] * D for _ in range(B)]
         g_w = [0.0] * D
         for i in range(B):
-            th = theta[i]
-            p = [sig(t) for t in th]
+            th, p, b, fm, grad, slope = consts[i]
             z = [1.0 if rng.random() < p[d] else 0.0 for d in range(D)]
             a = sum(z[d] * w[d] for d in range(D))
             logq = sum(log_sig(th[d]) if z[d] else log_sig(-th[d]) for d in range(D))
             fz = _h(a) + logq
-            b = 0.0 if base is None else base(th)
             if method == "nvil":
                 weight = (fz - b - c) / s
-                slope = [0.0] * D
-            else:  # muprop: Taylor expansion at z̄ = p
-                am = sum(p[d] * w[d] for d in range(D))
-                fm = _h(am) + sum(
-                    p[d] * log_sig(th[d]) + (1 - p[d]) * log_sig(-th[d]) for d in range(D)
-                )
-                grad = [_dh(am) * w[d] + th[d] for d in range(D)]  # ∂f/∂z_d at p
+            else:  # MuProp: minus the Taylor expansion at z̄ = p
                 lin = sum(grad[d] * (z[d] - p[d]) for d in range(D))
                 weight = fz - eta[0] * fm - eta[1] * lin - b
-                slope = [eta[1] * grad[d] * p[d] * (1 - p[d]) for d in range(D)]
             for d in range(D):
                 score = z[d] - p[d]
                 g_theta[i][d] = weight * score + slope[d] + score  # last: log q's own gradient
@@ -176,19 +183,34 @@ def reference_categorical(theta, w, n, seed, *, method, c=0.0, s=1.0, base=None,
     """``n`` draws of [∂/∂θ (B·D·C), ∂/∂w (D·C)] of NVIL or MuProp, categorical variables."""
     rng = random.Random(seed)
     B, D, C = len(theta), len(w), len(w[0])
+    consts = []
+    for i in range(B):
+        logp = []
+        for d in range(D):
+            top = max(theta[i][d])
+            lse = top + math.log(sum(math.exp(t - top) for t in theta[i][d]))
+            logp.append([t - lse for t in theta[i][d]])
+        p = [[math.exp(x) for x in row] for row in logp]
+        # the baseline reads the normalised log-probabilities (the default features)
+        b = 0.0 if base is None else base([x for row in logp for x in row])
+        fm, grad, slope = 0.0, [[0.0] * C for _ in range(D)], [[0.0] * C for _ in range(D)]
+        if method == "muprop":
+            am = sum(p[d][j] * w[d][j] for d in range(D) for j in range(C))
+            fm = _h(am) + sum(p[d][j] * logp[d][j] for d in range(D) for j in range(C))
+            grad = [[_dh(am) * w[d][j] + logp[d][j] for j in range(C)] for d in range(D)]
+            for d in range(D):  # ∂/∂θ_dj of Σ_k g_dk p_dk = p_dj (g_dj - Σ_k p_dk g_dk)
+                mean_g = sum(p[d][j] * grad[d][j] for j in range(C))
+                for j in range(C):
+                    slope[d][j] = eta[1] * p[d][j] * (grad[d][j] - mean_g)
+        consts.append((logp, p, b, fm, grad, slope))
     rows = []
     for _ in range(n):
         g_theta = [[[0.0] * C for _ in range(D)] for _ in range(B)]
         g_w = [[0.0] * C for _ in range(D)]
         for i in range(B):
-            logp = []
-            for d in range(D):
-                top = max(theta[i][d])
-                lse = top + math.log(sum(math.exp(t - top) for t in theta[i][d]))
-                logp.append([t - lse for t in theta[i][d]])
-            p = [[math.exp(x) for x in row] for row in logp]
+            logp, p, b, fm, grad, slope = consts[i]
             k = []
-            for d in range(D):
+            for d in range(D):  # inverse CDF
                 u, acc, pick = rng.random(), 0.0, C - 1
                 for j in range(C):
                     acc += p[d][j]
@@ -198,21 +220,11 @@ def reference_categorical(theta, w, n, seed, *, method, c=0.0, s=1.0, base=None,
                 k.append(pick)
             a = sum(w[d][k[d]] for d in range(D))
             fz = _h(a) + sum(logp[d][k[d]] for d in range(D))
-            # the baseline reads the normalised log-probabilities (the default features)
-            b = 0.0 if base is None else base([x for row in logp for x in row])
-            slope = [[0.0] * C for _ in range(D)]
             if method == "nvil":
                 weight = (fz - b - c) / s
             else:
-                am = sum(p[d][j] * w[d][j] for d in range(D) for j in range(C))
-                fm = _h(am) + sum(p[d][j] * logp[d][j] for d in range(D) for j in range(C))
-                grad = [[_dh(am) * w[d][j] + logp[d][j] for j in range(C)] for d in range(D)]
                 lin = sum(grad[d][j] * ((j == k[d]) - p[d][j]) for d in range(D) for j in range(C))
                 weight = fz - eta[0] * fm - eta[1] * lin - b
-                for d in range(D):
-                    mean_g = sum(p[d][j] * grad[d][j] for j in range(C))
-                    for j in range(C):
-                        slope[d][j] = eta[1] * p[d][j] * (grad[d][j] - mean_g)
             for d in range(D):
                 for j in range(C):
                     score = (j == k[d]) - p[d][j]
