@@ -650,3 +650,18 @@ def test_arguments():
     for est in [NVIL(), MuProp()]:
         with pytest.raises(TypeError, match=f"{type(est).__name__} does not support Normal"):
             est(lambda z: z, Normal(theta, 1.0))
+
+
+def test_muprop_stays_unbiased_for_a_step_function():
+    # h(z) = f(z̄) + g·(z - z̄) is linear in z with coefficients fixed before the
+    # sample: unbiased whatever g is. A count of variables above 1/2 has g = 0.
+    theta, _ = problem("bernoulli", B=3, D=4, seed=96)
+    f = lambda z: 2.0 * (z > 0.5).sum(-1).double() + (z[..., 0] > 0.5).double()  # noqa: E731
+    n = 6000
+    leaf = theta.detach().expand((n,) + theta.shape).clone().requires_grad_()
+    out = MuProp()(
+        f, Independent(Bernoulli(logits=leaf), 1), generator=torch.Generator().manual_seed(97)
+    )
+    (g,) = torch.autograd.grad(out.loss.sum(), leaf)
+    (truth,) = exact_gradient(f, Independent(Bernoulli(logits=theta), 1), theta)
+    assert_mean_matches(g.reshape(n, -1), truth.reshape(-1))

@@ -475,8 +475,11 @@ class NVIL(_Called):
     with :math:`\alpha` = ``decay`` = 0.8 (the paper's value), both starting at 0.
     The baseline :math:`b_\psi` is trained through ``Estimate.cv_loss`` =
     :math:`\mathrm{mean}\,(f(z) - c - b_\psi(x))^2` over data points: it regresses
-    the signal the running mean leaves. No gradient of ``loss`` reaches ψ and
-    ``cv_loss`` sends none to θ or to parameters inside ``f``.
+    the signal the running mean leaves (the paper's target; the paper's step for
+    ψ is this regression gradient divided by :math:`\max(1, \sqrt v)`, a step
+    size that Adam, as the Trainer uses for ``cv_loss``, largely absorbs). No
+    gradient of ``loss`` reaches ψ and ``cv_loss`` sends none to θ or to
+    parameters inside ``f``.
 
     **What is unbiased.** :math:`c`, :math:`v` (hence the scale
     :math:`s = \max(1, \sqrt v)`) and ψ are fixed before the sample is drawn: this
@@ -611,9 +614,14 @@ class MuProp(_Called):
     in :math:`z`, so :math:`\mathbb E_q[h] = f(\bar z)` and the part of the score
     term it removes, :math:`\mathbb E[h\,\nabla\log q]`, is the analytic
     :math:`g^\top \nabla_\theta \bar z` added back pathwise (:math:`f(\bar z)`,
-    :math:`g` held fixed): unbiased for every ``f`` differentiable in ``z`` at
-    :math:`\bar z`. The last term is the pathwise gradient of parameters inside
-    ``f`` (and of θ where ``f`` uses it) at the sample.
+    :math:`g` held fixed). The last term is the pathwise gradient of parameters
+    inside ``f`` (and of θ where ``f`` uses it) at the sample. Unbiased for every
+    ``f`` differentiable in ``z`` at :math:`\bar z`; in fact for every ``f``
+    whose value and autograd gradient at :math:`\bar z` are finite, since ``h``
+    is linear in ``z`` with coefficients fixed before the sample is drawn. The
+    Taylor expansion only decides how much variance ``h`` removes (all of it
+    for ``f`` linear in ``z``; a step function gets ``g = 0``, i.e. REINFORCE
+    with the baseline :math:`f(\bar z)`).
 
     ``learned=True`` adds what the official code (tensorflow/models
     ``research/rebar``, ``get_muprop_gradient``) also uses: scales
