@@ -53,6 +53,7 @@ from discograd.estimators._ops import (
     compute_dtype,
     divide_by_tau,
     gumbel_from_uniform_,
+    is_compiling,
     logistic_from_uniform,
     one_hot,
     open_uniform,
@@ -590,9 +591,17 @@ class NVIL(_Called):
         r = signal.to(dtype=self.mean.dtype, device=self.mean.device).reshape(-1)
         mean = r.mean()
         var = (r - mean).pow(2).mean()
+        a = self.decay
+        if is_compiling():
+            # As discograd.baselines.EMA: an in-graph assertion instead of bool(),
+            # and the buffers replaced rather than updated in place (in place,
+            # inductor's backward may re-read them after the update).
+            torch._assert_async(torch.isfinite(var), "NVIL: the learning signal is not finite")
+            self.mean = self.mean * a + (1.0 - a) * mean
+            self.var = self.var * a + (1.0 - a) * var
+            return
         if not bool(torch.isfinite(var)):
             raise ValueError(f"NVIL: the learning signal is not finite (mean {float(mean)})")
-        a = self.decay
         self.mean.mul_(a).add_((1.0 - a) * mean)
         self.var.mul_(a).add_((1.0 - a) * var)
 
