@@ -1,6 +1,8 @@
-r"""Learned control variates for discrete variables: REBAR and RELAX.
+r"""Control variates for discrete variables: REBAR, RELAX, NVIL and MuProp.
 
-Both use a continuous variable :math:`z` with :math:`b = H(z)` (Gumbel scores
+:class:`NVIL` (a learned input-dependent baseline with a centred, normalised
+signal) and :class:`MuProp` (a Taylor expansion of ``f`` at the mean-field
+point) are documented in their classes. REBAR and RELAX both use a continuous variable :math:`z` with :math:`b = H(z)` (Gumbel scores
 :math:`z = \theta + G` and :math:`b = \arg\max z` for categorical variables,
 logistic :math:`z = \theta + L` and :math:`b = 1[z > 0]` for Bernoulli ones), a
 second relaxed draw :math:`\tilde z \sim p(z \mid b)` (reparameterised in θ:
