@@ -503,7 +503,16 @@ class NVIL(_Called):
 
     :math:`v` is the variance across the data points of one call (population
     variance): with a single data point per call it stays 0 and the signal is
-    only centred. The statistics change only in training mode (``eval()``
+    only centred.
+
+    The normalisation rescales this estimator's score term only. In NVIL the
+    learning signal is the whole objective (the full ELBO), so the inference
+    network's whole gradient is scaled together; terms of a loss outside
+    ``f`` (an analytic KL added to ``Estimate.loss``) keep their scale and so
+    gain weight by :math:`s` against it. Put the whole objective in ``f``, or
+    use ``normalize=False``: on the Bernoulli VAE of ``discograd vae``
+    (analytic KL outside ``f``, 300 steps) ``nvil`` reached a test −ELBO of
+    381, ``nvil:normalize=false`` 260, REINFORCE with an EMA baseline 261. The statistics change only in training mode (``eval()``
     freezes them); they are float64 buffers, saved in ``state_dict``.
 
     Args:
