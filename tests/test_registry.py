@@ -83,6 +83,7 @@ def test_names_and_filters():
     assert registry.names(unbiased=True, needs_grad_f=True) == [
         "rebar",
         "relax",
+        "muprop",
         "double_cv",
         "rodeo",
     ]

@@ -21,7 +21,14 @@ from discograd.estimators.relaxed import (
 )
 from discograd.estimators.arsm import AR, ARS, ARSM, ARSMPlus, ARSPlus
 from discograd.estimators.arm import ARM, DisARM
-from discograd.estimators.control import REBAR, RELAX, MLPControlVariate
+from discograd.estimators.control import (
+    NVIL,
+    REBAR,
+    RELAX,
+    BaselineNet,
+    MLPControlVariate,
+    MuProp,
+)
 from discograd.estimators.coupled import ARMS
 from discograd.estimators.stein import RODEO, DoubleCV, SteinControlNet
 from discograd.estimators.multisample import VIMCO, LocalARMS, LocalDisARM
@@ -37,6 +44,7 @@ __all__ = [
     "ARMS",
     "ARS",
     "ARSM",
+    "NVIL",
     "REBAR",
     "REINFORCE",
     "RELAX",
@@ -45,6 +53,7 @@ __all__ = [
     "VIMCO",
     "ARSMPlus",
     "ARSPlus",
+    "BaselineNet",
     "DisARM",
     "DoubleCV",
     "Estimate",
@@ -58,6 +67,7 @@ __all__ = [
     "LocalARMS",
     "LocalDisARM",
     "MLPControlVariate",
+    "MuProp",
     "ReinMax",
     "STGumbelSoftmax",
     "SteinControlNet",
