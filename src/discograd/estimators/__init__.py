@@ -30,6 +30,7 @@ from discograd.estimators.control import (
     MuProp,
 )
 from discograd.estimators.coupled import ARMS
+from discograd.estimators.indecater import IndeCateR
 from discograd.estimators.stein import RODEO, DoubleCV, SteinControlNet
 from discograd.estimators.multisample import VIMCO, LocalARMS, LocalDisARM
 
@@ -63,6 +64,7 @@ __all__ = [
     "ExactMultiSample",
     "GumbelRao",
     "GumbelSoftmax",
+    "IndeCateR",
     "Latent",
     "LocalARMS",
     "LocalDisARM",
