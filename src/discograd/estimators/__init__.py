@@ -29,7 +29,7 @@ from discograd.estimators.control import (
     MLPControlVariate,
     MuProp,
 )
-from discograd.estimators.coupled import ARMS
+from discograd.estimators.coupled import ARMS, CategoricalDisARM
 from discograd.estimators.indecater import IndeCateR
 from discograd.estimators.stein import RODEO, DoubleCV, SteinControlNet
 from discograd.estimators.multisample import VIMCO, LocalARMS, LocalDisARM
@@ -55,6 +55,7 @@ __all__ = [
     "ARSMPlus",
     "ARSPlus",
     "BaselineNet",
+    "CategoricalDisARM",
     "DisARM",
     "DoubleCV",
     "Estimate",
