@@ -29,7 +29,7 @@ from discograd.estimators.control import (
     MLPControlVariate,
     MuProp,
 )
-from discograd.estimators.coupled import ARMS, CategoricalDisARM
+from discograd.estimators.coupled import ARMS, CARMS, CategoricalDisARM
 from discograd.estimators.indecater import IndeCateR
 from discograd.estimators.stein import RODEO, DoubleCV, SteinControlNet
 from discograd.estimators.multisample import VIMCO, LocalARMS, LocalDisARM
@@ -45,6 +45,7 @@ __all__ = [
     "ARMS",
     "ARS",
     "ARSM",
+    "CARMS",
     "NVIL",
     "REBAR",
     "REINFORCE",
