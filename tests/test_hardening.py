@@ -139,7 +139,11 @@ def test_item2_integer_costs_are_promoted(cls, dtype):
         # multi-sample-bound estimators: f is their log weight, the truth the bound's
         k = est.bound_samples if cls.multi_sample else None
         exact = exact_gradient(lambda z: f(z).double(), q1, theta, n_samples=k)[0]
-        assert_mean_matches(gn.double(), exact.double())
+        # An estimate that is exact up to float32 rounding (IndeCateR on the additive
+        # integer cost) has a spread of rounding errors only: z-testing its mean
+        # against the float64 truth would measure float32 rounding, not bias.
+        if float((gn.double().mean(0) - exact.double()).abs().max()) > 1e-5:
+            assert_mean_matches(gn.double(), exact.double())
 
 
 # ----------------------------------------------------------------- item 3

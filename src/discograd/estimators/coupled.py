@@ -22,6 +22,7 @@ import functools
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from discograd.estimators._ops import compute_dtype, open_uniform
@@ -524,28 +525,37 @@ class CARMS(Estimator):
         orders = _carms_orders(C).to(device)  # [P, C]
         P = orders.shape[0]
         pick = torch.randint(P, (R,), device=device, generator=generator)
-        # Interval ends of each category in every order: [R, P, C], by original index.
-        laid = probs[:, orders]  # [R, P, C] in order position
-        cum = laid.cumsum(-1)
-        total = cum[..., -1:]
-        right_pos = cum / total  # the last possible category ends at exactly 1
-        left_pos = (cum - laid) / total
-        where = torch.argsort(orders, -1).expand(R, P, C)  # position of category c in order p
-        right, left = right_pos.gather(-1, where), left_pos.gather(-1, where)
         u = dirichlet_copula(n, (R,), torch.float64, device, generator)  # [n, R]
-        chosen = right_pos[torch.arange(R, device=device), pick]  # [R, C]
-        pos = torch.searchsorted(chosen.expand(n, R, C).contiguous(), u.unsqueeze(-1))
-        pos = pos.clamp_max(C - 1)
-        z = orders[pick].expand(n, R, C).gather(-1, pos).squeeze(-1)  # [n, R]
+        order = orders[pick]  # [R, C]: each variable's order
+        laid = probs.gather(-1, order)
+        right_pos = laid.cumsum(-1)
+        right_pos = right_pos / right_pos[:, -1:]  # the last possible category ends at exactly 1
+        pos = torch.searchsorted(right_pos.expand(n, R, C).contiguous(), u.unsqueeze(-1))
+        z = order.expand(n, R, C).gather(-1, pos.clamp_max(C - 1)).squeeze(-1)  # [n, R]
         x = latent.encode(z.reshape(latent.index_shape((n,))))
         values = latent.call_f(f, x, (n,)).reshape(n, B)
         mean_f = values.mean(0)
+        # The interval [left, right) of each sampled category in every order, O(1) each:
+        # order (s, t) is s, then t+1, t+2, ... cyclically (skipping s), then t, so the
+        # mass before a != s is π_s plus the cyclic sum from t+1 to a-1 less π_s if s
+        # falls in that range. Cyclic sums come from the prefix sums of [π, π].
+        first, last = orders[:, 0], orders[:, -1]  # [P]
+        prefix = F.pad(torch.cat([probs, probs], -1).cumsum(-1), (1, 0))  # [R, 2C + 1]
+        cat = z.unsqueeze(-1)  # [n, R, 1]
+        begin = (last + 1) % C  # [P]
+        length = (cat - begin) % C  # [n, R, P]: categories from t+1 up to a-1
+        start = begin.expand(n, R, P)
+        cyc = prefix.expand(n, R, 2 * C + 1).gather(-1, start + length) - prefix.expand(
+            n, R, 2 * C + 1
+        ).gather(-1, start)
+        p_first = probs[:, first]  # [R, P]
+        skips_first = (first - begin) % C < length
+        left = torch.where(cat == first, 0.0, p_first + cyc - skips_first * p_first)
+        right = left + probs.gather(-1, z.transpose(0, 1)).transpose(0, 1).unsqueeze(-1)
         # P(a, b) for the sampled pairs i < j (the copula is exchangeable, so the
         # matrix is symmetric), averaged over the orders. The copula CDF is
         # max(x^e + y^e - 1, 0)^(n-1), e = 1/(n-1): the powers x^e once per end.
-        zi = z.view(n, R, 1, 1).expand(n, R, P, 1)
-        ends = torch.stack([e.expand(n, R, P, C).gather(-1, zi) for e in (left, right)]).squeeze(-1)
-        ends = ends.clamp_min(0).pow(1.0 / (n - 1))  # [2 (left, right), n, R, P]
+        ends = torch.stack([left, right]).clamp(0, 1).pow(1.0 / (n - 1))  # [2, n, R, P]
         I, J = torch.triu_indices(n, n, 1, device=device)
         a, b = ends[:, I], ends[:, J]  # [2, pairs, R, P]
 
