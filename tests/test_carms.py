@@ -135,7 +135,7 @@ def _reference(theta, w, n_draws, n, gen=None, given=None):
 
 @pytest.mark.parametrize("n", [2, 4])
 def test_matches_the_reference_implementation(n):
-    theta, w = problem("categorical", B=3, D=2, C=4, seed=111)
+    theta, w = problem("categorical", B=2, D=2, C=4, seed=111)
     N = 20000
     ref = _reference(theta, w, N, n, gen=torch.Generator().manual_seed(112))
     lib, _ = draws(CARMS(n), "categorical", theta, w, N, seed=113, multi=False)

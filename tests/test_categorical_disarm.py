@@ -9,7 +9,7 @@ import itertools
 import pytest
 import torch
 
-from discograd.estimators import CategoricalDisARM
+from discograd.estimators import CategoricalDisARM, DisARM
 from multisample_helpers import (
     D64,
     cost,
@@ -256,3 +256,35 @@ def test_hyper_parameters_and_supports():
         out = CategoricalDisARM(enc, False, order)(lambda x: x.sum(-1) * 3, q)
         out.loss.sum().backward()
         assert out.n_evals == 2 and (leaf.grad == 0).all()
+
+
+def test_two_categories_is_disarm_draw_for_draw():
+    """With C = 2 (no reordering) the one decision is a Bernoulli variable with logit
+    θ_0 - θ_1 that selects category 0, and categorical DisARM is binary DisARM: the same
+    uniforms, the same draws, the gradient split as (+g, -g) over the two logits."""
+    gen = torch.Generator().manual_seed(141)
+    theta = 1.5 * torch.randn(500, 4, 2, dtype=D64, generator=gen)
+    w = torch.randn(4, dtype=D64, generator=gen)
+
+    def f_bits(b):
+        a = (b * w).sum(-1)
+        return torch.sin(3 * a) + a**2
+
+    cat = theta.clone().requires_grad_()
+    out_c = CategoricalDisARM(order="none")(
+        lambda x: f_bits(x[..., 0]),
+        torch.distributions.Independent(torch.distributions.Categorical(logits=cat), 1),
+        generator=torch.Generator().manual_seed(142),
+    )
+    (g_cat,) = torch.autograd.grad(out_c.loss.sum(), cat)
+    logit = (theta[..., 0] - theta[..., 1]).clone().requires_grad_()
+    out_b = DisARM()(
+        f_bits,
+        torch.distributions.Independent(torch.distributions.Bernoulli(logits=logit), 1),
+        generator=torch.Generator().manual_seed(142),
+    )
+    (g_bin,) = torch.autograd.grad(out_b.loss.sum(), logit)
+    torch.testing.assert_close(out_c.value, out_b.value)
+    torch.testing.assert_close(g_cat[..., 0], g_bin, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(g_cat[..., 1], -g_bin, rtol=1e-10, atol=1e-12)
+    assert (g_bin != 0).any()
