@@ -57,7 +57,7 @@ class IndeCateR(Estimator):
     (the CatLog-derivative trick). The exact inner sum removes all of the
     variance that variable :math:`d`'s own sampling causes; what remains comes
     from the other variables, so it is very low when :math:`f` is nearly
-    additive and the exact gradient when :math:`D = 1`.
+    additive, and with :math:`D = 1` the score part is exact in every draw.
 
     ``Estimate.value`` and the pathwise term (parameters inside ``f``, uses of θ
     inside ``f``) are the mean of ``f`` at the :math:`n` samples themselves, as in
