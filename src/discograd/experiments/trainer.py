@@ -184,6 +184,10 @@ class Task(Generic[C, S]):
     #: ``None``: :meth:`evaluate` is called at every step
     evaluations: ClassVar[tuple[str, ...] | None] = None
 
+    def headlines(self, config: C) -> tuple[str, ...]:
+        """The result keys the command prints for ``config`` (default: :attr:`headline`)."""
+        return self.headline
+
     def load(self, config: C, *, quiet: bool = False) -> Any:
         """Data shared by every phase, loaded once per run (default: none)."""
         return None
