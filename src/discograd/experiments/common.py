@@ -88,6 +88,10 @@ class ChainedOptimizer(torch.optim.Optimizer):
         for o in self.parts:
             o.step()
 
+    # torch wraps an optimiser class's step in profiling hooks unless it says it is hooked;
+    # the parts' steps are wrapped already, a second layer only costs time every step.
+    step.hooked = True  # type: ignore[attr-defined]
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         for o in self.parts:
             o.zero_grad(set_to_none=set_to_none)
