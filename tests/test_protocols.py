@@ -130,6 +130,8 @@ def test_a_protocol_run_records_its_config_and_is_accepted_back(tmp_path):
     saved = json.loads((tmp_path / "a" / "config.json").read_text())
     assert saved["protocol"] == "disarm" and saved["prior_lr"] == 0.01 and saved["lr"] == 1e-4
     assert saved["batch_size"] == 10 and saved["n_latent"] == 3  # the flags won
+    for key in ("train_set_neg_elbo", "test_iw_bound", "grad_var"):  # the protocols' curves
+        assert (tmp_path / "a" / f"vae_{key}.png").stat().st_size > 0
     values = read_file(tmp_path / "a" / "config.json")
     values.pop("command")
     cfg = build(VAEConfig, values)
