@@ -11,6 +11,10 @@ averaged over ``log_every`` steps), f-evaluations and seconds per step, the
 temperature; validation −ELBO every ``eval_every`` steps; at the end the test
 single-sample −ELBO (discrete sample, analytic KL) and the importance-weighted
 bound with ``eval_samples`` samples on the first ``iw_examples`` test images.
+Where asked for (the published protocols, ``--protocol``, :mod:`protocols`):
+the −ELBO over the whole training set every ``train_eval_every`` steps, the
+test bound every ``test_every`` steps, and the RODEO / DisARM code's encoder
+gradient variance every ``grad_var_every`` steps (:class:`GradientVariance`).
 Resuming, divergence, seeds: see :mod:`discograd.experiments.trainer`.
 """
 
