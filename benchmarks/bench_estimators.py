@@ -1,18 +1,26 @@
-"""Estimator overhead, peak memory and profile on the 20x10 categorical VAE.
+"""Estimator overhead, peak memory and profile on a VAE training step.
 
 Run by hand (about 2-3 minutes on 2 CPU cores; ``--quick``: well under one)::
 
     PYTHONPATH=src python benchmarks/bench_estimators.py [--quick] [--threads N]
-        [--device cpu|cuda] [--profile]
+        [--device cpu|cuda] [--profile] [--problem categorical|disarm-linear]
 
-Problem: :class:`discograd.models.CategoricalVAE` as ``discograd vae`` builds it
-(20 variables x 10 categories, 784-512-256 encoder and mirrored decoder,
-LeakyReLU(0.2), uniform prior, analytic KL, Adam lr 3e-4) on one batch of 200
-binary 784-pixel images: scikit-learn's 8x8 digits upsampled to 28x28 and
-thresholded (random binary images if scikit-learn is missing). The cost handed
-to the estimator is ``f(z) = -log p(x | z)``; one training step is what
-``discograd vae`` does: encoder, estimator call, KL, ``cv_loss`` step (REBAR,
-RELAX), ``loss.backward()``, ``Adam.step()``.
+Problems:
+
+* ``categorical`` (default): :class:`discograd.models.CategoricalVAE` as
+  ``discograd vae`` builds it (20 variables x 10 categories, 784-512-256
+  encoder and mirrored decoder, LeakyReLU(0.2), uniform prior, analytic KL,
+  Adam lr 3e-4) on one batch of 200 images;
+* ``disarm-linear``: the linear Bernoulli VAE of the ``disarm`` protocol
+  (200 latents, affine encoder and decoder, learned prior, Adam lr 1e-4) on
+  one batch of 50 images: the model on which issue 13 asks every binary
+  estimator to spend at most 10% of a step outside f and autograd.
+
+Images: scikit-learn's 8x8 digits upsampled to 28x28 and thresholded (random
+binary images if scikit-learn is missing). The cost handed to the estimator
+is ``f(z) = -log p(x | z)`` (multi-sample estimators get ``log_weight = -f``);
+one training step is what ``discograd vae`` does: encoder, estimator call,
+KL, ``cv_loss`` step (REBAR, RELAX), ``loss.backward()``, ``Adam.step()``.
 
 What it measures, per step (medians over interleaved repeats; every
 estimator trains its own copy of the same initial model on the same batch):
@@ -86,33 +94,43 @@ from torch import Tensor
 
 from discograd.estimators.registry import ESTIMATORS, make
 from discograd.experiments.common import cv_optimizer
-from discograd.models import CategoricalVAE
+from discograd.models import BernoulliVAE, CategoricalVAE, DiscreteVAE
 
-N_LATENT, N_CATEGORIES, BATCH, X_DIM, HIDDEN = 20, 10, 200, 784, (512, 256)
-LR, CV_LR, SEED = 3e-4, 1e-3, 0
+X_DIM, CV_LR, SEED = 784, 1e-3, 0
 CHUNK = 8  # max_evals_per_call of the chunked ARSM
+#: problem -> (batch size, Adam learning rate)
+PROBLEMS = {"categorical": (200, 3e-4), "disarm-linear": (50, 1e-4)}
+PROBLEM = "categorical"  # set by main()
 
 
 # ----------------------------------------------------------------- problem
 def images(device: torch.device) -> tuple[Tensor, str]:
-    """A batch of 200 binary 784-pixel images and where they came from."""
+    """A batch of binary 784-pixel images (the problem's batch size) and where they came from."""
+    batch = PROBLEMS[PROBLEM][0]
     try:
         from sklearn.datasets import load_digits
     except ImportError:
         gen = torch.Generator().manual_seed(SEED)
-        x = (torch.rand(BATCH, X_DIM, generator=gen) < 0.3).float()
+        x = (torch.rand(batch, X_DIM, generator=gen) < 0.3).float()
         return x.to(device), "random binary (p=0.3)"
-    digits = torch.tensor(load_digits().images[:BATCH], dtype=torch.float32) / 16.0
+    digits = torch.tensor(load_digits().images[:batch], dtype=torch.float32) / 16.0
     x = F.interpolate(digits.unsqueeze(1), size=(28, 28), mode="bilinear", align_corners=False)
     return (x.flatten(1) > 0.5).float().to(device), "sklearn digits, 8x8 -> 28x28, x > 0.5"
 
 
-def initial_model(device: torch.device) -> CategoricalVAE:
+def initial_model(device: torch.device) -> DiscreteVAE:
     torch.manual_seed(SEED)
-    return CategoricalVAE(X_DIM, N_LATENT, N_CATEGORIES, HIDDEN, "leaky_relu", "uniform").to(device)
+    if PROBLEM == "disarm-linear":
+        return BernoulliVAE(X_DIM, 200, (), "leaky_relu", "learned").to(device)
+    return CategoricalVAE(X_DIM, 20, 10, (512, 256), "leaky_relu", "uniform").to(device)
 
 
-def applicable(model: CategoricalVAE, x: Tensor) -> list[str]:
+def cost_for(est: Any, f: Any) -> Any:
+    """What ``est`` is called with: ``f``, or ``-f`` as log-weights for a multi-sample bound."""
+    return (lambda z: -f(z)) if getattr(est, "multi_sample", False) else f
+
+
+def applicable(model: DiscreteVAE, x: Tensor) -> list[str]:
     """Registry names whose default estimator accepts this VAE's posterior.
 
     A side-effect-free trial call (eval mode, no autograd, two data points):
@@ -126,7 +144,7 @@ def applicable(model: CategoricalVAE, x: Tensor) -> list[str]:
             est = make(name).to(x.device).eval()
             gen = torch.Generator(device=x.device).manual_seed(0)
             try:
-                est(lambda z: -model.log_likelihood(x[:2], z), q, generator=gen)
+                est(cost_for(est, lambda z: -model.log_likelihood(x[:2], z)), q, generator=gen)
             except (TypeError, ValueError):
                 continue
             names.append(name)
@@ -174,12 +192,12 @@ def timed_autograd_grad(clock: Clock) -> Iterator[None]:
 class Runner:
     """One estimator training its own copy of the model, one step at a time."""
 
-    def __init__(self, spec: str, model0: CategoricalVAE, x: Tensor, seed: int) -> None:
+    def __init__(self, spec: str, model0: DiscreteVAE, x: Tensor, seed: int) -> None:
         self.spec = spec
         self.x = x
         self.model = copy.deepcopy(model0)
         self.est = make(spec).to(x.device)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=LR)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=PROBLEMS[PROBLEM][1])
         self.cv_opt = cv_optimizer(
             self.est,
             CV_LR,
@@ -201,7 +219,7 @@ class Runner:
         with timed_autograd_grad(clock):
             with clock.section("model"):
                 q = model.posterior(x)
-            out = self.est(f, q, generator=self.gen)
+            out = self.est(cost_for(self.est, f), q, generator=self.gen)
             with clock.section("model"):
                 loss = (out.loss + model.analytic_kl(q)).mean()
             cv_loss = out.cv_loss
@@ -305,6 +323,7 @@ def _peak_memory(spec: str, args: argparse.Namespace) -> str:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
     cmd = [sys.executable, __file__, "--memory-child", spec, "--threads", str(args.threads)]
     cmd += ["--device", args.device, "--memory-steps", str(args.memory_steps)]
+    cmd += ["--problem", args.problem]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         return "error: " + proc.stderr.strip().splitlines()[-1]
@@ -332,35 +351,11 @@ def _fmt(v: float) -> str:
     return f"{v * 1e3:.1f}"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="fewer repeats; memory of ARSM/RLOO only"
-    )
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument(
-        "--profile", action="store_true", help="torch.profiler tables, ARSM and RLOO"
-    )
-    parser.add_argument("--memory-child", metavar="SPEC", help=argparse.SUPPRESS)
-    parser.add_argument("--memory-steps", type=int, default=2, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-
-    if args.memory_child:
-        print(json.dumps(memory_child(args.memory_child, device, args.memory_steps)))
-        return
-
-    rounds, warmup = (4, 1) if args.quick else (10, 2)
-    x, source = images(device)
-    model0 = initial_model(device)
-    print(
-        f"# 20x10 categorical VAE, batch {BATCH}, data: {source}; device {device}, "
-        f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-        f"{rounds} interleaved repeats (medians)\n"
-    )
-
+def arsm_against_rloo(
+    model0: DiscreteVAE, x: Tensor, args: argparse.Namespace, rounds: int, warmup: int
+) -> None:
+    """Sections 1 and 2 (categorical problem): ARSM against RLOO at equal evaluations."""
+    device = x.device
     # ARSM's evaluations on this batch at the initial weights -> RLOO's n_samples.
     with torch.no_grad():
         probe = make("arsm").to(device)
@@ -409,6 +404,44 @@ def main(argv: list[str] | None = None) -> None:
         f"{med[arsm_chunked]['total'] / med[arsm]['total']:.2f}\n"
     )
 
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer repeats; memory of ARSM/RLOO only"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="torch.profiler tables: ARSM and RLOO (categorical), DisARM (disarm-linear)",
+    )
+    parser.add_argument("--problem", choices=list(PROBLEMS), default="categorical")
+    parser.add_argument("--memory-child", metavar="SPEC", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-steps", type=int, default=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    global PROBLEM
+    PROBLEM = args.problem
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    if args.memory_child:
+        print(json.dumps(memory_child(args.memory_child, device, args.memory_steps)))
+        return
+
+    rounds, warmup = (4, 1) if args.quick else (10, 2)
+    x, source = images(device)
+    model0 = initial_model(device)
+    print(
+        f"# {PROBLEM} VAE, batch {len(x)}, data: {source}; device {device}, "
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"{rounds} interleaved repeats (medians)\n"
+    )
+
+    if PROBLEM == "categorical":
+        arsm_against_rloo(model0, x, args, rounds, warmup)
+
     # --- 3: every applicable estimator.
     names = applicable(model0, x)
     runners = [Runner(s, model0, x, seed=i + 1) for i, s in enumerate(names)]
@@ -443,7 +476,8 @@ def main(argv: list[str] | None = None) -> None:
         print("warning: NaN timings")
 
     if args.profile:
-        for s in (arsm, rloo):
+        profiled = ("arsm", "rloo:n_samples=4") if PROBLEM == "categorical" else ("disarm",)
+        for s in profiled:
             print(f"\n## torch.profiler: {s}, 3 steps, top ops by self CPU time\n")
             print(profile(Runner(s, model0, x, seed=7), 3, 15))
 

@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 from collections.abc import Callable
 from typing import Any
 
+import bench_engine
 import torch
 import torch.nn.functional as F
 from _machine import cpu_name
@@ -164,7 +166,17 @@ def main() -> None:
     parser.add_argument("--estimator", choices=("disarm", "rloo"), default="disarm")
     parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
     parser.add_argument("--no-grad-var", action="store_true", help="no variance EMAs")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall time, or this thread's CPU time (steadier on a busy machine; 1 thread)",
+    )
     args = parser.parse_args()
+    if args.clock == "cpu":
+        if args.threads != 1:
+            parser.error("--clock cpu measures one thread: use --threads 1")
+        bench_engine.CLOCK = time.thread_time
     torch.set_num_threads(args.threads)
     repeats = args.repeats or (3 if args.quick else 5)
     steps = args.steps or (150 if args.quick else 400)
@@ -173,7 +185,9 @@ def main() -> None:
     data, source = fashion()
     print(f"# bench_protocols: {cpu_name()}, torch {torch.__version__}, {args.threads} thread(s)")
     print(f"# data: {source} ({len(data.train)} training images); {steps} steps per run")
-    print(f"# ({warmup} warm-up), {repeats} repeats; estimator {args.estimator}")
+    print(
+        f"# ({warmup} warm-up), {repeats} repeats; estimator {args.estimator}; {args.clock} clock"
+    )
     print("| protocol | discograd ms/step | hand-written ms/step | ratio | discograd steps/s |")
     print("|---|--:|--:|--:|--:|")
     for name in args.protocols:

@@ -375,13 +375,15 @@ def ksample():
 
 
 def test_vae_trains_a_multi_sample_estimator_on_the_k_sample_bound(tmp_path, ksample):
-    cfg = small(estimators=(f"{ksample}:n_samples=3", "disarm"))
+    cfg = small(estimators=(f"{ksample}:n_samples=3", f"{ksample}:n_samples=2"))
     res = run_task(VAETask(), cfg, tmp_path, data=tiny_data())
     assert res[f"{ksample}:n_samples=3"]["evals_per_step"] == 3
     records = RunDir(tmp_path, dataclasses.asdict(cfg)).records(f"vae/{ksample}:n_samples=3/seed0")
     assert all(r["train_neg_elbo"] > 0 for r in records if "train_neg_elbo" in r)
     with pytest.raises(ConfigError, match="needs kl='estimated'"):
         dataclasses.replace(cfg, kl="analytic").validate()
+    with pytest.raises(ConfigError, match="run them apart"):  # one objective per run
+        dataclasses.replace(cfg, estimators=(f"{ksample}:n_samples=3", "disarm")).validate()
 
 
 def test_the_multi_sample_hook_gives_an_unbiased_gradient_of_the_k_sample_bound(ksample):

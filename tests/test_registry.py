@@ -67,11 +67,26 @@ def test_names_and_filters():
         "gumbel_rao",
         "reinmax",
     ]
-    assert registry.names(exact=True) == ["exact"]
+    assert registry.names(exact=True) == ["exact", "exact_multi_sample"]
+    assert registry.names(exact=True, multi_sample=False) == ["exact"]
+    # Multi-sample-bound estimators (est(log_weight, q)) are listed apart.
+    multi = registry.names(multi_sample=True)
+    assert multi == ["exact_multi_sample", "vimco", "local_disarm", "local_arms"]
+    single = registry.names(multi_sample=False)
+    assert set(single) | set(multi) == set(ESTIMATORS) and not set(single) & set(multi)
+    assert "arms" in single and registry.info("vimco").multi_sample
+    assert not registry.info("arms").multi_sample
     ber = registry.names("bernoulli", unbiased=True, exact=False)
     assert "disarm" in ber and "arsm" not in ber and "exact" not in ber
-    assert set(registry.names("categorical")) == set(ESTIMATORS) - {"arm", "disarm"}
-    assert registry.names(unbiased=True, needs_grad_f=True) == ["rebar", "relax"]
+    binary_only = {"arm", "disarm", "arms", "double_cv", "rodeo", "local_disarm", "local_arms"}
+    assert set(registry.names("categorical")) == set(ESTIMATORS) - binary_only
+    assert registry.names(unbiased=True, needs_grad_f=True) == [
+        "rebar",
+        "relax",
+        "muprop",
+        "double_cv",
+        "rodeo",
+    ]
     with pytest.raises(ValueError, match="kind"):
         registry.names("binary")
 
@@ -102,7 +117,14 @@ def test_info_records():
 
 def test_class_attributes_are_the_records():
     for e in registry.infos():
-        for attr in ("supports", "unbiased", "needs_grad_f", "has_temperature", "exact"):
+        for attr in (
+            "supports",
+            "unbiased",
+            "needs_grad_f",
+            "has_temperature",
+            "exact",
+            "multi_sample",
+        ):
             assert getattr(e.cls, attr) == getattr(e, attr), (e.name, attr)
         if e.preset_of is None:
             assert e.cls.name == e.name
@@ -148,14 +170,19 @@ def _problem(kind: str):
     return theta, q, f
 
 
-def _grad(name: str, kind: str, black_box: bool) -> torch.Tensor:
+def _grad(name: str, kind: str, black_box: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The gradient estimate, and the gradient of ``cv_loss`` w.r.t. the estimator's parameters."""
     theta, q, f = _problem(kind)
-    torch.manual_seed(0)  # RELAX's network
+    torch.manual_seed(0)  # RELAX's and RODEO's networks
     est = make(name)
     cost = (lambda z: f(z.detach())) if black_box else f
     out = est(cost, q(), generator=torch.Generator().manual_seed(1))
-    (g,) = torch.autograd.grad(out.loss.sum(), theta)
-    return g
+    (g,) = torch.autograd.grad(out.loss.sum(), theta, retain_graph=out.cv_loss is not None)
+    params = [p for p in est.parameters() if p.requires_grad]
+    if out.cv_loss is None or not params or not out.cv_loss.requires_grad:
+        return g, None
+    grads = torch.autograd.grad(out.cv_loss, params, allow_unused=True)
+    return g, torch.cat([x.reshape(-1) for x in grads if x is not None])
 
 
 @pytest.mark.parametrize("name", registry.names())
@@ -163,10 +190,15 @@ def test_needs_grad_f_is_what_the_estimator_does(name):
     """needs_grad_f=False: a cost that hides z from autograd gives the same gradient."""
     e = registry.info(name)
     kind = "categorical" if "categorical" in e.supports else "bernoulli"
-    g = _grad(name, kind, black_box=False)
-    g_black = _grad(name, kind, black_box=True)
+    g, cv = _grad(name, kind, black_box=False)
+    g_black, cv_black = _grad(name, kind, black_box=True)
     if e.needs_grad_f:
-        assert not torch.allclose(g, g_black), f"{name} ignores ∂f/∂z"
+        # DoubleCV and RODEO start with their control variates scaled by 0 (as the
+        # official code does): ∂f/∂z then shows only in what trains them.
+        uses = not torch.allclose(g, g_black)
+        if not uses and cv is not None and cv_black is not None:
+            uses = not torch.allclose(cv, cv_black)
+        assert uses, f"{name} ignores ∂f/∂z"
     else:
         assert torch.equal(g, g_black), f"{name} uses ∂f/∂z"
 

@@ -409,7 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="discograd",
         description="Gradients through discrete random variables: which estimator, at what cost.",
-        epilog="estimators: " + ", ".join(registry.names()),
+        epilog="estimators: "
+        + ", ".join(registry.names(multi_sample=False))
+        + "; multi-sample bounds (est(log_weight, q)): "
+        + ", ".join(registry.names(multi_sample=True)),
         allow_abbrev=False,
     )
     parser.add_argument(

@@ -13,7 +13,8 @@ from the sample-level layer is listed in one place:
 * :func:`gumbel_from_uniform_`, :func:`perturbed` — Gumbel noise and ``logits + G``;
 * :func:`divide_by_tau` — ``scores / tau`` with a finite gradient at ``-inf`` scores;
 * :func:`softmax_last`, :func:`one_hot` — fast CPU forms of the two ops;
-* :func:`is_compiling` — whether ``torch.compile`` is tracing.
+* :func:`is_compiling` — whether ``torch.compile`` is tracing;
+* :func:`as_dtype` — ``x.to(dtype)`` without a dispatch when it already has it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from discograd.functional import _softmax_last as softmax_last
 from discograd.functional import _uniform as uniform
 
 __all__ = [
+    "as_dtype",
     "compute_dtype",
     "divide_by_tau",
     "gumbel_from_uniform_",
@@ -42,6 +44,15 @@ __all__ = [
     "softmax_last",
     "uniform",
 ]
+
+
+def as_dtype(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``x.to(dtype)``; ``x`` itself, with no operator call, when it has that dtype.
+
+    A no-op ``to`` still goes through the dispatcher: microseconds that add up
+    on the hot path of small models.
+    """
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 def logistic_from_uniform(u: Tensor) -> Tensor:

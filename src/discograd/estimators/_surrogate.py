@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from discograd.estimators._ops import compute_dtype
+from discograd.estimators._ops import as_dtype, compute_dtype
 
 __all__ = ["sum_event", "surrogate", "zero_valued"]
 
@@ -29,7 +29,9 @@ def zero_valued(x: Tensor) -> Tensor:
 
 def sum_event(x: Tensor, n_event: int) -> Tensor:
     """Sum over the last ``n_event`` dimensions (none: ``x`` itself)."""
-    return x.flatten(x.dim() - n_event).sum(-1) if n_event else x
+    if n_event <= 1:
+        return x.sum(-1) if n_event else x
+    return x.flatten(x.dim() - n_event).sum(-1)
 
 
 def surrogate(
@@ -47,9 +49,9 @@ def surrogate(
     """
     cdt = compute_dtype(logits.dtype)
     if finite:
-        g, safe = grad.detach().to(cdt), logits.to(cdt)
+        g, safe = as_dtype(grad.detach(), cdt), as_dtype(logits, cdt)
     else:
         mask = torch.isfinite(logits)
-        safe = torch.where(mask, logits, 0.0).to(cdt)
-        g = torch.where(mask, grad.detach().to(cdt), 0.0)
-    return f_value + sum_event(g * zero_valued(safe), n_event).to(f_value.dtype)
+        safe = as_dtype(torch.where(mask, logits, 0.0), cdt)
+        g = torch.where(mask, as_dtype(grad.detach(), cdt), 0.0)
+    return f_value + as_dtype(sum_event(g * zero_valued(safe), n_event), f_value.dtype)

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor
 
-from discograd.estimators._ops import compute_dtype, open_uniform
+from discograd.estimators._ops import as_dtype, compute_dtype, open_uniform
 from discograd.estimators._surrogate import surrogate
 from discograd.estimators.base import CostFn, Estimate, Estimator, Latent
 from discograd.estimators.registry import register
@@ -36,22 +36,25 @@ class _Antithetic(Estimator):
     def _pair(self, theta: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover
         raise NotImplementedError
 
-    def _grad(self, theta: Tensor, u: Tensor, b1: Tensor, b2: Tensor, df: Tensor) -> Tensor:
-        raise NotImplementedError  # pragma: no cover
+    def _grad(
+        self, theta: Tensor, u: Tensor, b2: Tensor, differ: Tensor, df: Tensor
+    ) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
 
     def estimate(self, f: CostFn, latent: Latent, generator: torch.Generator | None) -> Estimate:
         B = math.prod(latent.batch_shape)
         V = latent.n_vars
         theta = latent.logits.reshape(B, V)
-        th = theta.detach().to(compute_dtype(latent.dtype))
+        th = as_dtype(theta.detach(), compute_dtype(latent.dtype))
         u = open_uniform((B, V), th.dtype, latent.device, generator)
         b1, b2 = self._pair(th, u)
-        same = (b1 == b2).all(-1)  # [B]: one distinct configuration, score term exactly 0
+        differ = b1 != b2
+        distinct = differ.any(-1)  # [B]; else one configuration and a score term of exactly 0
         # Both samples in one call of f. No per-data-point deduplication: f takes one
         # sample dimension for the whole batch, so a data point whose pair coincides
         # saves nothing unless every one does, and sorting configurations of
         # hundreds of variables cost more than the decoder of a linear VAE.
-        n_same = int(same.sum())  # the one device synchronisation
+        n_same = B - int(distinct.sum())  # the one device synchronisation
         if n_same == B:
             f1 = latent.call_f(f, latent.encode(b1.reshape(latent.index_shape())), ())
             values = f1.reshape(1, B).expand(2, B)
@@ -62,9 +65,9 @@ class _Antithetic(Estimator):
         # for the caller to reduce and read back.
         count: float | Tensor = 1.0 if n_same == B else 2.0
         if 0 < n_same < B:
-            count = (2 - same.to(torch.int64)).reshape(latent.batch_shape)
-        df = (values[0] - values[1]).detach().to(th.dtype).unsqueeze(-1)
-        grad = self._grad(th, u, b1, b2, df)  # surrogate() zeroes it at ±inf logits
+            count = (1 + distinct.to(torch.int64)).reshape(latent.batch_shape)
+        df = as_dtype((values[0] - values[1]).detach(), th.dtype).unsqueeze(-1)
+        grad = self._grad(th, u, b2, differ, df)  # surrogate() zeroes it at ±inf logits
         mean_f = 0.5 * (values[0] + values[1])
         loss = surrogate(mean_f, grad, theta, 1, finite=latent.finite).reshape(latent.batch_shape)
         return Estimate(
@@ -94,7 +97,7 @@ class ARM(_Antithetic):
     def _pair(self, theta, u):
         return u > torch.sigmoid(-theta), u < torch.sigmoid(theta)
 
-    def _grad(self, theta, u, b1, b2, df):
+    def _grad(self, theta, u, b2, differ, df):
         return df * (u - 0.5)
 
 
@@ -120,6 +123,6 @@ class DisARM(_Antithetic):
         p = torch.sigmoid(theta)
         return u < p, (1 - u) < p
 
-    def _grad(self, theta, u, b1, b2, df):
-        sign = torch.where(b2, -1.0, 1.0).to(theta.dtype)
-        return 0.5 * df * sign * (b1 != b2) * torch.sigmoid(theta.abs())
+    def _grad(self, theta, u, b2, differ, df):
+        sign = as_dtype(torch.where(b2, -1.0, 1.0), theta.dtype)
+        return 0.5 * df * sign * differ * torch.sigmoid(theta.abs())

@@ -22,6 +22,7 @@ __all__ = [
     "check_estimators",
     "cv_optimizer",
     "has_temperature",
+    "is_multi_sample",
     "is_unbiased",
     "lazily_sized",
     "resolve_device",
@@ -115,12 +116,18 @@ def lazily_sized(module: nn.Module) -> bool:
 # ------------------------------------------------------- estimator capabilities
 # Every question the experiments ask an estimator about what it is, one function each:
 # when the estimator classes declare them (registry metadata), only these change.
-def every_estimator(kind: str | None, overrides: Mapping[str, str] = {}) -> tuple[str, ...]:
+def every_estimator(
+    kind: str | None, overrides: Mapping[str, str] = {}, *, multi_sample: bool = False
+) -> tuple[str, ...]:
     """The specs of every registered estimator (supporting ``kind``), in registry order,
-    with a study's hyper-parameters ``{name: "key=value,..."}`` where they differ."""
-    return tuple(
-        f"{name}:{overrides[name]}" if name in overrides else name for name in registry.names(kind)
-    )
+    with a study's hyper-parameters ``{name: "key=value,..."}`` where they differ.
+
+    ``multi_sample=False`` (the default): the estimators of E_q[f], called as
+    ``est(f, q)``; ``True``: the multi-sample-bound ones, called as
+    ``est(log_weight, q)``. The two never mix: one objective per study.
+    """
+    found = registry.names(kind, multi_sample=multi_sample)
+    return tuple(f"{name}:{overrides[name]}" if name in overrides else name for name in found)
 
 
 def has_temperature(est: Any) -> bool:
@@ -140,12 +147,31 @@ def supports(est: Any, kind: str) -> bool:
 
 
 def support_limit(est: Any) -> int | None:
-    """The most configurations per data point ``est`` enumerates (``Exact``), or ``None``."""
-    return est.max_support if type(est).exact else None
+    """The most configurations per data point ``est`` enumerates (``Exact``), or ``None``.
+
+    ``ExactMultiSample`` sums over K-tuples: its budget is on ``N**K``, so the
+    limit on ``N`` is the largest ``N`` with ``N**K <= max_support``.
+    """
+    if not type(est).exact:
+        return None
+    if not type(est).multi_sample:
+        return int(est.max_support)
+    k = int(est.n_samples)
+    n = round(est.max_support ** (1 / k))
+    while n**k > est.max_support:
+        n -= 1
+    while (n + 1) ** k <= est.max_support:
+        n += 1
+    return n
 
 
 def is_unbiased(est: Any) -> bool:
     return bool(type(est).unbiased)
+
+
+def is_multi_sample(est: Any) -> bool:
+    """Whether ``est`` estimates a K-sample bound, called as ``est(log_weight, q)``."""
+    return bool(type(est).multi_sample)
 
 
 def takes_temperature(name: str) -> bool:
@@ -160,8 +186,13 @@ def check_estimators(
     kind: str | None = None,
     field: str = "estimators",
     support: int | None = None,
+    multi_sample: bool | None = False,
 ) -> list[Estimator]:
     """Build each spec (``ConfigError`` for unknown ones); none repeated; all support ``kind``.
+
+    ``multi_sample``: ``False`` (a study of E_q[f]) refuses the multi-sample-bound
+    estimators, whose first argument is a log weight rather than a cost;
+    ``True`` refuses the others; ``None`` accepts both.
 
     ``support``: configurations per data point, for estimators that enumerate
     them (``Exact``): more than their ``max_support`` is refused here rather
@@ -178,6 +209,14 @@ def check_estimators(
         est = make(spec)
         if kind is not None and not supports(est, kind):
             raise ConfigError(f"{field}: {spec} does not support {kind} variables")
+        if multi_sample is not None and is_multi_sample(est) != multi_sample:
+            which = "a multi-sample-bound estimator" if is_multi_sample(est) else "not one"
+            want = (
+                "multi-sample-bound estimators (est(log_weight, q))"
+                if multi_sample
+                else ("estimators of E_q[f] (est(f, q))")
+            )
+            raise ConfigError(f"{field}: {spec} is {which}; this study takes {want}")
         limit = support_limit(est)
         if support is not None and limit is not None and support > limit:
             raise ConfigError(

@@ -33,6 +33,7 @@ from discograd.experiments.common import (
     ChainedOptimizer,
     check_estimators,
     has_temperature,
+    is_multi_sample,
     slug,
     temperature,
 )
@@ -58,7 +59,6 @@ __all__ = [
     "VAETask",
     "build_model",
     "encoder_gradient_stats",
-    "is_multi_sample",
 ]
 
 VAE_ESTIMATORS: tuple[str, ...] = (
@@ -168,7 +168,15 @@ class VAEConfig(DataConfig, AnnealConfig, TrainConfig):
                 f"grad_check_every needs an enumerable posterior ({k}^{self.n_latent} "
                 "configurations is above 65536); use e.g. --n-latent 1 --n-categories 10"
             )
-        built = check_estimators(self.estimators, self.latent, support=k**self.n_latent)
+        built = check_estimators(
+            self.estimators, self.latent, support=k**self.n_latent, multi_sample=None
+        )
+        if len({is_multi_sample(est) for est in built}) > 1:
+            raise ConfigError(
+                "estimators: the multi-sample-bound estimators (est(log_weight, q)) optimise "
+                "another objective than the others; run them apart, got "
+                + " ".join(self.estimators)
+            )
         for spec, est in zip(self.estimators, built, strict=True):
             if self.kl == "relaxed" and not has_temperature(est):
                 raise ConfigError(
@@ -209,11 +217,6 @@ def build_model(cfg: VAEConfig, x_dim: int, train_mean: Tensor | None = None) ->
             train_mean, center_input=cfg.center_input, init_output_bias=cfg.init_output_bias
         )
     return model
-
-
-def is_multi_sample(est: Any) -> bool:
-    """An estimator of a K-sample bound, called as ``est(log_weight, q)`` (VIMCO, ...)."""
-    return bool(getattr(est, "multi_sample", False))
 
 
 def _elbo_kl(cfg: VAEConfig) -> str:

@@ -126,8 +126,12 @@ class DiscreteVAE(nn.Module):
 
     def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
         """log p(x | z), shape ``S + (B,)``, for ``z`` of leading shape ``S + (B,)``."""
+        return -self.neg_log_likelihood(x, z)
+
+    def neg_log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
+        """−log p(x | z), the reconstruction cost (one negation fewer on the training path)."""
         logits, target = torch.broadcast_tensors(self.decoder(self.decoder_input(z)), x)
-        return -F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
+        return F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
 
     def objective(
         self,
@@ -160,7 +164,7 @@ class DiscreteVAE(nn.Module):
                 lambda z: (
                     self.log_prob(a, z)
                     - self.log_prob(self.prior_logits, z)
-                    - self.log_likelihood(x, z)
+                    + self.neg_log_likelihood(x, z)
                 ),
                 q,
                 generator=generator,
@@ -172,7 +176,7 @@ class DiscreteVAE(nn.Module):
                 cv_loss=out.cv_loss,
                 n_evals=out.mean_evals,
             )
-        out = estimator(lambda z: -self.log_likelihood(x, z), q, generator=generator)
+        out = estimator(lambda z: self.neg_log_likelihood(x, z), q, generator=generator)
         if kl == "analytic":
             kl_term = self.analytic_kl(q)
         elif kl == "relaxed":
