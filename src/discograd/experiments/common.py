@@ -18,6 +18,7 @@ from discograd.estimators import registry
 from discograd.estimators.base import Estimator
 
 __all__ = [
+    "ChainedOptimizer",
     "check_estimators",
     "cv_optimizer",
     "has_temperature",
@@ -65,6 +66,46 @@ def cv_optimizer(
         estimator.train(was_training)
     params = [p for p in estimator.parameters() if p.requires_grad]
     return torch.optim.Adam(params, lr=lr) if params else None
+
+
+class ChainedOptimizer(torch.optim.Optimizer):
+    """Several optimisers over disjoint parameters, used as one (the Trainer holds one).
+
+    For models whose parts train differently: the DisARM code trains the encoder
+    and decoder with Adam and the prior's logits with plain SGD. ``zero_grad``,
+    ``step`` and the state dict go to every part, in order.
+    """
+
+    def __init__(self, *parts: torch.optim.Optimizer) -> None:
+        if not parts:
+            raise ValueError("ChainedOptimizer needs at least one optimiser")
+        self.parts = parts
+        params = [p for o in parts for g in o.param_groups for p in g["params"]]
+        super().__init__(params, {})
+        # The parts' own groups (their learning rates), for schedulers and inspection.
+        self.param_groups = [g for o in parts for g in o.param_groups]
+
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        for o in self.parts:
+            o.step()
+
+    # torch wraps an optimiser class's step in profiling hooks unless it says it is hooked;
+    # the parts' steps are wrapped already, a second layer only costs time every step.
+    step.hooked = True  # type: ignore[attr-defined]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.parts:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"parts": [o.state_dict() for o in self.parts]}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        parts = state_dict["parts"]
+        if len(parts) != len(self.parts):
+            raise ValueError(f"state of {len(parts)} optimisers for {len(self.parts)}")
+        for o, saved in zip(self.parts, parts, strict=True):
+            o.load_state_dict(saved)
 
 
 def lazily_sized(module: nn.Module) -> bool:
