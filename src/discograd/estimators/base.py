@@ -306,7 +306,10 @@ class Latent:
     def log_prob(self, z: Tensor) -> Tensor:
         """Joint :math:`\\log q(z)` of configurations ``S + batch + var``: shape ``S + batch``."""
         lp = self.log_prob_vars(z)
-        return lp.flatten(-len(self.var_shape)).sum(-1) if self.var_shape else lp
+        n = len(self.var_shape)
+        if n <= 1:
+            return lp.sum(-1) if n else lp
+        return lp.flatten(-n).sum(-1)
 
     def log_prob_vars(self, z: Tensor) -> Tensor:
         """Per-variable :math:`\\log q(z_v)` of configurations: shape ``S + batch + var``.
@@ -318,9 +321,12 @@ class Latent:
         if self.kind == "categorical":
             logits = self.logits.expand(z.shape + (self.num_categories,))
             return logits.gather(-1, z.unsqueeze(-1)).squeeze(-1)
+        theta = self.logits.expand(z.shape)
+        if self.finite and z.dtype == theta.dtype:
+            # One fused op forward and backward; the same log σ(±θ) for finite θ.
+            return -F.binary_cross_entropy_with_logits(theta, z, reduction="none")
         # log σ(±θ) by one where and one logsigmoid: exact for θ = ±inf (0 or -inf,
         # with a finite gradient), unlike -binary_cross_entropy_with_logits (NaN).
-        theta = self.logits.expand(z.shape)
         return F.logsigmoid(torch.where(z > 0.5, theta, -theta))
 
     def likely(self) -> Tensor:

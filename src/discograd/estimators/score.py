@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from discograd.estimators._ops import compute_dtype
+from discograd.estimators._ops import as_dtype, compute_dtype
 from discograd.estimators._surrogate import zero_valued
 from discograd.estimators.base import CostFn, Estimate, Estimator, Latent
 from discograd.estimators.baselines import EMA, Baseline
@@ -60,7 +60,7 @@ def _score_term(weights: Tensor, log_q: Tensor, dtype: torch.dtype) -> Tensor:
     Zero in value; its gradient is the score-function estimate. Formed in the
     weights' (safe) dtype so that a large weight times 0 stays 0, not inf · 0.
     """
-    return (weights * zero_valued(log_q.to(weights.dtype))).sum(0).to(dtype)
+    return as_dtype((weights * zero_valued(as_dtype(log_q, weights.dtype))).sum(0), dtype)
 
 
 class _ScoreFunction(Estimator):
@@ -176,7 +176,7 @@ class RLOO(_ScoreFunction):
         S = self.n_samples
         fz, log_q = _draw(f, latent, S, generator)
         fd = fz.detach()
-        weights = self._weights(fd.to(_safe_dtype(fd, latent)))
+        weights = self._weights(as_dtype(fd, _safe_dtype(fd, latent)))
         loss = fz.mean(0) + _score_term(weights, log_q, fz.dtype)
         return Estimate(loss=loss, value=fd.mean(0), n_evals=S)
 
