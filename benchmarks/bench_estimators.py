@@ -3,7 +3,8 @@
 Run by hand (about 2-3 minutes on 2 CPU cores; ``--quick``: well under one)::
 
     PYTHONPATH=src python benchmarks/bench_estimators.py [--quick] [--threads N]
-        [--device cpu|cuda] [--profile] [--problem categorical|disarm-linear]
+        [--device cpu|cuda] [--profile [SPEC ...]] [--estimators SPEC ...]
+        [--problem categorical|disarm-linear|rodeo-nonlinear]
 
 Problems:
 
@@ -14,7 +15,10 @@ Problems:
 * ``disarm-linear``: the linear Bernoulli VAE of the ``disarm`` protocol
   (200 latents, affine encoder and decoder, learned prior, Adam lr 1e-4) on
   one batch of 50 images: the model on which issue 13 asks every binary
-  estimator to spend at most 10% of a step outside f and autograd.
+  estimator to spend at most 10% of a step outside f and autograd;
+* ``rodeo-nonlinear``: the nonlinear Bernoulli VAE of the ``rodeo`` protocol
+  (200 latents, 784-200-200 encoder and mirrored decoder, LeakyReLU, uniform
+  prior, Adam lr 3e-4) on one batch of 100 images.
 
 Images: scikit-learn's 8x8 digits upsampled to 28x28 and thresholded (random
 binary images if scikit-learn is missing). The cost handed to the estimator
@@ -99,7 +103,7 @@ from discograd.models import BernoulliVAE, CategoricalVAE, DiscreteVAE
 X_DIM, CV_LR, SEED = 784, 1e-3, 0
 CHUNK = 8  # max_evals_per_call of the chunked ARSM
 #: problem -> (batch size, Adam learning rate)
-PROBLEMS = {"categorical": (200, 3e-4), "disarm-linear": (50, 1e-4)}
+PROBLEMS = {"categorical": (200, 3e-4), "disarm-linear": (50, 1e-4), "rodeo-nonlinear": (100, 3e-4)}
 PROBLEM = "categorical"  # set by main()
 
 
@@ -122,6 +126,8 @@ def initial_model(device: torch.device) -> DiscreteVAE:
     torch.manual_seed(SEED)
     if PROBLEM == "disarm-linear":
         return BernoulliVAE(X_DIM, 200, (), "leaky_relu", "learned").to(device)
+    if PROBLEM == "rodeo-nonlinear":
+        return BernoulliVAE(X_DIM, 200, (200, 200), "leaky_relu", "uniform").to(device)
     return CategoricalVAE(X_DIM, 20, 10, (512, 256), "leaky_relu", "uniform").to(device)
 
 
@@ -414,8 +420,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument(
         "--profile",
-        action="store_true",
-        help="torch.profiler tables: ARSM and RLOO (categorical), DisARM (disarm-linear)",
+        nargs="*",
+        metavar="SPEC",
+        help="torch.profiler tables of these specs (none given: ARSM and RLOO on "
+        "categorical, DisARM on the Bernoulli problems)",
+    )
+    parser.add_argument(
+        "--estimators",
+        nargs="+",
+        metavar="SPEC",
+        help="registry specs for the table (default: every applicable estimator)",
     )
     parser.add_argument("--problem", choices=list(PROBLEMS), default="categorical")
     parser.add_argument("--memory-child", metavar="SPEC", help=argparse.SUPPRESS)
@@ -443,13 +457,16 @@ def main(argv: list[str] | None = None) -> None:
         arsm_against_rloo(model0, x, args, rounds, warmup)
 
     # --- 3: every applicable estimator.
-    names = applicable(model0, x)
+    names = args.estimators or applicable(model0, x)
     runners = [Runner(s, model0, x, seed=i + 1) for i, s in enumerate(names)]
     med = interleaved(runners, rounds, warmup)
-    print(
-        f"## Every applicable registry estimator (defaults); skipped: "
-        f"{', '.join(n for n in ESTIMATORS if n not in names)}\n"
-    )
+    if args.estimators:
+        print("## Selected estimators\n")
+    else:
+        print(
+            f"## Every applicable registry estimator (defaults); skipped: "
+            f"{', '.join(n for n in ESTIMATORS if n not in names)}\n"
+        )
     print(
         "| estimator | f-evals/step | ms/step | f ms | model ms | backward ms | opt ms "
         "| overhead ms | overhead % | outside % | peak MiB |"
@@ -475,8 +492,10 @@ def main(argv: list[str] | None = None) -> None:
     if any(math.isnan(v) for m in med.values() for v in m.values()):
         print("warning: NaN timings")
 
-    if args.profile:
-        profiled = ("arsm", "rloo:n_samples=4") if PROBLEM == "categorical" else ("disarm",)
+    if args.profile is not None:
+        profiled = args.profile or (
+            ("arsm", "rloo:n_samples=4") if PROBLEM == "categorical" else ("disarm",)
+        )
         for s in profiled:
             print(f"\n## torch.profiler: {s}, 3 steps, top ops by self CPU time\n")
             print(profile(Runner(s, model0, x, seed=7), 3, 15))

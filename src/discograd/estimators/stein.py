@@ -277,30 +277,33 @@ class SteinControlNet(nn.Module):
         s = self.slope
         w = self.taylor.weight[:, 0]  # [H]
         v = self.out.weight  # [2, H]
-        level = self.cost(cost.unsqueeze(-1)) + self.taylor.bias  # [..., H]
+        bias = self.cost.bias + self.taylor.bias
+        level = torch.addcmul(bias, cost.unsqueeze(-1), self.cost.weight[:, 0])  # [..., H]
         neg = (w.detach() < 0).to(w.dtype)
         sign = 1 - 2 * neg
-        a, c = w * sign, level * sign  # relu(±(w t + l)) = relu(a t + c), a >= 0
+        # relu(±(w t + l)) = relu(a t + c) with a >= 0 (+ 0.0 turns -0.0 into 0.0)
+        a, c = w * sign + 0.0, level * sign
         with torch.no_grad():
-            # kink r = -c / a, active for t > r; a unit with a = 0 is always
-            # (c > 0) or never active.
-            safe = torch.where(a > 0, a, 1.0)
-            never = torch.where(c > 0, -math.inf, math.inf)
-            kinks, order = torch.where(a > 0, -c / safe, never).sort(-1)
+            # A unit is active for t > -c / a; with a = 0 that kink is -inf (always
+            # active) for c > 0 and +inf (never) for c < 0; c = a = 0 contributes
+            # nothing either way (NaN -> +inf).
+            kinks = (-c / a).nan_to_num_(math.inf, math.inf, -math.inf)
+            kinks, order = kinks.sort(-1)
             # searchsorted's left side: the number of kinks strictly below t.
             pos = torch.searchsorted(kinks, taylor.contiguous())  # [..., Q]
-        # Each output's weights times the units' relu slopes and levels, in kink
-        # order, then prefix sums: entry n sums the n lowest kinks.
-        coef = (1 - s) * v
-        terms = torch.stack([(coef * a)[:, order], coef[:, order] * c.gather(-1, order)])
-        sums = F.pad(terms.cumsum(-1), (1, 0))  # [2 (slope, level), 2, ..., H + 1]
-        active = sums.gather(-1, pos.expand(sums.shape[:2] + pos.shape))  # [2, 2, ..., Q]
-        # The linear part: s x for every unit, plus (1 - s) x for the units with w < 0.
+        # The linear part: s x for every unit, plus (1 - s) x for the units with
+        # w < 0. It starts each output's prefix sums, followed by the units' relu
+        # slopes and levels in kink order: entry n sums the n lowest kinks.
         lin = s + (1 - s) * neg  # [H]
-        shape = (2,) + (1,) * pos.dim()
-        base_slope = (v @ (lin * w)).view(shape)
         base_level = ((level * lin) @ v.t() + self.out.bias).movedim(-1, 0).unsqueeze(-1)
-        return torch.addcmul(active[1] + base_level, taylor, active[0] + base_slope)
+        base_slope = (v @ (lin * w)).view((2,) + (1,) * c.dim()).expand_as(base_level)
+        coef = (1 - s) * v  # [2, H]
+        by_kink = torch.stack([coef * a, coef])[:, :, order]  # [2 (slope, level), 2, ..., H]
+        by_kink = torch.cat([by_kink[:1], by_kink[1:] * c.gather(-1, order)])
+        start = torch.stack([base_slope, base_level])  # [2, 2, ..., 1]
+        sums = torch.cat([start, by_kink], -1).cumsum(-1)  # [2, 2, ..., H + 1]
+        active = sums.gather(-1, pos.expand(sums.shape[:2] + pos.shape))  # [2, 2, ..., Q]
+        return torch.addcmul(active[1], taylor, active[0])
 
 
 @register("rodeo")
