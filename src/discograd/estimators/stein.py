@@ -297,9 +297,9 @@ class SteinControlNet(nn.Module):
         lin = s + (1 - s) * neg  # [H]
         base_level = ((level * lin) @ v.t() + self.out.bias).movedim(-1, 0).unsqueeze(-1)
         base_slope = (v @ (lin * w)).view((2,) + (1,) * c.dim()).expand_as(base_level)
-        coef = (1 - s) * v  # [2, H]
-        by_kink = torch.stack([coef * a, coef])[:, :, order]  # [2 (slope, level), 2, ..., H]
-        by_kink = torch.cat([by_kink[:1], by_kink[1:] * c.gather(-1, order)])
+        coef = ((1 - s) * v).view((2,) + (1,) * (c.dim() - 1) + (-1,))  # [2, 1.., H]
+        terms = torch.stack([(coef * a).expand(coef.shape[:1] + c.shape), coef * c])
+        by_kink = terms.gather(-1, order.expand(terms.shape))  # [2 (slope, level), 2, ..., H]
         start = torch.stack([base_slope, base_level])  # [2, 2, ..., 1]
         sums = torch.cat([start, by_kink], -1).cumsum(-1)  # [2, 2, ..., H + 1]
         active = sums.gather(-1, pos.expand(sums.shape[:2] + pos.shape))  # [2, 2, ..., Q]
@@ -466,7 +466,7 @@ class RODEO(_SteinFamily):
     def _grad(self, d: _Draws) -> Tensor:
         cdt = d.p.dtype
         h = self._control(d)
-        w = torch.where(d.b > 0.5, 1 - d.p, d.p)  # q(¬b_d): 0 at a deterministic variable
+        w = d.s.abs()  # q(¬b_d) = |b_d - p_d|: 0 at a deterministic variable
         h0, h1 = h[0], h[1]
         c = (w * (h0[..., 1:] - h0[..., :1])).mean(-1)  # [K, B]: (A h^0)(b_k)
         # (A [h^1 s])(b_k): s at the neighbour x^(d) differs from s(b_k) in coordinate d only.
