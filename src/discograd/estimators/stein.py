@@ -104,13 +104,14 @@ class _Draws:
         self.p = torch.sigmoid(th)
         self.b = z.detach().reshape(K, B, D).to(cdt)
         self.s = self.b - self.p
-        finite = torch.isfinite(th)
         if grad is None:
             self.grad = torch.zeros_like(self.b)
+        elif latent.finite:
+            self.grad = grad.reshape(K, B, D).to(cdt)
         else:
             # A deterministic variable's coordinate never varies: its ∂f/∂z enters
             # nothing in exact arithmetic, and an inf there must not make a NaN.
-            self.grad = torch.where(finite, grad.reshape(K, B, D).to(cdt), 0.0)
+            self.grad = torch.where(torch.isfinite(th), grad.reshape(K, B, D).to(cdt), 0.0)
         self.fd = self.fz.detach().reshape(K, B).to(cdt)
         self.finite = latent.finite
 
@@ -439,13 +440,14 @@ class RODEO(_SteinFamily):
     def _control(self, d: _Draws) -> Tensor:
         """``[2, K, B, D + 1]``: both outputs of h_k at b_k (index 0) and at its D neighbours."""
         K = self.n_samples
-        flip = 1 - 2 * d.b  # x^(d)_d - x_d
         gb = (d.grad * d.b).sum(-1)  # [K, B]: G_j · b_j
         if self.resolved_variant == "avg":
             g_loo = _loo(d.grad)
-            at_b = (g_loo * d.b).sum(-1) - _loo(gb)  # mean_j G_j · (b_k - b_j)
-            # A one-variable flip changes a linear feature by one term: O(D) per point.
-            taylor = torch.cat([at_b.unsqueeze(-1), at_b.unsqueeze(-1) + g_loo * flip], -1)
+            g_b = g_loo * d.b
+            at_b = (g_b.sum(-1) - _loo(gb)).unsqueeze(-1)  # mean_j G_j · (b_k - b_j)
+            # A one-variable flip changes a linear feature by one term, G_d (1 - 2 b_d):
+            # O(D) per point.
+            taylor = torch.cat([at_b, at_b + g_loo.add(g_b, alpha=-2)], -1)
             return self._net(taylor, _loo(d.fd))
         # Network j (cost f_j, expansion around b_j) is evaluated at the points of
         # the K - 1 samples k != j: others[k, i] is the i-th j != k, and
@@ -455,8 +457,9 @@ class RODEO(_SteinFamily):
         owner = (ks.unsqueeze(1) - 1 - ks[: K - 1].unsqueeze(0)) % K  # [K, K-1]
         b_k = d.b[owner]  # [K (j), K-1, B, D]
         g_j = d.grad.unsqueeze(1)
-        at_b = (g_j * b_k).sum(-1) - gb.unsqueeze(1)  # G_j · (b_k - b_j)
-        taylor = torch.cat([at_b.unsqueeze(-1), at_b.unsqueeze(-1) + g_j * (1 - 2 * b_k)], -1)
+        g_b = g_j * b_k
+        at_b = (g_b.sum(-1) - gb.unsqueeze(1)).unsqueeze(-1)  # G_j · (b_k - b_j)
+        taylor = torch.cat([at_b, at_b + g_j.add(g_b, alpha=-2)], -1)
         Kj, n, B, P = taylor.shape
         # Rows grouped by network: [j, B, (K-1)(D+1)] against the costs f_j.
         rows = taylor.transpose(1, 2).reshape(Kj, B, n * P)
@@ -467,11 +470,12 @@ class RODEO(_SteinFamily):
         cdt = d.p.dtype
         h = self._control(d)
         w = d.s.abs()  # q(¬b_d) = |b_d - p_d|: 0 at a deterministic variable
-        h0, h1 = h[0], h[1]
-        c = (w * (h0[..., 1:] - h0[..., :1])).mean(-1)  # [K, B]: (A h^0)(b_k)
-        # (A [h^1 s])(b_k): s at the neighbour x^(d) differs from s(b_k) in coordinate d only.
-        dh1 = (w * (h1[..., 1:] - h1[..., :1])).mean(-1, keepdim=True)
-        stein_grad = d.s * dh1 + w * h1[..., 1:] * (1 - 2 * d.b) / d.b.shape[-1]
+        # (A h)(b_k) for both outputs at once: [2, K, B].
+        c, dh1 = (w * (h[..., 1:] - h[..., :1])).mean(-1)
+        # (A [h^1 s])(b_k): s at the neighbour x^(d) differs from s(b_k) in coordinate d
+        # only, by 1 - 2 b_d, and q(¬b_d)(1 - 2 b_d) = -s_d; so coordinate d is
+        # s_d ((A h^1)(b_k) - h^1(x^(d)) / D).
+        stein_grad = d.s * (dh1.unsqueeze(-1) - h[1, ..., 1:] / d.b.shape[-1])
         baseline = _loo(d.fd + self.alpha.to(cdt) * c)
         score = (d.fd - baseline).unsqueeze(-1) * d.s
         return (score + self.beta.to(cdt) * stein_grad).mean(0)
