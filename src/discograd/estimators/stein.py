@@ -354,7 +354,9 @@ class RODEO(_SteinFamily):
 
     Cost: :math:`K` evaluations of ``f`` per data point (one call), one backward
     pass through ``f`` for :math:`G`, and :math:`K(D + 1)` (``avg``) or
-    :math:`K(K-1)(D+1)` (``output_avg``) rows through the small network.
+    :math:`K(K-1)(D+1)` (``output_avg``) rows through the small network; the
+    default network is evaluated by :meth:`SteinControlNet.at_points`, in
+    :math:`O((H + D)\log H)` per sample and data point for :math:`H` hidden units.
 
     Args:
         n_samples: :math:`K \ge 2`.
