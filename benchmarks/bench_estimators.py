@@ -4,7 +4,7 @@ Run by hand (about 2-3 minutes on 2 CPU cores; ``--quick``: well under one)::
 
     PYTHONPATH=src python benchmarks/bench_estimators.py [--quick] [--threads N]
         [--device cpu|cuda] [--profile [SPEC ...]] [--estimators SPEC ...]
-        [--problem categorical|disarm-linear|rodeo-nonlinear]
+        [--problem categorical|disarm-linear|rodeo-nonlinear] [--clock wall|thread]
 
 Problems:
 

@@ -469,8 +469,7 @@ def test_control_net_shapes():
 
 
 def _kinked_net(dtype: torch.dtype) -> SteinControlNet:
-    """Random weights, two units with a zero Taylor weight (one active, one not), and
-    Taylor features placed exactly at two kinks."""
+    """Random weights, two units with a zero Taylor weight (constant in t, no kink)."""
     torch.manual_seed(16)
     net = SteinControlNet(hidden=40).to(dtype)
     for p in net.parameters():

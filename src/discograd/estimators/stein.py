@@ -255,12 +255,12 @@ class SteinControlNet(nn.Module):
     def at_points(self, taylor: Tensor, cost: Tensor) -> Tensor:
         r"""``forward(taylor, cost.unsqueeze(-1))`` for many points per cost: ``[..., Q, 2]``.
 
-        ``taylor`` is ``[..., Q]``, ``cost`` ``[...]``.
+        ``taylor`` is ``[..., Q]`` and ``cost`` ``[...]``, the same leading shape.
 
         For a fixed cost the network is a piecewise-linear function of the
         scalar ``t``, with one kink per hidden unit (where :math:`w_i t + l_i`
         changes sign, :math:`l_i` the unit's cost level). Writing
-        :math:`\mathrm{LeakyReLU}(x) = x - (1 - s)\,\mathrm{relu}(-x)` for a unit
+        :math:`\mathrm{LeakyReLU}(x) = x + (1 - s)\,\mathrm{relu}(-x)` for a unit
         with :math:`w_i < 0` and :math:`s x + (1 - s)\,\mathrm{relu}(x)` otherwise,
         every relu becomes :math:`[t > r_i]\,(|w_i| t \pm l_i)`: sorting the kinks
         :math:`r_i` once per cost, the output at ``t`` is a linear part plus prefix
