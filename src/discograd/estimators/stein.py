@@ -350,7 +350,9 @@ class RODEO(_SteinFamily):
     the network's weights are trained through ``Estimate.cv_loss``
     (:mod:`discograd.estimators.stein`), as the official code trains them
     (there with Adam, learning rate 1e-3). ``est.control_net`` may be replaced
-    by any module with the same call signature.
+    by any module with the same call signature (it is then called on the
+    rows); the default :class:`SteinControlNet` is evaluated through
+    :meth:`SteinControlNet.at_points`, which bypasses module hooks.
 
     Cost: :math:`K` evaluations of ``f`` per data point (one call), one backward
     pass through ``f`` for :math:`G`, and :math:`K(D + 1)` (``avg``) or
