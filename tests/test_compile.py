@@ -30,7 +30,7 @@ from torch.distributions import Categorical, Distribution, Independent
 import discograd
 from discograd.baselines import EMA, Learned
 from discograd.distributions import Concrete
-from discograd.estimators import REINFORCE, RLOO, Estimator, VarGrad
+from discograd.estimators import NVIL, REINFORCE, RLOO, Estimator, VarGrad
 
 RTOL, ATOL = 1e-5, 1e-6
 
@@ -176,6 +176,10 @@ ESTIMATORS: dict[str, tuple[Callable[[], Estimator], str]] = {
     "REINFORCE": (lambda: REINFORCE(), "aot_eager"),
     "REINFORCE+Learned": (
         lambda: REINFORCE(Learned(nn.Sequential(nn.Linear(D * C, 4), nn.Tanh(), nn.Linear(4, 1)))),
+        "aot_eager",
+    ),
+    "NVIL": (
+        lambda: NVIL(nn.Sequential(nn.Linear(D * C, 4), nn.Tanh(), nn.Linear(4, 1))),
         "aot_eager",
     ),
     "RLOO": (lambda: RLOO(4), "aot_eager"),

@@ -27,6 +27,12 @@ gradient. A second test checks every estimator whose metadata says ``unbiased``
 (all but ``Exact`` itself) against ``Exact`` on the same edge cases, by a z-test
 of the mean of many draws, with a cost differentiable in ``z`` (those with
 ``needs_grad_f`` are unbiased only for such costs).
+
+Multi-sample-bound estimators (``multi_sample``, called as ``est(log_weight, q)``)
+get their own cases over the same grid: each cost above serves as the log
+weight (a large one is a log weight of 1e5, where ``exp`` overflows and only a
+log-sum-exp stays finite), the same checks apply, and the unbiased ones are
+compared with ``ExactMultiSample`` of their ``bound_samples`` instead of ``Exact``.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from torch.distributions import (
     OneHotCategorical,
 )
 
-from discograd.estimators import Exact, registry
+from discograd.estimators import Exact, ExactMultiSample, registry
 from discograd.estimators.registry import make
 
 from conftest import assert_mean_matches
@@ -71,8 +77,8 @@ def _kind(family: str) -> str:
     return "bernoulli" if family.startswith("bernoulli") else "categorical"
 
 
-def _cases():
-    for e, name in enumerate(registry.names()):
+def _cases(multi_sample: bool):
+    for e, name in enumerate(registry.names(multi_sample=multi_sample)):
         supports = registry.info(name).supports
         families = [fam for fam in FAMILIES if _kind(fam) in supports]
         for i, (dtype, mask) in enumerate(itertools.product(DTYPES, MASKS)):
@@ -194,8 +200,19 @@ def _cost(problem: Problem, cost: str, w: torch.Tensor, inputs: list):
     return f
 
 
-@pytest.mark.parametrize(("name", "dtype", "mask", "family", "batch", "cost"), list(_cases()))
+@pytest.mark.parametrize(("name", "dtype", "mask", "family", "batch", "cost"), list(_cases(False)))
 def test_conformance(name, dtype, mask, family, batch, cost):
+    _check_conformance(name, dtype, mask, family, batch, cost)
+
+
+@pytest.mark.parametrize(("name", "dtype", "mask", "family", "batch", "cost"), list(_cases(True)))
+def test_multi_sample_conformance(name, dtype, mask, family, batch, cost):
+    """``est(log_weight, q)``: the cost is the log weight; the same contract."""
+    assert registry.info(name).multi_sample
+    _check_conformance(name, dtype, mask, family, batch, cost)
+
+
+def _check_conformance(name, dtype, mask, family, batch, cost):
     problem = Problem(family, batch, mask, dtype)
     w_shape = problem.var + ((C,) if problem.kind == "categorical" else ())
     w = torch.linspace(-1, 1, math.prod(w_shape)).view(w_shape).to(dtype).requires_grad_()
@@ -235,26 +252,44 @@ def test_conformance(name, dtype, mask, family, batch, cost):
 
 
 # ------------------------------------------------------------------ unbiased
-UNBIASED = registry.names(unbiased=True, exact=False)
+UNBIASED = registry.names(unbiased=True, exact=False, multi_sample=False)
+UNBIASED_MULTI = registry.names(unbiased=True, exact=False, multi_sample=True)
 
 
 @pytest.mark.parametrize("name", UNBIASED)
 @pytest.mark.parametrize("mask", ["one", "all_but_one", "probs_zeros"])
 def test_unbiased_at_the_edges(name, mask):
     """The mean of many draws matches Exact with masks, deterministic variables and zero probs."""
-    supports = registry.info(name).supports
-    family = "onehot_ind2" if "categorical" in supports else "bernoulli_ind1"
+    _check_unbiased(name, mask)
+
+
+@pytest.mark.parametrize("name", UNBIASED_MULTI)
+@pytest.mark.parametrize("mask", ["one", "all_but_one", "probs_zeros"])
+def test_multi_sample_unbiased_at_the_edges(name, mask):
+    """The same for the multi-sample bounds, against ExactMultiSample."""
+    _check_unbiased(name, mask)
+
+
+def _check_unbiased(name, mask):
+    entry = registry.info(name)
+    family = "onehot_ind2" if "categorical" in entry.supports else "bernoulli_ind1"
+    if entry.multi_sample and family == "onehot_ind2":
+        family = "onehot"  # 4 configurations: ExactMultiSample sums over 4^K tuples
     n = 3000
     problem = Problem(family, (1,), mask, torch.float64, copies=n)
     w_shape = problem.var + ((C,) if problem.kind == "categorical" else ())
     w = torch.linspace(-1, 1, math.prod(w_shape)).view(w_shape).double()
     f = _cost(problem, "decoder", w, [])
-    out = make(name)(f, problem.q, generator=torch.Generator().manual_seed(0))
+    est = make(name)
+    out = est(f, problem.q, generator=torch.Generator().manual_seed(0))
     (g,) = torch.autograd.grad(out.loss.sum(), problem.theta)
     # Every data point has the same parameters: the n rows are n independent draws.
     one = Problem(family, (1,), mask, torch.float64)
     f1 = _cost(one, "decoder", w, [])
-    exact = Exact()(f1, one.q)
+    if entry.multi_sample:
+        exact = ExactMultiSample(est.bound_samples)(f1, one.q)
+    else:
+        exact = Exact()(f1, one.q)
     (g_exact,) = torch.autograd.grad(exact.loss.sum(), one.theta)
     assert_mean_matches(g, g_exact.expand_as(g)[0])
     assert_mean_matches(out.value.unsqueeze(-1), exact.value.reshape(1))

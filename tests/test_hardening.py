@@ -116,7 +116,8 @@ def test_item2_integer_costs_are_promoted(cls, dtype):
             count = z.round().to(torch.int64).sum(-1)
             return (count >= 2) if dtype == torch.bool else (3 * count).to(dtype)
 
-    est = cls()
+    # a 2-sample bound keeps ExactMultiSample's sum over tuples small (27^2)
+    est = cls(2) if cls.multi_sample else cls()
     out = est(f, q, generator=_gen(2))
     assert out.loss.dtype == torch.float32 and out.value.dtype == torch.float32
     assert out.loss.requires_grad
@@ -132,11 +133,17 @@ def test_item2_integer_costs_are_promoted(cls, dtype):
         qn = Independent(base(logits=leaf), 1)
         out = est(f, qn, generator=_gen(3))
         (gn,) = torch.autograd.grad(out.loss.sum(), leaf)
-        if cls is not Exact:
+        if not cls.exact:
             assert gn.abs().sum() > 0
         q1 = Independent(base(logits=theta), 1)
-        exact = exact_gradient(lambda z: f(z).double(), q1, theta)[0]
-        assert_mean_matches(gn.double(), exact.double())
+        # multi-sample-bound estimators: f is their log weight, the truth the bound's
+        k = est.bound_samples if cls.multi_sample else None
+        exact = exact_gradient(lambda z: f(z).double(), q1, theta, n_samples=k)[0]
+        # An estimate that is exact up to float32 rounding (IndeCateR on the additive
+        # integer cost) has a spread of rounding errors only: z-testing its mean
+        # against the float64 truth would measure float32 rounding, not bias.
+        if float((gn.double().mean(0) - exact.double()).abs().max()) > 1e-5:
+            assert_mean_matches(gn.double(), exact.double())
 
 
 # ----------------------------------------------------------------- item 3
@@ -388,8 +395,10 @@ def test_item8_costs_that_ignore_z_give_a_connected_zero_gradient(cls, cost):
     assert out.loss.requires_grad
     (g,) = torch.autograd.grad(out.loss.sum(), theta)
     assert torch.isfinite(g).all()
-    if not cls.unbiased or cls is Exact:
-        # No path from the logits to f, no score term: the estimate is exactly 0.
+    if (not cls.unbiased and cls.needs_grad_f) or cls is Exact:
+        # Relaxations and Exact: no path from the logits to f and no score term, so
+        # the estimate is exactly 0. (NVIL is biased only by its scale: its score
+        # term centres a constant cost by past statistics, 0 on the first call.)
         torch.testing.assert_close(g, torch.zeros_like(g))
 
 

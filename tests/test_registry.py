@@ -67,14 +67,23 @@ def test_names_and_filters():
         "gumbel_rao",
         "reinmax",
     ]
-    assert registry.names(exact=True) == ["exact"]
+    assert registry.names(exact=True) == ["exact", "exact_multi_sample"]
+    assert registry.names(exact=True, multi_sample=False) == ["exact"]
+    # Multi-sample-bound estimators (est(log_weight, q)) are listed apart.
+    multi = registry.names(multi_sample=True)
+    assert multi == ["exact_multi_sample", "vimco", "local_disarm", "local_arms"]
+    single = registry.names(multi_sample=False)
+    assert set(single) | set(multi) == set(ESTIMATORS) and not set(single) & set(multi)
+    assert "arms" in single and registry.info("vimco").multi_sample
+    assert not registry.info("arms").multi_sample
     ber = registry.names("bernoulli", unbiased=True, exact=False)
     assert "disarm" in ber and "arsm" not in ber and "exact" not in ber
-    bernoulli_only = {"arm", "disarm", "double_cv", "rodeo"}
-    assert set(registry.names("categorical")) == set(ESTIMATORS) - bernoulli_only
+    binary_only = {"arm", "disarm", "arms", "double_cv", "rodeo", "local_disarm", "local_arms"}
+    assert set(registry.names("categorical")) == set(ESTIMATORS) - binary_only
     assert registry.names(unbiased=True, needs_grad_f=True) == [
         "rebar",
         "relax",
+        "muprop",
         "double_cv",
         "rodeo",
     ]
@@ -108,7 +117,14 @@ def test_info_records():
 
 def test_class_attributes_are_the_records():
     for e in registry.infos():
-        for attr in ("supports", "unbiased", "needs_grad_f", "has_temperature", "exact"):
+        for attr in (
+            "supports",
+            "unbiased",
+            "needs_grad_f",
+            "has_temperature",
+            "exact",
+            "multi_sample",
+        ):
             assert getattr(e.cls, attr) == getattr(e, attr), (e.name, attr)
         if e.preset_of is None:
             assert e.cls.name == e.name

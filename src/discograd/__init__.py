@@ -16,7 +16,7 @@ from discograd import (
     functional,
     schedules,
 )
-from discograd.estimators import Estimate, Estimator, Exact
+from discograd.estimators import Estimate, Estimator, Exact, ExactMultiSample
 from discograd.functional import (
     conditional_gumbel,
     conditional_logistic,
@@ -32,6 +32,7 @@ __all__ = [
     "Estimate",
     "Estimator",
     "Exact",
+    "ExactMultiSample",
     "__version__",
     "baselines",
     "conditional_gumbel",

@@ -287,8 +287,8 @@ def _task_command(args: argparse.Namespace) -> int:
             extra["timing"] = written["timing"] = _ssl_timing(args, run, config)
         run.write_results(written)
         text, summary = _sections()[task.name](run, results, config, **extra)
-        if task.headline:
-            _print_results(f"{task.name} results", results, task.headline)
+        if task.headlines(config):
+            _print_results(f"{task.name} results", results, task.headlines(config))
         _finish(run, args, [text], summary)
     return 0
 
@@ -409,7 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="discograd",
         description="Gradients through discrete random variables: which estimator, at what cost.",
-        epilog="estimators: " + ", ".join(registry.names()),
+        epilog="estimators: "
+        + ", ".join(registry.names(multi_sample=False))
+        + "; multi-sample bounds (est(log_weight, q)): "
+        + ", ".join(registry.names(multi_sample=True)),
         allow_abbrev=False,
     )
     parser.add_argument(

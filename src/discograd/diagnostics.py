@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from discograd.estimators.base import CostFn, Estimate, Estimator, Latent
-from discograd.estimators.exact import Exact
+from discograd.estimators.exact import Exact, ExactMultiSample
 
 __all__ = ["GradientStats", "exact_gradient", "gradient_draws", "gradient_stats"]
 
@@ -66,16 +66,28 @@ def _grads(output: Tensor, wrt: tuple[Tensor, ...], **kwargs) -> tuple[Tensor, .
 
 
 def exact_gradient(
-    f: CostFn, q: Distribution, wrt: Wrt, *, max_support: int = 2**16
+    f: CostFn,
+    q: Distribution,
+    wrt: Wrt,
+    *,
+    max_support: int = 2**16,
+    n_samples: int | None = None,
 ) -> tuple[Tensor, ...]:
     r"""The gradient of :math:`\sum_b \mathbb E_{q}[f]_b` w.r.t. ``wrt``, by enumeration.
 
     Like ``torch.autograd.grad``: returns a tuple with one tensor per entry of
     ``wrt`` (zeros for tensors the objective does not depend on). Raises
     ``ValueError`` when the support exceeds ``max_support``.
+
+    ``n_samples=K``: ``f`` is a log weight and the objective the negative
+    K-sample bound (:class:`~discograd.estimators.ExactMultiSample`, whose
+    ``max_support`` counts K-tuples), what the multi-sample-bound estimators estimate.
     """
     wrt_t = _as_tuple(wrt)
-    out = Exact(max_support=max_support)(f, q)
+    if n_samples is None:
+        out = Exact(max_support=max_support)(f, q)
+    else:
+        out = ExactMultiSample(n_samples, max_support=max_support)(f, q)
     return _grads(out.loss.sum(), wrt_t)
 
 
@@ -191,14 +203,17 @@ def gradient_stats(
         n_draws: number of independent estimates (>= 2).
         exact: the exact gradient (as from :func:`exact_gradient`); computed when
             ``None`` if the support is small enough for :class:`Exact`, else the
-            bias, cosine and mse are reported as ``None``.
+            bias, cosine and mse are reported as ``None``. For a multi-sample-bound
+            estimator (``multi_sample``; ``f`` is then its log weight) the exact
+            gradient is that of the negative bound of its ``bound_samples``.
         generator: randomness for the estimator.
         vectorize: see :func:`gradient_draws`.
     """
     wrt_t = _as_tuple(wrt)
     if exact is None:
+        k = getattr(estimator, "bound_samples", None) if type(estimator).multi_sample else None
         try:
-            exact = exact_gradient(f, q, wrt_t)
+            exact = exact_gradient(f, q, wrt_t, n_samples=k)
         except ValueError:
             exact = None
     start = time.perf_counter()

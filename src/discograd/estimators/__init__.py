@@ -10,7 +10,7 @@ See :mod:`discograd.estimators.base` for the calling convention and
 # in this order (the order of docs/estimators.md's table), so it is kept by hand.
 # isort: off
 from discograd.estimators.base import Estimate, Estimator, Latent
-from discograd.estimators.exact import Exact
+from discograd.estimators.exact import Exact, ExactMultiSample
 from discograd.estimators.score import REINFORCE, RLOO, VarGrad
 from discograd.estimators.relaxed import (
     GumbelRao,
@@ -21,8 +21,18 @@ from discograd.estimators.relaxed import (
 )
 from discograd.estimators.arsm import AR, ARS, ARSM, ARSMPlus, ARSPlus
 from discograd.estimators.arm import ARM, DisARM
-from discograd.estimators.control import REBAR, RELAX, MLPControlVariate
+from discograd.estimators.control import (
+    NVIL,
+    REBAR,
+    RELAX,
+    BaselineNet,
+    MLPControlVariate,
+    MuProp,
+)
+from discograd.estimators.coupled import ARMS, CARMS, CategoricalDisARM
+from discograd.estimators.indecater import IndeCateR
 from discograd.estimators.stein import RODEO, DoubleCV, SteinControlNet
+from discograd.estimators.multisample import VIMCO, LocalARMS, LocalDisARM
 
 # isort: on
 from discograd.estimators import baselines, registry
@@ -32,25 +42,36 @@ from discograd.estimators.registry import EstimatorInfo, info, infos, make, name
 __all__ = [
     "AR",
     "ARM",
+    "ARMS",
     "ARS",
     "ARSM",
+    "CARMS",
+    "NVIL",
     "REBAR",
     "REINFORCE",
     "RELAX",
     "RLOO",
     "RODEO",
+    "VIMCO",
     "ARSMPlus",
     "ARSPlus",
+    "BaselineNet",
+    "CategoricalDisARM",
     "DisARM",
     "DoubleCV",
     "Estimate",
     "Estimator",
     "EstimatorInfo",
     "Exact",
+    "ExactMultiSample",
     "GumbelRao",
     "GumbelSoftmax",
+    "IndeCateR",
     "Latent",
+    "LocalARMS",
+    "LocalDisARM",
     "MLPControlVariate",
+    "MuProp",
     "ReinMax",
     "STGumbelSoftmax",
     "SteinControlNet",

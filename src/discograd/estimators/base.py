@@ -457,7 +457,16 @@ class Estimator(nn.Module):
       uses). REBAR and RELAX have ``False``: their ``tau=`` is the initial
       value of a temperature that belongs to the control variate and is
       learned through ``cv_loss`` (a tensor, not a schedule).
-    * ``exact``: it returns the exact gradient (no sampling): ``Exact`` only.
+    * ``exact``: it returns the exact gradient (no sampling): ``Exact`` and
+      ``ExactMultiSample`` only.
+    * ``multi_sample``: it is a multi-sample-bound estimator, called as
+      ``est(log_weight, q)``: the function it is given returns log importance
+      weights ℓ(z) = log p(x, z) − log q(z) (shapes as for ``f``), the
+      objective is the K-sample bound E[log (1/K) Σ_k exp ℓ(z_k)], ``Estimate.value``
+      is its negative (a cost) and ``loss``'s gradient estimates the gradient of
+      that negative bound. ``False``: the function is a cost ``f`` and the
+      objective E_q[f]. Code that runs "every estimator" on a
+      cost ``f`` must leave these out (``registry.names(multi_sample=False)``).
     * ``name``: the registered name, set by ``register`` (``""`` if unregistered).
 
     Args:
@@ -471,6 +480,7 @@ class Estimator(nn.Module):
     needs_grad_f: ClassVar[bool] = False
     has_temperature: ClassVar[bool] = False
     exact: ClassVar[bool] = False
+    multi_sample: ClassVar[bool] = False
 
     def __init__(self, *, generator: torch.Generator | None = None) -> None:
         super().__init__()

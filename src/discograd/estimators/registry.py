@@ -82,8 +82,10 @@ class EstimatorInfo:
         cls: the estimator class :func:`make` returns an instance of (for a
             preset, the class it is a preset of).
         supports: the variable kinds it accepts (``"bernoulli"``, ``"categorical"``).
-        unbiased, needs_grad_f, has_temperature, exact: the class's metadata, see
-            :class:`~discograd.estimators.base.Estimator`.
+        unbiased, needs_grad_f, has_temperature, exact, multi_sample: the class's
+            metadata, see :class:`~discograd.estimators.base.Estimator`.
+            ``multi_sample``: called as ``est(log_weight, q)`` for the K-sample
+            bound instead of ``est(f, q)`` for E_q[f].
         defaults: the hyper-parameters a spec may set, with their defaults, in
             signature order (``{"n_samples": 2}`` for ``rloo``); read from
             ``__init__`` (from the factory for a preset).
@@ -109,6 +111,7 @@ class EstimatorInfo:
     preset_of: str | None
     summary: str
     factory: Callable[..., Estimator]
+    multi_sample: bool = False
 
 
 #: name -> its record, in registration order (see the module docstring).
@@ -131,6 +134,7 @@ def register(
     needs_grad_f: bool | None = None,
     has_temperature: bool | None = None,
     exact: bool | None = None,
+    multi_sample: bool | None = None,
 ) -> Callable[[_C], _C]:
     """Class decorator: make an :class:`Estimator` subclass available as ``name``.
 
@@ -151,6 +155,7 @@ def register(
             "needs_grad_f": needs_grad_f,
             "has_temperature": has_temperature,
             "exact": exact,
+            "multi_sample": multi_sample,
         }
         missing = [a for a in REQUIRED if given[a] is None and not _declared(cls, a)]
         if missing:
@@ -258,6 +263,7 @@ def _record(
         preset_of=preset_of,
         summary=_summary(doc),
         factory=factory,
+        multi_sample=cls.multi_sample,
     )
 
 
@@ -278,7 +284,7 @@ def _check_metadata(owner: str, meta: Mapping[str, Any]) -> None:
         raise TypeError(
             f"{owner}.supports must be a non-empty frozenset of {sorted(KINDS)}, got {sup!r}"
         )
-    for attr in ("unbiased", "needs_grad_f", "has_temperature", "exact"):
+    for attr in ("unbiased", "needs_grad_f", "has_temperature", "exact", "multi_sample"):
         if not isinstance(meta[attr], bool):
             raise TypeError(f"{owner}.{attr} must be a bool, got {meta[attr]!r}")
 
@@ -372,6 +378,7 @@ def infos(
     has_temperature: bool | None = None,
     exact: bool | None = None,
     presets: bool = True,
+    multi_sample: bool | None = None,
 ) -> list[EstimatorInfo]:
     """Registered records, in registration order, filtered by metadata.
 
@@ -380,6 +387,10 @@ def infos(
         unbiased, needs_grad_f, has_temperature, exact: only those with this
             value (``None``: any). ``exact=False`` leaves out the ground truth.
         presets: include presets (``reinforce_ema``); ``False``: one per class.
+        multi_sample: ``False``: only estimators of E_q[f]
+            (called as ``est(f, q)``), what code that runs every estimator on a
+            cost wants; ``True``: only the multi-sample-bound ones (called as
+            ``est(log_weight, q)``); ``None``: both.
     """
     if kind is not None and kind not in KINDS:
         raise ValueError(f"kind must be one of {sorted(KINDS)} or None, got {kind!r}")
@@ -388,6 +399,7 @@ def infos(
         "needs_grad_f": needs_grad_f,
         "has_temperature": has_temperature,
         "exact": exact,
+        "multi_sample": multi_sample,
     }
     return [
         e
@@ -407,11 +419,14 @@ def names(
     has_temperature: bool | None = None,
     exact: bool | None = None,
     presets: bool = True,
+    multi_sample: bool | None = None,
 ) -> list[str]:
     """Registered names, in registration order, filtered as in :func:`infos`.
 
     ``names()`` is every name; ``names("categorical", unbiased=True, exact=False)``
-    the sampling estimators unbiased for categorical variables.
+    the sampling estimators unbiased for categorical variables;
+    ``names(multi_sample=False)`` those called as ``est(f, q)`` (not the
+    multi-sample-bound ones).
     """
     found = infos(
         kind,
@@ -420,6 +435,7 @@ def names(
         has_temperature=has_temperature,
         exact=exact,
         presets=presets,
+        multi_sample=multi_sample,
     )
     return [e.name for e in found]
 

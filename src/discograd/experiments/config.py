@@ -614,6 +614,13 @@ class DataConfig:
         "threshold (x > 1/2), fixed (one draw) or dynamic (a new draw per batch)",
         choices=("threshold", "fixed", "dynamic"),
     )
+    validation: int = option(
+        5000,
+        "training images held out as the validation set: the last N of the train split "
+        "(mnist, fashion-mnist, kmnist and IDX folders; 10000 gives the 50k/10k split of "
+        "the DisARM and RODEO code; the embedded and digits splits are fixed)",
+        minimum=1,
+    )
 
     def __post_init__(self) -> None:
         # A folder is stored absolute: a run resumed elsewhere reads the same data.

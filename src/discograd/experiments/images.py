@@ -66,7 +66,13 @@ def load_data(cfg: Any, *, quiet: bool = False) -> Any:
     name = dataset_value(cfg.dataset)
     path = None if name in known_datasets() else name
     try:
-        return load(name, path=path, data_dir=cfg.data_dir, quiet=quiet)
+        return load(
+            name,
+            path=path,
+            data_dir=cfg.data_dir,
+            quiet=quiet,
+            validation=getattr(cfg, "validation", 5000),
+        )
     except (OSError, ValueError, ImportError) as err:
         raise ConfigError(str(err)) from err
 

@@ -36,7 +36,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
@@ -103,6 +103,9 @@ class StepResult:
         metrics: numbers averaged over ``log_every`` steps and logged
             (tensors are fine: they are read only when logged).
         counts: other costs per step (summed; logged and reported per step).
+        after_backward: called once the model's gradients of ``loss`` are in the
+            parameters' ``.grad`` and checked finite, before the optimiser steps
+            (to record statistics of the gradient, e.g. its running variance).
     """
 
     loss: Tensor | None
@@ -110,6 +113,7 @@ class StepResult:
     n_evals: float | Tensor = 0.0
     metrics: Mapping[str, float | Tensor | None] = field(default_factory=dict)
     counts: Mapping[str, float] = field(default_factory=dict)
+    after_backward: Callable[[], None] | None = None
 
 
 @dataclass
@@ -179,6 +183,10 @@ class Task(Generic[C, S]):
     #: config fields holding the periods of :meth:`evaluate`'s work (``ctx.due``);
     #: ``None``: :meth:`evaluate` is called at every step
     evaluations: ClassVar[tuple[str, ...] | None] = None
+
+    def headlines(self, config: C) -> tuple[str, ...]:
+        """The result keys the command prints for ``config`` (default: :attr:`headline`)."""
+        return self.headline
 
     def load(self, config: C, *, quiet: bool = False) -> Any:
         """Data shared by every phase, loaded once per run (default: none)."""
@@ -785,6 +793,8 @@ class _Phase:
         opt.zero_grad(set_to_none=True)
         result.loss.backward()
         check_finite("gradient", *(p.grad for p in self.params))
+        if result.after_backward is not None:
+            result.after_backward()
         opt.step()
 
     def _finish(self, final: dict[str, Any], diverged: dict[str, Any] | None) -> dict[str, Any]:

@@ -11,6 +11,8 @@ __all__ = ["ACTIVATIONS", "mlp"]
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "leaky_relu": lambda: nn.LeakyReLU(0.2),
+    # The slope of the DisARM / RODEO code's nonlinear Bernoulli VAEs.
+    "leaky_relu_0.3": lambda: nn.LeakyReLU(0.3),
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
     "elu": nn.ELU,

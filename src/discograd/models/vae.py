@@ -16,6 +16,23 @@ cost :math:`f(z) = -\log p(x \mid z)` (so the decoder trains pathwise through
   relaxations of posterior and prior at temperature τ (Maddison et al.'s
   choice; seed 000's second option), evaluated in log / logit space so it stays
   finite at low τ. Meant for relaxed estimators.
+* ``"estimated"`` — no separate KL term: the estimator's cost is the whole
+  negative ELBO, :math:`f(z) = \log q(z \mid x) - \log p(z) - \log p(x \mid z)`,
+  as in the DisARM, ARMS, Double CV and RODEO code (their estimators estimate
+  all of it). The prior trains pathwise through ``f``. Inside ``f``,
+  :math:`\log q` is evaluated at the detached encoder logits: its pathwise
+  gradient :math:`\nabla_\phi \log q(z \mid x)` has mean zero, and the official
+  code leaves it out (the encoder's gradient is the estimator's alone), so the
+  gradient variance is comparable with theirs.
+
+Multi-sample estimators (``multi_sample = True``: VIMCO, local DisARM) take
+:meth:`DiscreteVAE.log_weight` instead of a cost and optimise the K-sample bound
+:math:`\log \frac1K \sum_k p(x, z_k)/q(z_k \mid x)` (:meth:`DiscreteVAE.objective`).
+
+Data-dependent initialisation (:meth:`DiscreteVAE.use_data_mean`, the REBAR /
+DisARM code's choices): the encoder sees :math:`x - \bar x` (the training mean)
+and the decoder's output bias starts at :math:`\mathrm{logit}(\bar x)`, clamped to
+[0.001, 0.999].
 
 Evaluation: the single-sample negative ELBO with a discrete sample and analytic
 KL, and the importance-weighted bound
@@ -36,12 +53,12 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, OneHotCategorical
 
 from discograd.distributions import BinaryConcrete, ExpConcrete
-from discograd.estimators.base import Estimator
+from discograd.estimators.base import CostFn, Estimator
 from discograd.models.nets import mlp
 
 __all__ = ["BernoulliVAE", "CategoricalVAE", "DiscreteVAE", "VAEObjective"]
 
-KL = Literal["analytic", "relaxed"]
+KL = Literal["analytic", "relaxed", "estimated"]
 
 
 @dataclass
@@ -67,11 +84,36 @@ class DiscreteVAE(nn.Module):
     encoder: nn.Module
     decoder: nn.Module
 
+    input_mean: Tensor | None
+    prior_logits: Tensor
+
     def posterior(self, x: Tensor) -> Independent:
         raise NotImplementedError
 
     def prior(self) -> Independent:
         raise NotImplementedError
+
+    def log_prob(self, logits: Tensor, z: Tensor) -> Tensor:
+        """log of the factorised q or p with ``logits`` at ``z`` (also at relaxed z), summed."""
+        raise NotImplementedError
+
+    def encoder_input(self, x: Tensor) -> Tensor:
+        """What the encoder sees: ``x``, less the training mean if :meth:`use_data_mean` set it."""
+        return x if self.input_mean is None else x - self.input_mean
+
+    @torch.no_grad()
+    def use_data_mean(
+        self, mean: Tensor, *, center_input: bool = True, init_output_bias: bool = True
+    ) -> None:
+        """Centre the encoder's input on ``mean`` (the training images' mean pixel values)
+        and / or start the decoder's output bias at its logit (clamped to [0.001, 0.999])."""
+        mean = mean.to(self.prior_logits.device, self.prior_logits.dtype)
+        if center_input:
+            self.input_mean = mean.clone()
+        if init_output_bias:
+            last = self.decoder[-1]  # type: ignore[index]
+            p = mean.clamp(0.001, 0.999)
+            last.bias.copy_(torch.log(p) - torch.log1p(-p))
 
     def decoder_input(self, z: Tensor) -> Tensor:
         raise NotImplementedError
@@ -102,6 +144,38 @@ class DiscreteVAE(nn.Module):
     ) -> VAEObjective:
         """The surrogate negative ELBO of a batch ``x`` [B, x_dim] under ``estimator``."""
         q = self.posterior(x)
+        if getattr(estimator, "multi_sample", False):
+            if kl != "estimated":
+                raise ValueError(
+                    f"a multi-sample estimator optimises the K-sample bound as a whole: "
+                    f"kl must be 'estimated', got {kl!r}"
+                )
+            out = estimator(self.log_weight(x, q), q, generator=generator)
+            return VAEObjective(
+                loss=out.loss.mean(),
+                neg_elbo=out.value.detach(),
+                kl=torch.zeros_like(out.value),
+                cv_loss=out.cv_loss,
+                n_evals=out.mean_evals,
+            )
+        if kl == "estimated":
+            a = q.base_dist.logits.detach()
+            out = estimator(
+                lambda z: (
+                    self.log_prob(a, z)
+                    - self.log_prob(self.prior_logits, z)
+                    + self.neg_log_likelihood(x, z)
+                ),
+                q,
+                generator=generator,
+            )
+            return VAEObjective(
+                loss=out.loss.mean(),
+                neg_elbo=out.value.detach(),
+                kl=torch.zeros_like(out.value),
+                cv_loss=out.cv_loss,
+                n_evals=out.mean_evals,
+            )
         out = estimator(lambda z: self.neg_log_likelihood(x, z), q, generator=generator)
         if kl == "analytic":
             kl_term = self.analytic_kl(q)
@@ -110,7 +184,7 @@ class DiscreteVAE(nn.Module):
                 raise ValueError("kl='relaxed' needs the relaxation temperature tau")
             kl_term = self.relaxed_kl(q, tau, generator)
         else:
-            raise ValueError(f"kl must be 'analytic' or 'relaxed', got {kl!r}")
+            raise ValueError(f"kl must be 'analytic', 'relaxed' or 'estimated', got {kl!r}")
         return VAEObjective(
             loss=(out.loss + kl_term).mean(),
             neg_elbo=(out.value + kl_term).detach(),
@@ -119,11 +193,32 @@ class DiscreteVAE(nn.Module):
             n_evals=out.mean_evals,
         )
 
+    def log_weight(self, x: Tensor, q: Independent | None = None) -> CostFn:
+        """``z -> log p(x, z) - log q(z | x)``, shape ``S + (B,)``: what multi-sample
+        estimators take (gradients reach the encoder through ``log q`` too)."""
+        q = self.posterior(x) if q is None else q
+        a = q.base_dist.logits
+
+        def log_w(z: Tensor) -> Tensor:
+            return (
+                self.log_likelihood(x, z)
+                + self.log_prob(self.prior_logits, z)
+                - self.log_prob(a, z)
+            )
+
+        return log_w
+
     @torch.no_grad()
-    def neg_elbo(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Single-sample −ELBO per example: a discrete z ~ q and the analytic KL."""
+    def neg_elbo(
+        self, x: Tensor, generator: torch.Generator | None = None, *, kl: KL = "analytic"
+    ) -> Tensor:
+        """Single-sample −ELBO per example with a discrete z ~ q: with the analytic KL, or
+        (``kl="estimated"``) the one-sample estimate log q(z|x) − log p(x, z) of the
+        DisARM / RODEO code."""
         q = self.posterior(x)
         z = q.sample() if generator is None else _sample(q, generator)
+        if kl == "estimated":
+            return -self.log_weight(x, q)(z)
         return -self.log_likelihood(x, z) + self.analytic_kl(q)
 
     @torch.no_grad()
@@ -193,6 +288,7 @@ class CategoricalVAE(DiscreteVAE):
                 f"need n_latent >= 1 and n_categories >= 2, got {n_latent}, {n_categories}"
             )
         self.x_dim, self.n_latent, self.n_categories = x_dim, n_latent, n_categories
+        self.register_buffer("input_mean", None)
         code = n_latent * n_categories
         self.encoder = mlp([x_dim, *hidden, code], activation)
         self.decoder = mlp([code, *reversed(tuple(hidden)), x_dim], activation)
@@ -204,7 +300,8 @@ class CategoricalVAE(DiscreteVAE):
             raise ValueError(f"prior must be 'uniform' or 'learned', got {prior!r}")
 
     def posterior(self, x: Tensor) -> Independent:
-        logits = self.encoder(x).view(*x.shape[:-1], self.n_latent, self.n_categories)
+        logits = self.encoder(self.encoder_input(x))
+        logits = logits.view(*x.shape[:-1], self.n_latent, self.n_categories)
         return Independent(OneHotCategorical(logits=logits, validate_args=False), 1)
 
     def prior(self) -> Independent:
@@ -212,6 +309,9 @@ class CategoricalVAE(DiscreteVAE):
 
     def decoder_input(self, z: Tensor) -> Tensor:
         return z.flatten(-2)
+
+    def log_prob(self, logits: Tensor, z: Tensor) -> Tensor:
+        return (z * torch.log_softmax(logits, -1)).sum((-1, -2))
 
     def analytic_kl(self, q: Independent) -> Tensor:
         log_q = q.base_dist.logits  # normalised by torch
@@ -245,6 +345,7 @@ class BernoulliVAE(DiscreteVAE):
         if n_latent < 1:
             raise ValueError(f"need n_latent >= 1, got {n_latent}")
         self.x_dim, self.n_latent = x_dim, n_latent
+        self.register_buffer("input_mean", None)
         self.encoder = mlp([x_dim, *hidden, n_latent], activation)
         self.decoder = mlp([n_latent, *reversed(tuple(hidden)), x_dim], activation)
         if prior == "learned":
@@ -255,13 +356,18 @@ class BernoulliVAE(DiscreteVAE):
             raise ValueError(f"prior must be 'uniform' or 'learned', got {prior!r}")
 
     def posterior(self, x: Tensor) -> Independent:
-        return Independent(Bernoulli(logits=self.encoder(x), validate_args=False), 1)
+        logits = self.encoder(self.encoder_input(x))
+        return Independent(Bernoulli(logits=logits, validate_args=False), 1)
 
     def prior(self) -> Independent:
         return Independent(Bernoulli(logits=self.prior_logits, validate_args=False), 1)
 
     def decoder_input(self, z: Tensor) -> Tensor:
         return z
+
+    def log_prob(self, logits: Tensor, z: Tensor) -> Tensor:
+        logits, z = torch.broadcast_tensors(logits, z)
+        return -F.binary_cross_entropy_with_logits(logits, z, reduction="none").sum(-1)
 
     def analytic_kl(self, q: Independent) -> Tensor:
         a, b = q.base_dist.logits, self.prior_logits

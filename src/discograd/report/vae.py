@@ -106,6 +106,26 @@ def _plots(run: RunDir, rec: Records, results: Results) -> list[str]:
         *md.img("vae_train.png", "VAE training curves against steps and seconds", band),
         *md.img("vae_valid.png", "VAE validation −ELBO", band),
     ]
+    # The published protocols' curves, where the run recorded them.
+    protocol_curves = (
+        ("train_set_neg_elbo", "−ELBO over the training set (nats)", "Train −ELBO", False),
+        ("test_iw_bound", "test IW bound (nats)", "Test bound", False),
+        (
+            "grad_var",
+            "mean over encoder parameters of EMA[g²] − EMA[g]²",
+            "Gradient variance",
+            True,
+        ),
+    )
+    for key, ylabel, title, logy in protocol_curves:
+        series = {
+            label: curve(rec, md.phases("vae", label, r), key) for label, r in results.items()
+        }
+        if not any(len(c) for c in series.values()):
+            continue
+        name = f"vae_{key}.png"
+        plots.curves(run.path / name, [("step", series)], ylabel=ylabel, title=title, logy=logy)
+        out += md.img(name, f"{title} against steps", band)
     for label, r in list(results.items())[:3]:
         out += image_plot(
             run,
