@@ -4,7 +4,7 @@ Run by hand (about 2-3 minutes on 2 CPU cores; ``--quick``: well under one)::
 
     PYTHONPATH=src python benchmarks/bench_estimators.py [--quick] [--threads N]
         [--device cpu|cuda] [--profile [SPEC ...]] [--estimators SPEC ...]
-        [--problem categorical|disarm-linear|rodeo-nonlinear] [--clock wall|thread]
+        [--problem categorical|disarm-linear|rodeo-nonlinear] [--clock wall|cpu]
 
 Problems:
 
@@ -158,14 +158,14 @@ def applicable(model: DiscreteVAE, x: Tensor) -> list[str]:
 
 
 # ------------------------------------------------------------------ timing
-#: "wall" (default) or "thread": the calling thread's CPU time (``--clock thread``)
+#: "wall" (default) or "cpu": the calling thread's CPU time (``--clock cpu``)
 CLOCK = "wall"
 
 
 class Clock:
     """Accumulates wall time of labelled sections (synchronising on CUDA).
 
-    With ``CLOCK == "thread"`` it reads the calling thread's CPU time instead:
+    With ``CLOCK == "cpu"`` it reads the calling thread's CPU time instead:
     on a CPU shared with other jobs, time spent waiting for a core is then not
     counted (valid with one intra-op thread only, which main() enforces).
     """
@@ -177,7 +177,7 @@ class Clock:
     def now(self) -> float:
         if self.cuda:
             torch.cuda.synchronize()
-        return time.thread_time() if CLOCK == "thread" else time.perf_counter()
+        return time.thread_time() if CLOCK == "cpu" else time.perf_counter()
 
     @contextmanager
     def section(self, label: str) -> Iterator[None]:
@@ -443,7 +443,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--problem", choices=list(PROBLEMS), default="categorical")
     parser.add_argument(
         "--clock",
-        choices=["wall", "thread"],
+        choices=["wall", "cpu"],
         default="wall",
         help="wall time (default) or the thread's CPU time (CPU, one thread: less "
         "sensitive to other jobs on a shared machine)",
@@ -453,8 +453,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     global PROBLEM, CLOCK
     PROBLEM, CLOCK = args.problem, args.clock
-    if CLOCK == "thread" and (args.threads != 1 or args.device != "cpu"):
-        parser.error("--clock thread needs --device cpu and --threads 1")
+    if CLOCK == "cpu" and (args.threads != 1 or args.device != "cpu"):
+        parser.error("--clock cpu measures one thread: use --device cpu --threads 1")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
