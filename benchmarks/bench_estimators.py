@@ -3,7 +3,8 @@
 Run by hand (about 2-3 minutes on 2 CPU cores; ``--quick``: well under one)::
 
     PYTHONPATH=src python benchmarks/bench_estimators.py [--quick] [--threads N]
-        [--device cpu|cuda] [--profile] [--problem categorical|disarm-linear]
+        [--device cpu|cuda] [--profile [SPEC ...]] [--estimators SPEC ...]
+        [--problem categorical|disarm-linear|rodeo-nonlinear] [--clock wall|cpu]
 
 Problems:
 
@@ -14,7 +15,10 @@ Problems:
 * ``disarm-linear``: the linear Bernoulli VAE of the ``disarm`` protocol
   (200 latents, affine encoder and decoder, learned prior, Adam lr 1e-4) on
   one batch of 50 images: the model on which issue 13 asks every binary
-  estimator to spend at most 10% of a step outside f and autograd.
+  estimator to spend at most 10% of a step outside f and autograd;
+* ``rodeo-nonlinear``: the nonlinear Bernoulli VAE of the ``rodeo`` protocol
+  (200 latents, 784-200-200 encoder and mirrored decoder, LeakyReLU(0.3), uniform
+  prior, Adam lr 3e-4) on one batch of 100 images.
 
 Images: scikit-learn's 8x8 digits upsampled to 28x28 and thresholded (random
 binary images if scikit-learn is missing). The cost handed to the estimator
@@ -99,7 +103,7 @@ from discograd.models import BernoulliVAE, CategoricalVAE, DiscreteVAE
 X_DIM, CV_LR, SEED = 784, 1e-3, 0
 CHUNK = 8  # max_evals_per_call of the chunked ARSM
 #: problem -> (batch size, Adam learning rate)
-PROBLEMS = {"categorical": (200, 3e-4), "disarm-linear": (50, 1e-4)}
+PROBLEMS = {"categorical": (200, 3e-4), "disarm-linear": (50, 1e-4), "rodeo-nonlinear": (100, 3e-4)}
 PROBLEM = "categorical"  # set by main()
 
 
@@ -122,6 +126,8 @@ def initial_model(device: torch.device) -> DiscreteVAE:
     torch.manual_seed(SEED)
     if PROBLEM == "disarm-linear":
         return BernoulliVAE(X_DIM, 200, (), "leaky_relu", "learned").to(device)
+    if PROBLEM == "rodeo-nonlinear":
+        return BernoulliVAE(X_DIM, 200, (200, 200), "leaky_relu_0.3", "uniform").to(device)
     return CategoricalVAE(X_DIM, 20, 10, (512, 256), "leaky_relu", "uniform").to(device)
 
 
@@ -152,8 +158,17 @@ def applicable(model: DiscreteVAE, x: Tensor) -> list[str]:
 
 
 # ------------------------------------------------------------------ timing
+#: "wall" (default) or "cpu": the calling thread's CPU time (``--clock cpu``)
+CLOCK = "wall"
+
+
 class Clock:
-    """Accumulates wall time of labelled sections (synchronising on CUDA)."""
+    """Accumulates wall time of labelled sections (synchronising on CUDA).
+
+    With ``CLOCK == "cpu"`` it reads the calling thread's CPU time instead:
+    on a CPU shared with other jobs, time spent waiting for a core is then not
+    counted (valid with one intra-op thread only, which main() enforces).
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
@@ -162,7 +177,7 @@ class Clock:
     def now(self) -> float:
         if self.cuda:
             torch.cuda.synchronize()
-        return time.perf_counter()
+        return time.thread_time() if CLOCK == "cpu" else time.perf_counter()
 
     @contextmanager
     def section(self, label: str) -> Iterator[None]:
@@ -414,15 +429,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument(
         "--profile",
-        action="store_true",
-        help="torch.profiler tables: ARSM and RLOO (categorical), DisARM (disarm-linear)",
+        nargs="*",
+        metavar="SPEC",
+        help="torch.profiler tables of these specs (none given: ARSM and RLOO on "
+        "categorical, DisARM on the Bernoulli problems)",
+    )
+    parser.add_argument(
+        "--estimators",
+        nargs="+",
+        metavar="SPEC",
+        help="registry specs for the table (default: every applicable estimator)",
     )
     parser.add_argument("--problem", choices=list(PROBLEMS), default="categorical")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall time (default) or the thread's CPU time (CPU, one thread: less "
+        "sensitive to other jobs on a shared machine)",
+    )
     parser.add_argument("--memory-child", metavar="SPEC", help=argparse.SUPPRESS)
     parser.add_argument("--memory-steps", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    global PROBLEM
-    PROBLEM = args.problem
+    global PROBLEM, CLOCK
+    PROBLEM, CLOCK = args.problem, args.clock
+    if CLOCK == "cpu" and (args.threads != 1 or args.device != "cpu"):
+        parser.error("--clock cpu measures one thread: use --device cpu --threads 1")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
@@ -436,20 +468,23 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"# {PROBLEM} VAE, batch {len(x)}, data: {source}; device {device}, "
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-        f"{rounds} interleaved repeats (medians)\n"
+        f"{rounds} interleaved repeats (medians), {CLOCK} clock\n"
     )
 
     if PROBLEM == "categorical":
         arsm_against_rloo(model0, x, args, rounds, warmup)
 
     # --- 3: every applicable estimator.
-    names = applicable(model0, x)
+    names = args.estimators or applicable(model0, x)
     runners = [Runner(s, model0, x, seed=i + 1) for i, s in enumerate(names)]
     med = interleaved(runners, rounds, warmup)
-    print(
-        f"## Every applicable registry estimator (defaults); skipped: "
-        f"{', '.join(n for n in ESTIMATORS if n not in names)}\n"
-    )
+    if args.estimators:
+        print("## Selected estimators\n")
+    else:
+        print(
+            f"## Every applicable registry estimator (defaults); skipped: "
+            f"{', '.join(n for n in ESTIMATORS if n not in names)}\n"
+        )
     print(
         "| estimator | f-evals/step | ms/step | f ms | model ms | backward ms | opt ms "
         "| overhead ms | overhead % | outside % | peak MiB |"
@@ -475,8 +510,10 @@ def main(argv: list[str] | None = None) -> None:
     if any(math.isnan(v) for m in med.values() for v in m.values()):
         print("warning: NaN timings")
 
-    if args.profile:
-        profiled = ("arsm", "rloo:n_samples=4") if PROBLEM == "categorical" else ("disarm",)
+    if args.profile is not None:
+        profiled = args.profile or (
+            ("arsm", "rloo:n_samples=4") if PROBLEM == "categorical" else ("disarm",)
+        )
         for s in profiled:
             print(f"\n## torch.profiler: {s}, 3 steps, top ops by self CPU time\n")
             print(profile(Runner(s, model0, x, seed=7), 3, 15))

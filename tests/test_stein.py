@@ -465,3 +465,88 @@ def test_no_grad_returns_the_value():
 def test_control_net_shapes():
     net = SteinControlNet(hidden=5)
     assert net(torch.zeros(3, 4, 7), torch.zeros(3, 4, 1)).shape == (3, 4, 7, 2)
+    assert net.at_points(torch.zeros(3, 4, 7), torch.zeros(3, 4)).shape == (3, 4, 7, 2)
+
+
+def _kinked_net(dtype: torch.dtype) -> SteinControlNet:
+    """Random weights, two units with a zero Taylor weight (constant in t, no kink)."""
+    torch.manual_seed(16)
+    net = SteinControlNet(hidden=40).to(dtype)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.6)
+    with torch.no_grad():
+        net.taylor.weight[3] = 0.0
+        net.taylor.weight[7] = 0.0
+        net.taylor.bias[3], net.taylor.bias[7] = 2.0, -2.0
+    return net
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, D64])
+def test_at_points_is_the_network(dtype):
+    """at_points (sorted kinks, prefix sums, binary search) against the plain call:
+    values and parameter gradients, float32 and float64."""
+    net = _kinked_net(dtype)
+    gen = torch.Generator().manual_seed(17)
+    t = 3 * torch.randn(6, 5, 33, dtype=dtype, generator=gen)
+    m = 2 * torch.randn(6, 5, dtype=dtype, generator=gen)
+    with torch.no_grad():  # two features exactly at a unit's kink
+        level = net.cost(m.unsqueeze(-1)) + net.taylor.bias
+        t[..., 0] = -level[..., 0] / net.taylor.weight[0, 0]
+        t[..., 1] = -level[..., 1] / net.taylor.weight[1, 0]
+    dense, fast = net(t, m.unsqueeze(-1)), net.at_points(t, m)
+    tol = {"rtol": 1e-11, "atol": 1e-11} if dtype == D64 else {"rtol": 1e-5, "atol": 1e-4}
+    torch.testing.assert_close(fast, dense, **tol)
+    # Gradients away from the kinks (at one, each side picks its own one-sided slope).
+    dense, fast = dense[..., 2:, :], fast[..., 2:, :]
+    params = list(net.parameters())
+    weight = torch.randn(dense.shape, dtype=dtype, generator=gen)
+    for g_fast, g_dense in zip(
+        torch.autograd.grad((fast * weight).sum(), params),
+        torch.autograd.grad((dense * weight).sum(), params),
+        strict=True,
+    ):
+        scale = float(g_dense.abs().max())
+        torch.testing.assert_close(g_fast / scale, g_dense / scale, **tol)
+
+
+class _PlainCall(torch.nn.Module):
+    """The same network behind a module that only has a call: RODEO's generic path."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, taylor, cost):
+        return self.net(taylor, cost)
+
+
+@pytest.mark.parametrize(
+    ("K", "variant"), [(2, "avg"), (3, "avg"), (3, "output_avg"), (4, "output_avg")]
+)
+def test_fast_network_path_is_the_generic_one(K, variant):
+    """RODEO with its default network (evaluated by at_points) and with the same
+    network behind a plain call: the same gradient estimate, cv_loss and cv_loss
+    gradient on the same samples (training mode, deterministic variables included)."""
+    est = RODEO(K, variant=variant, hidden=40, alpha=0.6, beta=-0.7).double()
+    est.control_net = _kinked_net(D64)
+    plain = RODEO(K, variant=variant, hidden=40, alpha=0.6, beta=-0.7).double()
+    plain.control_net = _PlainCall(est.control_net)
+    calls = []  # module calls of the network: none on the fast path
+    est.control_net.register_forward_hook(lambda *args: calls.append(1))
+    results = []
+    for e in (est, plain):
+        theta = _logits(seed=5).expand(30, B, D).clone().requires_grad_()
+        out = e(
+            _cost(theta, W),
+            Independent(Bernoulli(logits=theta), 1),
+            generator=torch.Generator().manual_seed(18),
+        )
+        (g,) = torch.autograd.grad(out.loss.sum(), theta)
+        params = [e.alpha, e.beta, *est.control_net.parameters()]
+        results.append((g, out.cv_loss, torch.autograd.grad(out.cv_loss, params), len(calls)))
+    (g1, cv1, p1, n1), (g2, cv2, p2, n2) = results
+    assert n1 == 0 and n2 > 0
+    torch.testing.assert_close(g1, g2, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(cv1, cv2, rtol=1e-10, atol=0)
+    for a, b in zip(p1, p2, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9 * float(b.abs().max()))

@@ -104,13 +104,14 @@ class _Draws:
         self.p = torch.sigmoid(th)
         self.b = z.detach().reshape(K, B, D).to(cdt)
         self.s = self.b - self.p
-        finite = torch.isfinite(th)
         if grad is None:
             self.grad = torch.zeros_like(self.b)
+        elif latent.finite:
+            self.grad = grad.reshape(K, B, D).to(cdt)
         else:
             # A deterministic variable's coordinate never varies: its ∂f/∂z enters
             # nothing in exact arithmetic, and an inf there must not make a NaN.
-            self.grad = torch.where(finite, grad.reshape(K, B, D).to(cdt), 0.0)
+            self.grad = torch.where(torch.isfinite(th), grad.reshape(K, B, D).to(cdt), 0.0)
         self.fd = self.fz.detach().reshape(K, B).to(cdt)
         self.finite = latent.finite
 
@@ -227,7 +228,12 @@ class SteinControlNet(nn.Module):
     baseline (output 0) and the one whose Stein operator corrects the gradient
     (output 1). Glorot-uniform weights and zero biases, the defaults of the
     official code's Keras layers; ``hidden`` units (100 there).
+
+    :meth:`at_points` gives the same values for many ``t`` per ``m`` without
+    forming the hidden layer (RODEO uses it).
     """
+
+    slope = 0.3
 
     def __init__(self, hidden: int = 100) -> None:
         super().__init__()
@@ -244,7 +250,61 @@ class SteinControlNet(nn.Module):
         # instead of a matrix product with an inner dimension of 1.
         level = self.cost(cost.unsqueeze(-1)) + self.taylor.bias
         h = torch.addcmul(level, taylor.unsqueeze(-1), self.taylor.weight[:, 0])
-        return self.out(F.leaky_relu(h, 0.3))
+        return self.out(F.leaky_relu(h, self.slope))
+
+    def at_points(self, taylor: Tensor, cost: Tensor) -> Tensor:
+        r"""``forward(taylor, cost.unsqueeze(-1))`` for many points per cost: ``[..., Q, 2]``.
+
+        ``taylor`` is ``[..., Q]`` and ``cost`` ``[...]``, the same leading shape.
+
+        For a fixed cost the network is a piecewise-linear function of the
+        scalar ``t``, with one kink per hidden unit (where :math:`w_i t + l_i`
+        changes sign, :math:`l_i` the unit's cost level). Writing
+        :math:`\mathrm{LeakyReLU}(x) = x + (1 - s)\,\mathrm{relu}(-x)` for a unit
+        with :math:`w_i < 0` and :math:`s x + (1 - s)\,\mathrm{relu}(x)` otherwise,
+        every relu becomes :math:`[t > r_i]\,(|w_i| t \pm l_i)`: sorting the kinks
+        :math:`r_i` once per cost, the output at ``t`` is a linear part plus prefix
+        sums over the kinks below ``t``, found by binary search. Cost
+        :math:`O((H + Q)\log H)` per cost instead of :math:`O(QH)`, memory
+        :math:`O(H + Q)` instead of :math:`O(QH)`, and autograd records only
+        those small tensors. The same function as :meth:`forward`, summed in a
+        different order (equal to rounding); differentiable in the parameters
+        (the kinks' order and the active sets are locally constant).
+        """
+        return self._at_points(taylor, cost).movedim(0, -1)
+
+    def _at_points(self, taylor: Tensor, cost: Tensor) -> Tensor:
+        """:meth:`at_points` with the output dimension first: ``[2, ..., Q]``, contiguous."""
+        s = self.slope
+        w = self.taylor.weight[:, 0]  # [H]
+        v = self.out.weight  # [2, H]
+        bias = self.cost.bias + self.taylor.bias
+        level = torch.addcmul(bias, cost.unsqueeze(-1), self.cost.weight[:, 0])  # [..., H]
+        neg = (w.detach() < 0).to(w.dtype)
+        sign = 1 - 2 * neg
+        # relu(±(w t + l)) = relu(a t + c) with a >= 0 (+ 0.0 turns -0.0 into 0.0)
+        a, c = w * sign + 0.0, level * sign
+        with torch.no_grad():
+            # A unit is active for t > -c / a; with a = 0 that kink is -inf (always
+            # active) for c > 0 and +inf (never) for c < 0; c = a = 0 contributes
+            # nothing either way (NaN -> +inf).
+            kinks = (-c / a).nan_to_num_(math.inf, math.inf, -math.inf)
+            kinks, order = kinks.sort(-1)
+            # searchsorted's left side: the number of kinks strictly below t.
+            pos = torch.searchsorted(kinks, taylor.contiguous())  # [..., Q]
+        # The linear part: s x for every unit, plus (1 - s) x for the units with
+        # w < 0. It starts each output's prefix sums, followed by the units' relu
+        # slopes and levels in kink order: entry n sums the n lowest kinks.
+        lin = s + (1 - s) * neg  # [H]
+        base_level = ((level * lin) @ v.t() + self.out.bias).movedim(-1, 0).unsqueeze(-1)
+        base_slope = (v @ (lin * w)).view((2,) + (1,) * c.dim()).expand_as(base_level)
+        coef = ((1 - s) * v).view((2,) + (1,) * (c.dim() - 1) + (-1,))  # [2, 1.., H]
+        terms = torch.stack([(coef * a).expand(coef.shape[:1] + c.shape), coef * c])
+        by_kink = terms.gather(-1, order.expand(terms.shape))  # [2 (slope, level), 2, ..., H]
+        start = torch.stack([base_slope, base_level])  # [2, 2, ..., 1]
+        sums = torch.cat([start, by_kink], -1).cumsum(-1)  # [2, 2, ..., H + 1]
+        active = sums.gather(-1, pos.expand(sums.shape[:2] + pos.shape))  # [2, 2, ..., Q]
+        return torch.addcmul(active[1], taylor, active[0])
 
 
 @register("rodeo")
@@ -290,11 +350,15 @@ class RODEO(_SteinFamily):
     the network's weights are trained through ``Estimate.cv_loss``
     (:mod:`discograd.estimators.stein`), as the official code trains them
     (there with Adam, learning rate 1e-3). ``est.control_net`` may be replaced
-    by any module with the same call signature.
+    by any module with the same call signature (it is then called on the
+    rows); the default :class:`SteinControlNet` is evaluated through
+    :meth:`SteinControlNet.at_points`, which bypasses module hooks.
 
     Cost: :math:`K` evaluations of ``f`` per data point (one call), one backward
     pass through ``f`` for :math:`G`, and :math:`K(D + 1)` (``avg``) or
-    :math:`K(K-1)(D+1)` (``output_avg``) rows through the small network.
+    :math:`K(K-1)(D+1)` (``output_avg``) rows through the small network; the
+    default network is evaluated by :meth:`SteinControlNet.at_points`, in
+    :math:`O((H + D)\log H)` per sample and data point for :math:`H` hidden units.
 
     Args:
         n_samples: :math:`K \ge 2`.
@@ -361,37 +425,61 @@ class RODEO(_SteinFamily):
         )
 
     def _net(self, taylor: Tensor, cost: Tensor) -> Tensor:
-        """The control network in its own dtype, the result in the inputs' dtype."""
-        dtype = next(iter(self.control_net.parameters()), taylor).dtype
-        return self.control_net(taylor.to(dtype), cost.to(dtype)).to(taylor.dtype)
+        """The network at ``taylor [..., Q]``, ``cost [...]``: ``[2, ..., Q]`` in the inputs' dtype.
+
+        The default network is evaluated by :meth:`SteinControlNet.at_points`
+        (no ``[..., Q, hidden]`` layer, the same values); any other module by
+        its call, in its own dtype. The output dimension comes first, so that
+        each output is a contiguous block.
+        """
+        net = self.control_net
+        dtype = next(iter(net.parameters()), taylor).dtype
+        t, m = taylor.to(dtype), cost.to(dtype)
+        if isinstance(net, SteinControlNet) and type(net).forward is SteinControlNet.forward:
+            out = net._at_points(t, m)
+        else:
+            out = net(t, m.unsqueeze(-1)).movedim(-1, 0)
+        return out.to(taylor.dtype)
 
     def _control(self, d: _Draws) -> Tensor:
-        """``[K, B, D + 1, 2]``: both outputs of h_k at b_k (index 0) and at its D neighbours."""
+        """``[2, K, B, D + 1]``: both outputs of h_k at b_k (index 0) and at its D neighbours."""
         K = self.n_samples
-        flip = 1 - 2 * d.b  # x^(d)_d - x_d
         gb = (d.grad * d.b).sum(-1)  # [K, B]: G_j · b_j
         if self.resolved_variant == "avg":
             g_loo = _loo(d.grad)
-            at_b = (g_loo * d.b).sum(-1) - _loo(gb)  # mean_j G_j · (b_k - b_j)
-            taylor = torch.cat([at_b.unsqueeze(-1), at_b.unsqueeze(-1) + g_loo * flip], -1)
-            return self._net(taylor, _loo(d.fd).unsqueeze(-1))
-        # others[k] lists the K - 1 samples j != k: one gather, no loop over samples.
+            g_b = g_loo * d.b
+            at_b = (g_b.sum(-1) - _loo(gb)).unsqueeze(-1)  # mean_j G_j · (b_k - b_j)
+            # A one-variable flip changes a linear feature by one term, G_d (1 - 2 b_d):
+            # O(D) per point.
+            taylor = torch.cat([at_b, at_b + g_loo.add(g_b, alpha=-2)], -1)
+            return self._net(taylor, _loo(d.fd))
+        # Network j (cost f_j, expansion around b_j) is evaluated at the points of
+        # the K - 1 samples k != j: others[k, i] is the i-th j != k, and
+        # owner[j, i] the k with others[k, i] = j; one gather each way, no loop.
         ks = torch.arange(K, device=d.b.device)
         others = (ks.unsqueeze(1) + 1 + ks[: K - 1].unsqueeze(0)) % K  # [K, K-1]
-        g_j = d.grad[others]  # [K, K-1, B, D]
-        at_b = (g_j * d.b.unsqueeze(1)).sum(-1) - gb[others]  # G_j · (b_k - b_j)
-        taylor = torch.cat([at_b.unsqueeze(-1), at_b.unsqueeze(-1) + g_j * flip.unsqueeze(1)], -1)
-        return self._net(taylor, d.fd[others].unsqueeze(-1)).mean(1)
+        owner = (ks.unsqueeze(1) - 1 - ks[: K - 1].unsqueeze(0)) % K  # [K, K-1]
+        b_k = d.b[owner]  # [K (j), K-1, B, D]
+        g_j = d.grad.unsqueeze(1)
+        g_b = g_j * b_k
+        at_b = (g_b.sum(-1) - gb.unsqueeze(1)).unsqueeze(-1)  # G_j · (b_k - b_j)
+        taylor = torch.cat([at_b, at_b + g_j.add(g_b, alpha=-2)], -1)
+        Kj, n, B, P = taylor.shape
+        # Rows grouped by network: [j, B, (K-1)(D+1)] against the costs f_j.
+        rows = taylor.transpose(1, 2).reshape(Kj, B, n * P)
+        out = self._net(rows, d.fd).reshape(2, Kj, B, n, P).transpose(2, 3)  # [2, j, i, B, D+1]
+        return out[:, others, ks[: K - 1]].mean(2)  # h_k: the mean over j != k
 
     def _grad(self, d: _Draws) -> Tensor:
         cdt = d.p.dtype
         h = self._control(d)
-        w = torch.where(d.b > 0.5, 1 - d.p, d.p)  # q(¬b_d): 0 at a deterministic variable
-        h0, h1 = h[..., 0], h[..., 1]
-        c = (w * (h0[..., 1:] - h0[..., :1])).mean(-1)  # [K, B]: (A h^0)(b_k)
-        # (A [h^1 s])(b_k): s at the neighbour x^(d) differs from s(b_k) in coordinate d only.
-        dh1 = (w * (h1[..., 1:] - h1[..., :1])).mean(-1, keepdim=True)
-        stein_grad = d.s * dh1 + w * h1[..., 1:] * (1 - 2 * d.b) / d.b.shape[-1]
+        w = d.s.abs()  # q(¬b_d) = |b_d - p_d|: 0 at a deterministic variable
+        # (A h)(b_k) for both outputs at once: [2, K, B].
+        c, dh1 = (w * (h[..., 1:] - h[..., :1])).mean(-1)
+        # (A [h^1 s])(b_k): s at the neighbour x^(d) differs from s(b_k) in coordinate d
+        # only, by 1 - 2 b_d, and q(¬b_d)(1 - 2 b_d) = -s_d; so coordinate d is
+        # s_d ((A h^1)(b_k) - h^1(x^(d)) / D).
+        stein_grad = d.s * (dh1.unsqueeze(-1) - h[1, ..., 1:] / d.b.shape[-1])
         baseline = _loo(d.fd + self.alpha.to(cdt) * c)
         score = (d.fd - baseline).unsqueeze(-1) * d.s
         return (score + self.beta.to(cdt) * stein_grad).mean(0)
