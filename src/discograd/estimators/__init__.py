@@ -32,6 +32,7 @@ from discograd.estimators.control import (
 from discograd.estimators.coupled import ARMS
 from discograd.estimators.stein import RODEO, DoubleCV, SteinControlNet
 from discograd.estimators.multisample import VIMCO, LocalARMS, LocalDisARM
+from discograd.estimators.without_replacement import REINFORCEWOR, SumAndSample, UnorderedSet
 
 # isort: on
 from discograd.estimators import baselines, registry
@@ -47,6 +48,7 @@ __all__ = [
     "NVIL",
     "REBAR",
     "REINFORCE",
+    "REINFORCEWOR",
     "RELAX",
     "RLOO",
     "RODEO",
@@ -72,6 +74,8 @@ __all__ = [
     "STGumbelSoftmax",
     "SteinControlNet",
     "StraightThrough",
+    "SumAndSample",
+    "UnorderedSet",
     "VarGrad",
     "baselines",
     "info",
