@@ -471,7 +471,7 @@ class SumAndSample(_WithoutReplacement):
         k, base = self.k, self.base
         n = base.n_samples
         loo = isinstance(base, RLOO)
-        baseline = None if loo else base.baseline  # type: ignore[union-attr]
+        baseline = base.baseline if isinstance(base, REINFORCE) else None
         b = None if baseline is None else baseline.predict(latent)
         with torch.no_grad():
             logp = _flat_logp(latent)
@@ -483,9 +483,8 @@ class SumAndSample(_WithoutReplacement):
             # Where nothing is left to sample, f sees a possible configuration
             # with weight 0.
             drawn = torch.where(exact.unsqueeze(-1), top[:, :1], drawn)
-        z = torch.cat(
-            [_to_latent(latent, top, lp_top), _to_latent(latent, drawn, drawn[..., 0] * 0.0)]
-        )
+        every = torch.zeros(drawn.shape[:2], dtype=lp_top.dtype, device=lp_top.device)
+        z = torch.cat([_to_latent(latent, top, lp_top), _to_latent(latent, drawn, every)])
         fz, log_q = _costs(f, latent, z)
         fd = fz.detach()
         wd = _safe(fd, latent)
@@ -503,7 +502,7 @@ class SumAndSample(_WithoutReplacement):
             # this baseline is a constant for the sample and costs nothing.
             b_drawn = b_top = (p_top * f_top).sum(-1, keepdim=True) / p_top.sum(-1, keepdim=True)
         else:
-            b_drawn = b_top = 0.0
+            b_drawn = b_top = torch.zeros_like(rest)
         w_value = torch.cat([p_top, (rest / n).expand(-1, n)], -1)
         w_score = torch.cat([p_top * (f_top - b_top), rest / n * (f_drawn - b_drawn)], -1)
         loss, value = _surrogate(fz, log_q, w_value, w_score, latent)
