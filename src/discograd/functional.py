@@ -4,6 +4,8 @@ These are the pathwise building blocks every relaxed estimator uses.
 
 * Gumbel noise: :math:`G = -\log(-\log U)`, :math:`U \sim \mathcal U(0, 1)`.
 * Gumbel-max trick: :math:`\arg\max_k (\theta_k + G_k) \sim \mathrm{Cat}(\mathrm{softmax}\,\theta)`.
+* Gumbel-top-k trick: the indices of the ``k`` largest :math:`\theta_i + G_i`
+  are ``k`` draws without replacement (:func:`gumbel_top_k`).
 * Gumbel-Softmax / Concrete sample (Jang et al. 2017; Maddison et al. 2017):
   :math:`y = \mathrm{softmax}((\theta + G) / \tau)`.
 * Straight-through (Bengio et al. 2013): the value of a hard sample with the
