@@ -92,19 +92,21 @@ def _beam(
         # perturbed values are then unconditional Gumbels, which the threshold
         # of priority sampling (REINFORCEWOR) needs.
         crit[:, 0] = _gumbel((N,), logp, gen)
-    configs = torch.zeros((N, k, 0), dtype=torch.long, device=logp.device)
+        noise = _gumbel((V, N, k, C), logp, gen)  # one draw for every level
+    parents, actions = [], []
     for d in range(V):  # beam search is sequential in the variables
         child = phi.unsqueeze(-1) + logp[:, d].unsqueeze(1)  # [N, k, C]
-        if stochastic:
-            score = _truncate_gumbel(child + _gumbel(child.shape, child, gen), crit.unsqueeze(-1))
-        else:
-            score = child
-        crit, pick = score.flatten(1).topk(k, -1)
-        parent, action = pick // C, pick % C
-        phi = child.flatten(1).gather(1, pick)
-        configs = torch.cat(
-            [configs.gather(1, parent.unsqueeze(-1).expand(-1, -1, d)), action.unsqueeze(-1)], -1
-        )
+        score = _truncate_gumbel(child + noise[d], crit.unsqueeze(-1)) if stochastic else child
+        crit, pick = score.view(N, -1).topk(k, -1)
+        phi = child.view(N, -1).gather(1, pick)
+        parents.append(pick.div(C, rounding_mode="floor"))
+        actions.append(pick.remainder(C))
+    # Backtrack: the configuration of each final beam, last variable first.
+    configs = torch.empty((N, k, V), dtype=torch.long, device=logp.device)
+    beam = torch.arange(k, device=logp.device).expand(N, k)
+    for d in range(V - 1, -1, -1):
+        configs[:, :, d] = actions[d].gather(1, beam)
+        beam = parents[d].gather(1, beam)
     return configs, phi, crit
 
 
