@@ -96,7 +96,7 @@ def test_all_possible_configurations_drawn_gives_the_exact_gradient():
         theta[:, 0, 1:] = NEG  # variable 0 certain: 3 or 4 configurations left
         theta[0, 1, 3] = NEG
     target = exact("categorical", theta, w)
-    for est in (UnorderedSet(4), REINFORCEWOR(4), SumAndSample(4)):
+    for est in (UnorderedSet(4), REINFORCEWOR(4), REINFORCEWOR(4, True), SumAndSample(4)):
         g, _ = draws(est, "categorical", theta, w, 50, seed=1)
         torch.testing.assert_close(g, target.expand_as(g), atol=1e-9, rtol=1e-7)
 
@@ -122,6 +122,8 @@ def test_bad_hyper_parameters():
     for bad in (1, 0, "3"):
         with pytest.raises(ValueError, match="n_samples="):
             REINFORCEWOR(bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="normalize=None"):
+        REINFORCEWOR(3, None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="k=0"):
         SumAndSample(0)
     with pytest.raises(ValueError, match="base='vargrad'"):
@@ -256,7 +258,7 @@ class Reference:
             terms.append((self.p[s] * R, self.p[s] * R * (self.f(s) - b), s))
         return self.combine(terms)
 
-    def reinforce_wor(self, rng: random.Random, k: int):
+    def reinforce_wor(self, rng: random.Random, k: int, normalize: bool = False):
         keys = []
         for z in self.domain:
             u = min(max(rng.random(), 1e-300), 1 - 1e-16)
@@ -269,10 +271,17 @@ class Reference:
             q = 1.0 if kappa == NEG else -math.expm1(-math.exp(math.log(self.p[z]) - kappa))
             wt[z] = self.p[z] / q
         terms = []
+        if normalize:
+            W = sum(wt.values())
+            B = sum(wt[t] * self.f(t) for t in S) / W
+            return self.combine([(wt[s] / W, wt[s] / W * (self.f(s) - B), s) for s in S])
         for s in S:
             b = self.p[s] * self.f(s) + sum(wt[t] * self.f(t) for t in S if t != s)
             terms.append((wt[s], wt[s] * (self.f(s) - b), s))
         return self.combine(terms)
+
+    def reinforce_wor_normalized(self, rng: random.Random, k: int):
+        return self.reinforce_wor(rng, k, normalize=True)
 
     def sum_and_sample(self, rng: random.Random, k: int):
         """Plain REINFORCE base (b = 0), one sample from outside the top k."""
@@ -302,6 +311,12 @@ def one_point():
         # k = 5 the draws have the finite fourth moments a variance comparison needs.
         ("reinforce_wor", REINFORCEWOR, "reinforce_wor", 5),
         ("sum_and_sample", lambda k: SumAndSample(k, center=False), "sum_and_sample", 3),
+        (
+            "reinforce_wor_normalized",
+            lambda k: REINFORCEWOR(k, normalize=True),
+            "reinforce_wor_normalized",
+            3,
+        ),
     ],
 )
 def test_matches_the_loop_reference_in_mean_and_variance(name, library, method, k):

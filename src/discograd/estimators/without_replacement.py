@@ -321,23 +321,39 @@ class REINFORCEWOR(_WithoutReplacement):
     which sums to zero. The value is :math:`\sum_{s\in S}\hat w_s f(s)`.
     Kool, van Hoof & Welling 2019, "Buy 4 REINFORCE Samples, Get a Baseline
     for Free!" (ICLR workshop), the estimator the 2020 paper calls REINFORCE
-    without replacement; written here with the leave-one-out baseline that
-    keeps it unbiased (the workshop paper also gives a self-normalised form,
-    :math:`1/\sum_s \hat w_s`, which is biased).
+    without replacement; by default written with the leave-one-out baseline
+    above, which keeps it unbiased. ``normalize=True`` is the workshop paper's
+    self-normalised form, biased (consistent as :math:`k` grows): with
+    :math:`W = \sum_{s\in S}\hat w_s` and :math:`B = \sum_{s\in S}\hat w_s f(s)/W`,
+
+    .. math:: \hat g = \sum_{s\in S}\frac{\hat w_s}{W}\Big(\nabla_\theta\log p(s)
+              \big(f(s) - B\big) + \nabla_\theta f(s)\Big),
+
+    value :math:`B`.
 
     Args:
         n_samples: :math:`k \ge 2` configurations evaluated (= ``n_evals``);
             one more is drawn for the threshold, never evaluated. With at
             most :math:`k` possible configurations the gradient is exact.
+        normalize: the self-normalised (biased) form instead of the unbiased one.
         generator: default random generator.
     """
 
-    def __init__(self, n_samples: int = 4, *, generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        n_samples: int = 4,
+        normalize: bool = False,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> None:
         super().__init__(generator=generator)
         self.n_samples = _check_int("n_samples", n_samples, 2)
+        if not isinstance(normalize, bool):
+            raise ValueError(f"normalize must be a bool, got normalize={normalize!r}")
+        self.normalize = normalize
 
     def extra_repr(self) -> str:
-        return f"n_samples={self.n_samples}"
+        return f"n_samples={self.n_samples}, normalize={self.normalize}"
 
     def estimate(self, f: CostFn, latent: Latent, generator: torch.Generator | None) -> Estimate:
         k = self.n_samples
@@ -354,7 +370,11 @@ class REINFORCEWOR(_WithoutReplacement):
         fc = _cols(fd.to(wd)).to(torch.float64)  # [N, k]
         w = log_w.exp()
         wf = w * fc
-        base = lp.exp() * fc + (wf.sum(-1, keepdim=True) - wf)
+        if self.normalize:
+            w = w / w.sum(-1, keepdim=True)
+            base = (w * fc).sum(-1, keepdim=True)
+        else:
+            base = lp.exp() * fc + (wf.sum(-1, keepdim=True) - wf)
         loss, value = _surrogate(fz, log_q, w, w * (fc - base), latent)
         return Estimate(loss=loss, value=value, n_evals=k)
 
