@@ -578,7 +578,7 @@ def _truncate_gumbel(g: Tensor, top: Tensor, dim: int = -1) -> Tensor:
     r"""Gumbels ``g`` (locations ``theta``) conditioned on their maximum being ``top``.
 
     Kool, van Hoof & Welling 2019, "Stochastic Beams and Where to Find Them",
-    eq. (10) and Appendix B's stable form: with :math:`Z = \max_i g_i`,
+    in the numerically stable form of its appendix: with :math:`Z = \max_i g_i`,
     :math:`\tilde g_i = -\log(e^{-T} - e^{-Z} + e^{-g_i})`. The argmax keeps
     its place and gets exactly :math:`T`; ``-inf`` entries stay ``-inf``; a
     ``-inf`` ``top`` (an empty block) makes every entry ``-inf``.

@@ -262,7 +262,7 @@ class UnorderedSet(_WithoutReplacement):
     and the value :math:`\sum_{s\in S} p(s) R(S,s) f(s)`, an unbiased
     estimate of :math:`\mathbb E[f]`. Kool, van Hoof & Welling 2020,
     "Estimating Gradients for Discrete Random Variables by Sampling without
-    Replacement" (ICLR), eqs. (7) and (12). The ratios are computed as the
+    Replacement" (ICLR), the estimator with its built-in baseline. The ratios are computed as the
     official code does (see :func:`_log_ratios`): :math:`k(k-1)/2 \cdot (k-2)!`
     orders per data point, hence ``n_samples <= 8``.
 
