@@ -324,11 +324,15 @@ class REINFORCEWOR(_WithoutReplacement):
     :math:`p(s) f(s)` in place of its own, so that its expectation against
     :math:`\hat w_s \nabla\log p(s)` is :math:`\mathbb E[f]\,\nabla p(s)`,
     which sums to zero. The value is :math:`\sum_{s\in S}\hat w_s f(s)`.
-    Kool, van Hoof & Welling 2019, "Buy 4 REINFORCE Samples, Get a Baseline
-    for Free!" (ICLR workshop), the estimator the 2020 paper calls REINFORCE
-    without replacement; by default written with the leave-one-out baseline
-    above, which keeps it unbiased. ``normalize=True`` is the workshop paper's
-    self-normalised form, biased (consistent as :math:`k` grows): with
+    After Kool, van Hoof & Welling 2019, "Buy 4 REINFORCE Samples, Get a
+    Baseline for Free!" (ICLR workshop: priority-sampling weights from
+    stochastic beam search, a baseline from the other samples) and the 2020
+    paper's discussion of REINFORCE without replacement. The official code of
+    the 2020 paper has no implementation of it; the leave-one-out baseline
+    above is derived here from the priority-sampling identities so that the
+    default is unbiased (checked against Exact and by enumeration in the
+    tests). ``normalize=True`` is the self-normalised form, biased
+    (consistent as :math:`k` grows): with
     :math:`W = \sum_{s\in S}\hat w_s` and :math:`B = \sum_{s\in S}\hat w_s f(s)/W`,
 
     .. math:: \hat g = \sum_{s\in S}\frac{\hat w_s}{W}\Big(\nabla_\theta\log p(s)
