@@ -109,6 +109,12 @@ def test_shapes_dims_dtypes_and_generator():
         b = dg.gumbel_top_k(xx, 3, generator=torch.Generator().manual_seed(9))
         assert torch.equal(a.indices, b.indices) and torch.equal(a.values, b.values)
     assert not dg.gumbel_top_k(torch.randn(4, requires_grad=True), 2).values.requires_grad
+    # the block path along a strided dimension
+    tall = torch.randn(400, 3)
+    tall[::3, 1] = NEG
+    v, i = dg.gumbel_top_k(tall, 6, dim=0, generator=torch.Generator().manual_seed(1))
+    assert i.shape == (6, 3) and (i[:, 1] % 3 != 0).all()
+    assert (i.sort(0).values.diff(dim=0) > 0).all() and (v.diff(dim=0) <= 0).all()
 
 
 def test_bad_k():
