@@ -12,6 +12,8 @@ What is timed, for float32 logits of 4096 x 1024 and 256 x 50257:
   ``discograd.distributions.Concrete(...).rsample()`` (in "forward" the
   distribution is built once outside the timer; in "fwd+bwd" it is built inside,
   as a model builds it every step),
+* ``dg.gumbel_top_k`` for k = 2 and 8 (forward only) against ``torch.topk`` of
+  torch-generated Gumbel-perturbed logits, ``-log(-log(rand)) + logits``,
 * against ``torch.nn.functional.gumbel_softmax`` with the same ``hard`` flag
   (``gumbel_max`` and ``Concrete.rsample`` against F.gumbel_softmax hard / soft,
   plus the ``torch.distributions`` sampler that does the same job).
@@ -28,6 +30,9 @@ Where discograd's speed comes from on CPU: torch's ``F.gumbel_softmax`` draws
 with ``exponential_()``, several times slower than ``uniform_()``; discograd draws
 uniforms, in parallel chunks for large tensors (``discograd._rng``), and turns
 them into perturbed scores in place (no temporaries of the full size).
+``gumbel_top_k`` draws far fewer Gumbels than there are logits: one per block
+of about sqrt(C/k) categories, then only the k best blocks' entries,
+conditioned on their block's maximum (see its docstring).
 """
 
 from __future__ import annotations
@@ -129,6 +134,18 @@ def contenders(logits: torch.Tensor, backward: bool) -> list[tuple[str, dict]]:
                 },
             ),
         )
+        for k in (2, 8):
+            rows.append(
+                (
+                    f"gumbel_top_k k={k}",
+                    {
+                        "discograd": lambda k=k: dg.gumbel_top_k(logits, k),
+                        "torch rand + topk": lambda k=k: torch.topk(
+                            -torch.log(-torch.log(torch.rand_like(logits))) + logits, k
+                        ),
+                    },
+                )
+            )
     return rows
 
 
@@ -141,6 +158,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="7 repeats instead of 21")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--only", default="", help="time only the ops whose label contains this")
     parser.add_argument("--device", default=None, help="cpu, cuda, or both when omitted")
     args = parser.parse_args()
     if args.threads is not None:
@@ -172,6 +190,8 @@ def main() -> None:
                 if device.type == "cuda" and not backward:
                     rows.append(("copy (floor)", {"discograd": copier(logits)}))
                 for label, fns in rows:
+                    if args.only not in label:
+                        continue
                     ms = race(fns, repeats, device)
                     ours = ms["discograd"]
                     peers = [k for k in fns if k != "discograd"] or ["-"]

@@ -22,6 +22,7 @@ from discograd.functional import (
     conditional_logistic,
     gumbel_max,
     gumbel_softmax,
+    gumbel_top_k,
     sample_gumbel,
     straight_through,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "functional",
     "gumbel_max",
     "gumbel_softmax",
+    "gumbel_top_k",
     "sample_gumbel",
     "schedules",
     "straight_through",

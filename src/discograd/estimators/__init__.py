@@ -33,6 +33,7 @@ from discograd.estimators.coupled import ARMS, CARMS, CategoricalDisARM
 from discograd.estimators.indecater import IndeCateR
 from discograd.estimators.stein import RODEO, DoubleCV, SteinControlNet
 from discograd.estimators.multisample import VIMCO, LocalARMS, LocalDisARM
+from discograd.estimators.without_replacement import REINFORCEWOR, SumAndSample, UnorderedSet
 
 # isort: on
 from discograd.estimators import baselines, registry
@@ -49,6 +50,7 @@ __all__ = [
     "NVIL",
     "REBAR",
     "REINFORCE",
+    "REINFORCEWOR",
     "RELAX",
     "RLOO",
     "RODEO",
@@ -76,6 +78,8 @@ __all__ = [
     "STGumbelSoftmax",
     "SteinControlNet",
     "StraightThrough",
+    "SumAndSample",
+    "UnorderedSet",
     "VarGrad",
     "baselines",
     "info",
