@@ -1,0 +1,186 @@
+"""Tables and plots of a protocol sweep, finished or still running, for docs/results.md.
+
+    python scripts/protocol_results.py RUNS/protocol-disarm --name disarm \
+        --plots docs/results [--markdown out.md]
+
+Reads every cell's ``metrics.jsonl`` (cells are ``<estimator>--seed<k>`` run
+folders of ``discograd sweep``), so a sweep that is still running (or was cut
+by the end of a session) can be reported at the steps it reached. For each
+estimator the numbers are taken at the last step that *every* one of its seeds
+has logged, so a mean never mixes seeds at different steps; the table says
+which step that is. Means ± standard errors over seeds come from
+:func:`discograd.experiments.trainer.aggregate`, and the sentence naming a best
+estimator from :func:`discograd.report.markdown.compare` (a winner only where
+the difference exceeds its standard error). Plots: the mean over seeds with a
+band of ± one standard error, against training steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from discograd.experiments.trainer import aggregate
+from discograd.report.markdown import compare, pm
+
+CELL = re.compile(r"(?P<est>.+)--seed(?P<seed>\d+)$")
+# metric -> (label, lower is better)
+METRICS = {
+    "train_set_neg_elbo": ("train −ELBO (training set)", True),
+    "valid_neg_elbo": ("validation −ELBO", True),
+    "test_iw_bound": ("test −log p bound (100 samples)", True),
+    "grad_var": ("encoder gradient variance", True),
+}
+
+
+def read_cells(sweep: Path) -> dict[str, dict[int, dict[str, dict[int, float]]]]:
+    """estimator -> seed -> metric -> step -> value."""
+    out: dict[str, dict[int, dict[str, dict[int, float]]]] = defaultdict(dict)
+    for cell in sorted((sweep / "cells").iterdir()):
+        m = CELL.match(cell.name)
+        path = cell / "metrics.jsonl"
+        if m is None or not path.exists():
+            continue
+        series: dict[str, dict[int, float]] = defaultdict(dict)
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by an interruption
+                continue
+            step = rec.get("step")
+            for key in METRICS:
+                v = rec.get(key)
+                if isinstance(step, int) and isinstance(v, (int, float)) and math.isfinite(v):
+                    series[key][step] = float(v)
+        out[m["est"]][int(m["seed"])] = dict(series)
+    return dict(out)
+
+
+def common_steps(seeds: dict[int, dict[str, dict[int, float]]], key: str) -> list[int]:
+    sets = [set(s.get(key, {})) for s in seeds.values()]
+    return sorted(set.intersection(*sets)) if sets else []
+
+
+def at_common_step(cells: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
+    """Per estimator, the aggregate over seeds of each metric at the metric's common
+    step: the last step that every seed of every estimator has logged."""
+    steps: dict[str, int] = {}
+    for key in METRICS:
+        sets = [set(common_steps(seeds, key)) for seeds in cells.values()]
+        both = set.intersection(*sets) if sets else set()
+        if both:
+            steps[key] = max(both)
+    results: dict[str, Any] = {}
+    for est, seeds in cells.items():
+        per_seed = {s: {k: seeds[s][k][t] for k, t in steps.items()} for s in seeds}
+        results[est] = aggregate(per_seed)
+    return results, steps
+
+
+def markdown(name: str, cells: dict[str, Any], plot: str | None) -> str:
+    results, steps = at_common_step(cells)
+    shown = [k for k in METRICS if k in steps]
+    head = [f"{METRICS[k][0]} at step {steps[k]:,}" for k in shown]
+    lines = [f"| estimator | seeds | {' | '.join(head)} |", "|---|--:|" + "--:|" * len(shown)]
+    for est, r in results.items():
+        cols = [pm(r, k, scale=1e2 if k == "grad_var" else 1.0) for k in shown]
+        lines.append(f"| `{est}` | {len(cells[est])} | {' | '.join(cols)} |")
+    reached = ", ".join(
+        f"`{e}` {max(max(s.get('train_set_neg_elbo', {0: 0})) for s in seeds.values()):,}"
+        for e, seeds in cells.items()
+    )
+    lines += [
+        "",
+        "Mean ± standard error over the seeds, every estimator at the same step (the last "
+        "one every seed of every estimator has logged); the gradient variance ×10⁻². Lower "
+        f"is better in every column. Steps reached so far (most advanced seed): {reached}.",
+        "",
+    ]
+    for key in shown:
+        label, lower = METRICS[key]
+        sentence = compare(
+            results, key, label, lower=lower, scale=1e2 if key == "grad_var" else 1.0
+        )
+        if sentence:
+            lines.append(f"* {sentence}")
+    if plot:
+        lines += ["", f"![{name}]({plot})"]
+    return "\n".join(lines) + "\n"
+
+
+def plots(name: str, cells: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    panels = ("train_set_neg_elbo", "test_iw_bound", "grad_var")
+    for ax, key in zip(axes, panels, strict=True):
+        for est, seeds in cells.items():
+            steps = common_steps(seeds, key)
+            if not steps:
+                continue
+            vals = [[seeds[s][key][t] for s in seeds] for t in steps]
+            n = len(seeds)
+            mean = [sum(v) / n for v in vals]
+            se = [
+                math.sqrt(sum((x - m) ** 2 for x in v) / (n - 1) / n) if n > 1 else 0.0
+                for v, m in zip(vals, mean, strict=True)
+            ]
+            line = ax.plot(
+                steps,
+                mean,
+                label=f"{est} ({n} seed{'s' * (n != 1)})",
+                marker="." if len(steps) < 15 else None,
+            )
+            ax.fill_between(
+                steps,
+                [m - e for m, e in zip(mean, se, strict=True)],
+                [m + e for m, e in zip(mean, se, strict=True)],
+                color=line[0].get_color(),
+                alpha=0.2,
+            )
+        ax.set_title(METRICS[key][0])
+        ax.set_xlabel("training step")
+        if key == "grad_var":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), frameon=False)
+    fig.suptitle(f"protocol {name}: mean ± s.e. over seeds")
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", type=Path, help="the sweep folder (with cells/)")
+    parser.add_argument("--name", required=True, help="protocol name, for titles and files")
+    parser.add_argument("--plots", type=Path, help="folder for <name>.png")
+    parser.add_argument("--markdown", type=Path, help="write the table here (default: print)")
+    args = parser.parse_args()
+    cells = read_cells(args.sweep)
+    if not cells:
+        parser.error(f"no cells with metrics under {args.sweep / 'cells'}")
+    rel = None
+    if args.plots is not None:
+        png = args.plots / f"protocol-{args.name}.png"
+        plots(args.name, cells, png)
+        rel = f"results/{png.name}"
+    text = markdown(args.name, cells, rel)
+    if args.markdown:
+        args.markdown.write_text(text)
+    else:
+        print(text)
+
+
+if __name__ == "__main__":
+    main()
