@@ -3,9 +3,19 @@
 * :class:`Concrete` — Gumbel-Softmax samples on the simplex.
 * :class:`ExpConcrete` — the same in log space, stable at low temperature.
 * :class:`BinaryConcrete` — the relaxed Bernoulli.
+* :class:`HardConcrete`, :class:`HardKumaraswamy`, :class:`GaussianRelaxedBernoulli` —
+  rectified gates on [0, 1] with point masses at 0 and 1 (sparse gates, L0).
 """
 
 from discograd.distributions.binary_concrete import BinaryConcrete
 from discograd.distributions.concrete import Concrete, ExpConcrete
+from discograd.distributions.gates import GaussianRelaxedBernoulli, HardConcrete, HardKumaraswamy
 
-__all__ = ["BinaryConcrete", "Concrete", "ExpConcrete"]
+__all__ = [
+    "BinaryConcrete",
+    "Concrete",
+    "ExpConcrete",
+    "GaussianRelaxedBernoulli",
+    "HardConcrete",
+    "HardKumaraswamy",
+]
