@@ -103,6 +103,7 @@ class _RectifiedGate(Distribution):
     support = constraints.unit_interval
     has_rsample = True
     _params: tuple[str, ...] = ()
+    limits: tuple[float, float]
 
     @property
     def _dtype(self) -> torch.dtype:
