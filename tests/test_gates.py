@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from decimal import Decimal, getcontext
 
@@ -69,10 +70,10 @@ def kuma_atoms(a: float, b: float, lo: float, hi: float) -> tuple[float, float]:
 def exact_params(d) -> list[tuple[float, ...]]:
     """Per batch entry, the parameters the reference formulas take."""
     if isinstance(d, HardConcrete):
-        return [(float(a), float(t)) for a, t in zip(d.logits, d.temperature)]
+        return [(float(a), float(t)) for a, t in zip(d.logits, d.temperature, strict=True)]
     if isinstance(d, HardKumaraswamy):
-        return [(float(a), float(b)) for a, b in zip(d.a, d.b)]
-    return [(float(m), float(s)) for m, s in zip(d.loc, d.scale)]
+        return [(float(a), float(b)) for a, b in zip(d.a, d.b, strict=True)]
+    return [(float(m), float(s)) for m, s in zip(d.loc, d.scale, strict=True)]
 
 
 def reference_atoms(d) -> np.ndarray:
@@ -137,8 +138,8 @@ def test_histogram_and_atoms_match_samples(factory):
     for i in range(d.batch_shape[0]):
         zi = z[:, i]
         bins = [
-            integrate.quad(lambda v: reference_pdf(d, i, v), lo, hi, epsabs=1e-12)[0]
-            for lo, hi in zip(edges[:-1], edges[1:])
+            integrate.quad(lambda v, i=i: reference_pdf(d, i, v), lo, hi, epsabs=1e-12)[0]
+            for lo, hi in itertools.pairwise(edges)
         ]
         probs = np.array([atoms[i, 0], *bins, atoms[i, 1]])
         assert abs(probs.sum() - 1) < 1e-7
@@ -166,7 +167,7 @@ def test_density_plus_atoms_integrates_to_one(factory):
     n = d.batch_shape[0]
     for i in range(n):
 
-        def pdf(v: float) -> float:
+        def pdf(v: float, i: int = i) -> float:
             return math.exp(float(d.log_prob(torch.full((n,), v, dtype=F64))[i]))
 
         inner, _ = integrate.quad(pdf, 0.0, 1.0, limit=200, epsabs=1e-12, epsrel=1e-10)
@@ -179,7 +180,7 @@ def test_hard_concrete_density_integrates_to_one_at_extreme_temperatures(tau):
     d = HardConcrete(tau, logits=_t([-3.0, 0.5]))
     for i in range(2):
 
-        def pdf(v: float) -> float:
+        def pdf(v: float, i: int = i) -> float:
             return math.exp(float(d.log_prob(torch.full((2,), v, dtype=F64))[i]))
 
         inner, _ = integrate.quad(pdf, 0.0, 1.0, points=[0.5], limit=400, epsabs=1e-13)
@@ -226,7 +227,7 @@ def test_hard_kumaraswamy_atoms_in_the_tails(dtype):
     a = [60.0, 40.0, 1e-4, 2.0, 1e-2]
     b = [0.5, 3.0, 2.0, 1e-6, 50.0]
     d = HardKumaraswamy(torch.tensor(a, dtype=dtype), torch.tensor(b, dtype=dtype))
-    ref = np.array([_decimal_kuma_log_atoms(x, y) for x, y in zip(a, b)])
+    ref = np.array([_decimal_kuma_log_atoms(x, y) for x, y in zip(a, b, strict=True)])
     lp0 = d.log_prob(torch.zeros(5, dtype=dtype)).double()
     lp1 = d.log_prob(torch.ones(5, dtype=dtype)).double()
     tol = 1e-12 if dtype == torch.float64 else 2e-5
@@ -326,7 +327,7 @@ def test_finite_values_and_gradients(cls, dtype, temp):
     assert all(torch.isfinite(g).all() for g in grads)
     for prob in (d.prob_zero(), d.prob_nonzero(), d.prob_one()):
         assert prob.dtype == dtype and torch.isfinite(prob).all()
-        (g,) = torch.autograd.grad(prob.sum(), list(params.values())[0])
+        (g,) = torch.autograd.grad(prob.sum(), next(iter(params.values())))
         assert torch.isfinite(g).all()
 
 
