@@ -257,7 +257,7 @@ def test_rsample_gradient_is_the_gradient_of_the_mean(factory):
     d0 = factory()
     name = d0._params[0]
     base = getattr(d0, name).detach().clone()
-    others = {k: getattr(d0, k) for k in d0._params[1:]}
+    others = {k: getattr(d0, k) for k in d0._params[1:] + d0._shared}
 
     def build(p):
         if isinstance(d0, HardConcrete):

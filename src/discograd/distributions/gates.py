@@ -40,7 +40,7 @@ from torch.distributions.utils import broadcast_all
 from torch.types import _size
 
 from discograd.distributions._utils import as_temperature, number_as_tensor, uniform
-from discograd.functional import _compute_dtype
+from discograd.functional import _compute_dtype, _divide_by_tau
 
 __all__ = ["GaussianRelaxedBernoulli", "HardConcrete", "HardKumaraswamy"]
 
@@ -103,6 +103,9 @@ class _RectifiedGate(Distribution):
     support = constraints.unit_interval
     has_rsample = True
     _params: tuple[str, ...] = ()
+    # Parameters kept in their own (broadcastable) shape: a scalar temperature
+    # stays a scalar, which the sampler divides by without a broadcast pass.
+    _shared: tuple[str, ...] = ()
     limits: tuple[float, float]
 
     @property
@@ -114,6 +117,8 @@ class _RectifiedGate(Distribution):
         batch_shape = torch.Size(batch_shape)
         for name in self._params:
             setattr(new, name, getattr(self, name).expand(batch_shape))
+        for name in self._shared:
+            setattr(new, name, getattr(self, name))
         new.limits = self.limits
         super(_RectifiedGate, new).__init__(batch_shape, validate_args=False)
         new._validate_args = self._validate_args
@@ -215,7 +220,8 @@ class HardConcrete(_RectifiedGate):
     """
 
     arg_constraints = {"temperature": constraints.positive, "logits": constraints.real}
-    _params = ("logits", "temperature")
+    _params = ("logits",)
+    _shared = ("temperature",)
 
     def __init__(
         self,
@@ -228,7 +234,7 @@ class HardConcrete(_RectifiedGate):
         tau = as_temperature(temperature, lg)
         batch_shape = torch.broadcast_shapes(lg.shape, tau.shape)
         self.logits = lg.expand(batch_shape)
-        self.temperature = tau.expand(batch_shape)
+        self.temperature = tau
         self.limits = _check_limits(limits)
         super().__init__(batch_shape, validate_args=validate_args)
 
@@ -237,8 +243,7 @@ class HardConcrete(_RectifiedGate):
         finfo = torch.finfo(u.dtype)
         # logit(u) = log u - log(1 - u) in one pass; the clamp keeps it finite.
         noise = torch.logit(u.clamp_(finfo.tiny, 1.0 - finfo.eps / 2))
-        cdt = u.dtype
-        x = (noise + self.logits.to(cdt)) / self.temperature.to(cdt)
+        x = _divide_by_tau(noise.add_(self.logits), self.temperature)
         return self._stretch(torch.sigmoid(x))
 
     def _log_atoms(self) -> tuple[Tensor, Tensor, Tensor]:
