@@ -33,6 +33,8 @@ from discograd.distributions import (
     GaussianRelaxedBernoulli,
     HardConcrete,
     HardKumaraswamy,
+    InvertibleGaussian,
+    LogisticNormal,
 )
 
 # torch >= 2.9 deprecates torch.jit; these tests check that it still works.
@@ -393,6 +395,10 @@ EXAMPLES = [
     (HardKumaraswamy, {"a": 0.2, "b": 0.1}),
     (GaussianRelaxedBernoulli, {"loc": _logits(2, 3)}),
     (GaussianRelaxedBernoulli, {"loc": 0.5, "scale": torch.tensor([0.01, 1.0, 3.0])}),
+    (InvertibleGaussian, {"loc": _logits(2, 3), "scale": 0.7, "temperature": 0.5}),
+    (InvertibleGaussian, {"loc": _logits(3), "scale": 1.0, "temperature": _TAU_ROW, "delta": 2.0}),
+    (LogisticNormal, {"loc": _logits(2, 3), "scale": torch.tensor([0.5, 1.0, 2.0])}),
+    (LogisticNormal, {"loc": _logits(4), "scale": 1.0, "temperature": 0.01}),
 ]
 IDS = [f"{cls.__name__}-{i}" for i, (cls, _) in enumerate(EXAMPLES)]
 
@@ -411,6 +417,9 @@ BAD_EXAMPLES = [
     (HardKumaraswamy, {"a": 1.0, "b": torch.tensor(0.0)}),
     (GaussianRelaxedBernoulli, {"loc": torch.tensor(math.nan)}),
     (GaussianRelaxedBernoulli, {"loc": 0.0, "scale": torch.tensor([-1.0])}),
+    (InvertibleGaussian, {"loc": torch.zeros(3), "scale": 1.0, "temperature": torch.tensor(-1.0)}),
+    (LogisticNormal, {"loc": torch.tensor([0.0, math.nan]), "scale": 1.0}),
+    (LogisticNormal, {"loc": torch.zeros(2), "scale": torch.tensor([1.0, -1.0])}),
 ]
 
 

@@ -119,20 +119,22 @@ class _GaussianSimplex(Distribution):
         r"""The Gaussian :math:`y = \mu + \sigma\epsilon` behind a sample (shape ``[..., K-1]``).
 
         :meth:`from_gaussian` maps it to the simplex; :meth:`log_prob_gaussian`
-        gives the density of that point exactly at any temperature.
+        gives the density of that point exactly at any temperature. Computed
+        and returned in float32 for 16-bit parameters (as
+        ``BinaryConcrete.rsample_logit``).
         """
         shape = self._extended_shape(sample_shape)[:-1] + self.loc.shape[-1:]
         cdt = _compute_dtype(self.loc.dtype)
         eps = torch.randn(shape, dtype=cdt, device=self.loc.device, generator=generator)
-        return (self.loc.to(cdt) + self.scale.to(cdt) * eps).to(self.loc.dtype)
+        return self.loc.to(cdt) + self.scale.to(cdt) * eps
 
     def _tau(self, cdt: torch.dtype) -> Tensor:
         return self.temperature.to(cdt)
 
     def from_gaussian(self, y: Tensor) -> Tensor:
-        """The point of the simplex that the Gaussian coordinates ``y`` map to."""
+        """The point of the simplex that Gaussian coordinates ``y`` map to (parameters' dtype)."""
         cdt = _compute_dtype(y.dtype)
-        return self._log_simplex(y.to(cdt) / self._tau(cdt)).exp().to(y.dtype)
+        return self._log_simplex(y.to(cdt) / self._tau(cdt)).exp().to(self.loc.dtype)
 
     def rsample(
         self, sample_shape: _size = torch.Size(), generator: torch.Generator | None = None
@@ -168,11 +170,15 @@ class _GaussianSimplex(Distribution):
         return self._density(y, log_x).to(value.dtype)
 
     def log_prob_gaussian(self, y: Tensor) -> Tensor:
-        """``log_prob(from_gaussian(y))`` computed from ``y``: exact at any temperature."""
+        """``log_prob(from_gaussian(y))`` computed from ``y``: exact at any temperature.
+
+        Returned in the compute dtype (float32 for 16-bit): at low temperature
+        the log-density is of order :math:`K|y|/\tau`, beyond float16's range.
+        """
         cdt = _compute_dtype(y.dtype)
         y = y.to(cdt)
         log_x = self._log_simplex(y / self._tau(cdt))
-        return self._density(y, log_x).to(self.loc.dtype)
+        return self._density(y, log_x)
 
 
 class InvertibleGaussian(_GaussianSimplex):
