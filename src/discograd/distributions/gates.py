@@ -138,7 +138,9 @@ class _RectifiedGate(Distribution):
     ) -> Tensor:
         """A reparameterised sample: exact 0 and 1 at the atoms, gradient 0 there."""
         s = self._stretched(self._extended_shape(sample_shape), generator)
-        return s.clamp(0.0, 1.0).to(self._dtype)
+        # hardtanh is clamp to [0, 1] whose backward is one fused kernel
+        # (clamp's builds two masks and a where); both give 0 at the atoms.
+        return F.hardtanh(s, 0.0, 1.0).to(self._dtype)
 
     def sample(
         self, sample_shape: _size = torch.Size(), generator: torch.Generator | None = None
@@ -180,7 +182,8 @@ class _RectifiedGate(Distribution):
 
     def _stretch(self, s: Tensor) -> Tensor:
         lo, hi = self.limits
-        return torch.add(s, lo) if hi - lo == 1.0 else s * (hi - lo) + lo
+        # l + (r - l) s in one pass.
+        return torch.add(torch.full((), lo, dtype=s.dtype, device=s.device), s, alpha=hi - lo)
 
 
 class HardConcrete(_RectifiedGate):
