@@ -144,15 +144,17 @@ def contenders(logits: torch.Tensor, backward: bool) -> list[tuple[str, dict]]:
         }
         peer, _ = relaxit_hard_concrete()
         if peer is not None:
-            # relaxit draws its uniforms with shape sample_shape + [1]: one row
-            # of logits and 4096 draws give the same 4096 x 1024 sample.
-            row = logits[0]
+            # relaxit draws its uniforms with shape sample_shape + [1] and
+            # broadcasts them over alpha's batch, so different logits in one
+            # batch would share their noise. It is timed with one logit and
+            # sample_shape 4096 x 1024: the same number of independent draws.
+            one = logits[:1, :1].reshape(1)
             limits = (torch.tensor(-0.1), torch.tensor(1.1))
             beta = torch.tensor(tau)
 
             def relaxit_sample() -> torch.Tensor:
-                d = peer(row.exp(), beta, limits[1], limits[0])
-                return d.rsample(torch.Size([logits.shape[0]]))
+                d = peer(one.exp(), beta, limits[1], limits[0])
+                return d.rsample(torch.Size(GATE_SHAPE)).reshape(GATE_SHAPE)
 
             gates["relaxit HardConcrete.rsample"] = run(relaxit_sample)
         rows.append(("HardConcrete.rsample", gates))
