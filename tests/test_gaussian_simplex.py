@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from scipy import integrate, stats
-from scipy.special import expit
 
 from discograd.distributions import InvertibleGaussian, LogisticNormal
 
@@ -85,17 +84,14 @@ def test_two_categories_igr_is_torchs_logistic_normal():
 
 
 def _quad_k2(d) -> list[float]:
-    """∫_0^1 p(x_1) dx_1 per batch entry, in logit coordinates (no endpoint singularity)."""
-    out = []
-    for i in range(d.batch_shape[0]):
-
-        def integrand(s: float, i: int = i) -> float:
-            x = torch.tensor([[float(expit(s)), float(expit(-s))]], dtype=F64)
-            log_jac = -abs(s) - 2 * math.log1p(math.exp(-abs(s)))
-            return math.exp(float(d.log_prob(x.expand(d.batch_shape[0], 2))[i]) + log_jac)
-
-        out.append(integrate.quad(integrand, -300, 300, points=[0.0], limit=400)[0])
-    return out
+    """∫_0^1 p(x_1) dx_1 per batch entry, in logit coordinates s (no endpoint
+    singularity), by the trapezoid rule on a fine grid: at these temperatures the
+    integrand's width in s is at least 0.05, the step 0.003."""
+    s = torch.linspace(-300, 300, 200_001, dtype=F64)
+    x = torch.stack([torch.sigmoid(s), torch.sigmoid(-s)], -1)
+    log_jac = torch.nn.functional.logsigmoid(s) + torch.nn.functional.logsigmoid(-s)
+    f = (d.log_prob(x[:, None, :].expand(-1, d.batch_shape[0], 2)) + log_jac[:, None]).exp()
+    return torch.trapezoid(f, s, dim=0).tolist()
 
 
 @pytest.mark.parametrize("cls", [InvertibleGaussian, LogisticNormal])
