@@ -437,3 +437,24 @@ def test_generator_reproducibility_and_expand():
         v = e.sample()
         torch.testing.assert_close(e.log_prob(v), d.log_prob(v))
         torch.testing.assert_close(e.prob_nonzero(), d.prob_nonzero().expand(2, 256))
+
+
+@pytest.mark.parametrize("factory", FACTORIES, ids=IDS)
+def test_gradcheck_of_log_prob_and_atoms(factory):
+    # log_prob in the value (interior points) and in both parameters, and the
+    # closed-form atoms in both parameters, against finite differences.
+    d0 = factory()
+    cls = type(d0)
+    names = PARAM_NAMES[cls]
+    p0 = tuple(getattr(d0, k).detach().clone().requires_grad_() for k in names)
+
+    def build(a, b):
+        if cls is HardConcrete:
+            return HardConcrete(b, logits=a, validate_args=False)
+        return cls(a, b, validate_args=False)
+
+    value = torch.tensor([0.13, 0.5, 0.77, 0.31], dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v, a, b: build(a, b).log_prob(v), (value, *p0))
+    atoms = torch.tensor([0.0, 1.0, 0.0, 1.0], dtype=F64)
+    assert torch.autograd.gradcheck(lambda a, b: build(a, b).log_prob(atoms), p0)
+    assert torch.autograd.gradcheck(lambda a, b: build(a, b).prob_nonzero(), p0)

@@ -309,3 +309,23 @@ def test_bad_arguments():
     d = InvertibleGaussian(loc, 1.0, 0.5, validate_args=True)
     with pytest.raises(ValueError, match="support"):
         d.log_prob(torch.tensor([0.5, 0.6, 0.1, 0.1]))
+
+
+@pytest.mark.parametrize("cls", [InvertibleGaussian, LogisticNormal])
+def test_gradcheck_of_log_prob(cls):
+    loc, scale = _params(2, 3, seed=21)
+    loc.requires_grad_()
+    scale.requires_grad_()
+    tau = torch.tensor(0.7, dtype=F64, requires_grad=True)
+    x = cls(loc, scale, 0.7).sample(generator=torch.Generator().manual_seed(22))
+    x = x.clone().requires_grad_()
+
+    def f(v, m, s, t):
+        return cls(m, s, t, validate_args=False).log_prob(v)
+
+    assert torch.autograd.gradcheck(f, (x, loc, scale, tau))
+    y = torch.randn(2, 3, dtype=F64, generator=torch.Generator().manual_seed(23))
+    y.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda v, m, s, t: cls(m, s, t).log_prob_gaussian(v), (y, loc, scale, tau)
+    )
