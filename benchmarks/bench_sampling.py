@@ -16,7 +16,11 @@ What is timed, for float32 logits of 4096 x 1024 and 256 x 50257:
   torch-generated Gumbel-perturbed logits, ``-log(-log(rand)) + logits``,
 * against ``torch.nn.functional.gumbel_softmax`` with the same ``hard`` flag
   (``gumbel_max`` and ``Concrete.rsample`` against F.gumbel_softmax hard / soft,
-  plus the ``torch.distributions`` sampler that does the same job).
+  plus the ``torch.distributions`` sampler that does the same job),
+* ``HardConcrete(2/3, logits).rsample()`` (4096 x 1024 only) against
+  ``BinaryConcrete(2/3, logits).rsample()`` (target: within 1.5x, printed as
+  "HardConcrete / BinaryConcrete" under each table) and against relaxit's
+  ``HardConcrete`` when ``import relaxit`` works (it is not a dependency).
 
 "forward" times the sample alone on logits without gradient; "fwd+bwd" gives
 the logits ``requires_grad`` and times the sample plus a backward pass of
@@ -47,9 +51,19 @@ import torch.nn.functional as F
 from _machine import cpu_name
 
 import discograd as dg
-from discograd.distributions import Concrete
+from discograd.distributions import BinaryConcrete, Concrete, HardConcrete
 
 SHAPES = [(4096, 1024), (256, 50257)]
+GATE_SHAPE = (4096, 1024)
+
+
+def relaxit_hard_concrete() -> tuple[type | None, str]:
+    """relaxit's HardConcrete class, or None and the reason it is unavailable."""
+    try:
+        from relaxit.distributions.HardConcrete import HardConcrete as RelaxitHardConcrete
+    except Exception as exc:  # not installed, or its package __init__ is broken
+        return None, f"{type(exc).__name__}: {exc}"
+    return RelaxitHardConcrete, ""
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> float:
@@ -122,6 +136,28 @@ def contenders(logits: torch.Tensor, backward: bool) -> list[tuple[str, dict]]:
             },
         ),
     ]
+    if tuple(logits.shape) == GATE_SHAPE:
+        tau = 2.0 / 3.0
+        gates = {
+            "discograd": run(lambda: HardConcrete(tau, logits=logits).rsample()),
+            "BinaryConcrete.rsample": run(lambda: BinaryConcrete(tau, logits=logits).rsample()),
+        }
+        peer, _ = relaxit_hard_concrete()
+        if peer is not None:
+            # relaxit draws its uniforms with shape sample_shape + [1] and
+            # broadcasts them over alpha's batch, so different logits in one
+            # batch would share their noise. It is timed with one logit and
+            # sample_shape 4096 x 1024: the same number of independent draws.
+            one = logits[:1, :1].reshape(1)
+            limits = (torch.tensor(-0.1), torch.tensor(1.1))
+            beta = torch.tensor(tau)
+
+            def relaxit_sample() -> torch.Tensor:
+                d = peer(one.exp(), beta, limits[1], limits[0])
+                return d.rsample(torch.Size(GATE_SHAPE)).reshape(GATE_SHAPE)
+
+            gates["relaxit HardConcrete.rsample"] = run(relaxit_sample)
+        rows.append(("HardConcrete.rsample", gates))
     if not backward:
         rows.insert(
             2,
@@ -179,6 +215,7 @@ def main() -> None:
     for device in devices:
         for backward in (False, True):
             print(f"\n### {device.type}, float32, {'fwd+bwd' if backward else 'forward'}\n")
+            notes: list[str] = []
             print("| shape | op | discograd ms | peer | peer ms | ratio |")
             print("| --- | --- | ---: | --- | ---: | ---: |")
             for shape in SHAPES:
@@ -194,6 +231,11 @@ def main() -> None:
                         continue
                     ms = race(fns, repeats, device)
                     ours = ms["discograd"]
+                    if label == "HardConcrete.rsample":
+                        notes.append(
+                            f"{shape[0]}x{shape[1]}: HardConcrete / BinaryConcrete = "
+                            f"{ours / ms['BinaryConcrete.rsample']:.2f} (target <= 1.5)"
+                        )
                     peers = [k for k in fns if k != "discograd"] or ["-"]
                     for i, peer in enumerate(peers):
                         head = (
@@ -203,6 +245,12 @@ def main() -> None:
                             print(f"{head} | - | - | - |")
                         else:
                             print(f"{head} | {peer} | {ms[peer]:.2f} | {ms[peer] / ours:.2f} |")
+            if notes:
+                print()
+                for note in notes:
+                    print(note)
+                if relaxit_hard_concrete()[0] is None:
+                    print(f"relaxit not importable ({relaxit_hard_concrete()[1]}): no relaxit row")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,18 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_public_names():
     for name in ("sample_gumbel", "gumbel_max", "gumbel_softmax", "straight_through"):
         assert getattr(dg, name) is getattr(dg.functional, name)
-    from discograd.distributions import BinaryConcrete, Concrete, ExpConcrete  # noqa: F401
+    from discograd.distributions import (  # noqa: F401
+        BinaryConcrete,
+        Concrete,
+        ExpConcrete,
+        GaussianRelaxedBernoulli,
+        HardConcrete,
+        HardKumaraswamy,
+        InvertibleGaussian,
+        LogisticNormal,
+    )
+
+    assert dg.distributions.HardConcrete is HardConcrete
     from discograd.estimators import Estimate, Estimator, Exact
 
     assert dg.Exact is Exact and dg.Estimate is Estimate and dg.Estimator is Estimator

@@ -26,7 +26,16 @@ from torch.distributions import (
 from torch.distributions.transforms import SoftmaxTransform, StickBreakingTransform
 
 import discograd as dg
-from discograd.distributions import BinaryConcrete, Concrete, ExpConcrete
+from discograd.distributions import (
+    BinaryConcrete,
+    Concrete,
+    ExpConcrete,
+    GaussianRelaxedBernoulli,
+    HardConcrete,
+    HardKumaraswamy,
+    InvertibleGaussian,
+    LogisticNormal,
+)
 
 # torch >= 2.9 deprecates torch.jit; these tests check that it still works.
 JIT = pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
@@ -378,6 +387,18 @@ EXAMPLES = [
     (BinaryConcrete, {"temperature": 0.5, "probs": torch.tensor([0.2, 0.7])}),
     (BinaryConcrete, {"temperature": _TAU_ROW, "logits": _logits(3)}),
     (BinaryConcrete, {"temperature": 0.01, "logits": 0.4}),
+    # Rectified gates: samples include the exact atoms 0 and 1.
+    (HardConcrete, {"temperature": 0.5, "logits": _logits(2, 3)}),
+    (HardConcrete, {"temperature": _TAU_ROW, "logits": _logits(3), "limits": (-0.2, 1.3)}),
+    (HardConcrete, {"temperature": 0.01, "logits": 0.4}),
+    (HardKumaraswamy, {"a": torch.tensor([0.3, 2.0]), "b": torch.tensor([[0.5], [4.0]])}),
+    (HardKumaraswamy, {"a": 0.2, "b": 0.1}),
+    (GaussianRelaxedBernoulli, {"loc": _logits(2, 3)}),
+    (GaussianRelaxedBernoulli, {"loc": 0.5, "scale": torch.tensor([0.01, 1.0, 3.0])}),
+    (InvertibleGaussian, {"loc": _logits(2, 3), "scale": 0.7, "temperature": 0.5}),
+    (InvertibleGaussian, {"loc": _logits(3), "scale": 1.0, "temperature": _TAU_ROW, "delta": 2.0}),
+    (LogisticNormal, {"loc": _logits(2, 3), "scale": torch.tensor([0.5, 1.0, 2.0])}),
+    (LogisticNormal, {"loc": _logits(4), "scale": 1.0, "temperature": 0.01}),
 ]
 IDS = [f"{cls.__name__}-{i}" for i, (cls, _) in enumerate(EXAMPLES)]
 
@@ -390,6 +411,15 @@ BAD_EXAMPLES = [
     (BinaryConcrete, {"temperature": 0.5, "probs": torch.tensor([0.5, 1.5])}),
     (BinaryConcrete, {"temperature": 0.5, "logits": torch.tensor(math.nan)}),
     (BinaryConcrete, {"temperature": torch.tensor(-1.0), "logits": 0.0}),
+    (HardConcrete, {"temperature": torch.tensor(-1.0), "logits": 0.0}),
+    (HardConcrete, {"temperature": 0.5, "logits": torch.tensor(math.nan)}),
+    (HardKumaraswamy, {"a": torch.tensor([1.0, -1.0]), "b": 1.0}),
+    (HardKumaraswamy, {"a": 1.0, "b": torch.tensor(0.0)}),
+    (GaussianRelaxedBernoulli, {"loc": torch.tensor(math.nan)}),
+    (GaussianRelaxedBernoulli, {"loc": 0.0, "scale": torch.tensor([-1.0])}),
+    (InvertibleGaussian, {"loc": torch.zeros(3), "scale": 1.0, "temperature": torch.tensor(-1.0)}),
+    (LogisticNormal, {"loc": torch.tensor([0.0, math.nan]), "scale": 1.0}),
+    (LogisticNormal, {"loc": torch.zeros(2), "scale": torch.tensor([1.0, -1.0])}),
 ]
 
 

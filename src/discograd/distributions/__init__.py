@@ -3,9 +3,24 @@
 * :class:`Concrete` — Gumbel-Softmax samples on the simplex.
 * :class:`ExpConcrete` — the same in log space, stable at low temperature.
 * :class:`BinaryConcrete` — the relaxed Bernoulli.
+* :class:`HardConcrete`, :class:`HardKumaraswamy`, :class:`GaussianRelaxedBernoulli` —
+  rectified gates on [0, 1] with point masses at 0 and 1 (sparse gates, L0).
+* :class:`InvertibleGaussian`, :class:`LogisticNormal` — Gaussian noise mapped onto
+  the simplex (IGR's softmax++, stick-breaking) with a temperature.
 """
 
 from discograd.distributions.binary_concrete import BinaryConcrete
 from discograd.distributions.concrete import Concrete, ExpConcrete
+from discograd.distributions.gates import GaussianRelaxedBernoulli, HardConcrete, HardKumaraswamy
+from discograd.distributions.gaussian_simplex import InvertibleGaussian, LogisticNormal
 
-__all__ = ["BinaryConcrete", "Concrete", "ExpConcrete"]
+__all__ = [
+    "BinaryConcrete",
+    "Concrete",
+    "ExpConcrete",
+    "GaussianRelaxedBernoulli",
+    "HardConcrete",
+    "HardKumaraswamy",
+    "InvertibleGaussian",
+    "LogisticNormal",
+]
