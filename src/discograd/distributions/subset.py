@@ -68,7 +68,11 @@ class _KHot(constraints.Constraint):
 
 
 class _RelaxedKHot(constraints.Constraint):
-    """Points of ``[0, 1]^C`` whose coordinates sum to ``k`` (up to rounding)."""
+    """Non-negative points whose coordinates sum to ``k`` (up to rounding).
+
+    Xie & Ermon's relaxation does not keep each coordinate below 1: an item can
+    take mass in several rounds (at moderate temperatures its sum may exceed 1).
+    """
 
     event_dim = 1
 
@@ -77,7 +81,7 @@ class _RelaxedKHot(constraints.Constraint):
         super().__init__()
 
     def check(self, value: Tensor) -> Tensor:
-        inside = ((value >= 0) & (value <= 1 + 1e-3)).all(-1)
+        inside = (value >= 0).all(-1)
         return inside & ((value.sum(-1) - self.k).abs() <= 1e-3 * max(self.k, 1))
 
 
@@ -142,7 +146,12 @@ def _levels(theta: Tensor, k: int) -> tuple[list[Tensor], float]:
     R, C = theta.shape
     P = 1 << max(C - 1, 0).bit_length()
     low = _stand_in(theta.dtype, P)
-    th = torch.where(theta > -math.inf, theta, low)
+    finite = theta > -math.inf
+    th = torch.where(finite, theta, low)
+    # Relative to the row's largest logit (a constant): the normaliser only moves
+    # by k times it, and rounding stays relative to the spread, not to |theta|.
+    th = th - th.detach().amax(-1, keepdim=True)
+    th = torch.where(finite, th, low)
     if P > C:
         th = torch.cat([th, th.new_full((R, P - C), low)], -1)
     x = torch.stack([torch.zeros_like(th), th], -1)  # 1 + e^θ x
@@ -169,7 +178,8 @@ def subset_log_normalizer(logits: Tensor, k: int) -> Tensor:
     lead = logits.shape[:-1]
     theta = logits.to(_compute_dtype(logits.dtype)).reshape(-1, C)
     levels, _ = _levels(theta, k)
-    return levels[-1][:, 0, k].reshape(lead)
+    shift = torch.where(theta > -math.inf, theta, -math.inf).detach().amax(-1)
+    return (levels[-1][:, 0, k] + k * shift).reshape(lead)
 
 
 def subset_marginals(logits: Tensor, k: int) -> Tensor:
@@ -316,12 +326,13 @@ class RelaxedSubset(Distribution):
               y = \sum_{j=1}^{k} a^{(j)}.
 
     Each round is a relaxed arg max that (softly) removes what earlier rounds
-    picked, so :math:`\sum_i y_i = k` and as :math:`\tau \to 0` :math:`y` tends to
-    the k-hot vector of the top :math:`k` keys: an exact draw of :math:`k`
-    items **without replacement** from :math:`\mathrm{softmax}(\theta)` (the
-    Gumbel-top-k trick), which ``sample`` returns directly (through
-    :func:`~discograd.functional.gumbel_top_k`). That law is not
-    :class:`KSubset`'s.
+    picked, so :math:`\sum_i y_i = k`, :math:`y_i \ge 0` (a coordinate can exceed 1
+    at moderate temperatures: an item may take mass in several rounds), and as
+    :math:`\tau \to 0` :math:`y` tends to the k-hot vector of the top :math:`k`
+    keys: an exact draw of :math:`k` items **without replacement** from
+    :math:`\mathrm{softmax}(\theta)` (the Gumbel-top-k trick), which ``sample``
+    returns directly (through :func:`~discograd.functional.gumbel_top_k`). That
+    law is not :class:`KSubset`'s.
 
     Args:
         logits: item log-weights; ``-inf`` masks an item.
