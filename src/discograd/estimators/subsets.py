@@ -21,7 +21,7 @@ as for every other estimator. A :class:`~discograd.distributions.KSubset`
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -59,6 +59,9 @@ class _KHotEstimator(Estimator):
     unbiased = False
     needs_grad_f = True
     has_temperature = False
+    #: ``f`` receives k-hot vectors (``k`` ones per variable); the conformance
+    #: test runs a k-hot section for classes that set this.
+    k_hot: ClassVar[bool] = True
 
     def __init__(self, k: int, *, generator: torch.Generator | None) -> None:
         super().__init__(generator=generator)
