@@ -112,6 +112,10 @@ def _check_enough(theta: Tensor, k: int) -> None:
     """``ValueError`` unless every row has at least ``k`` unmasked items (and no NaN/+inf)."""
     if torch.compiler.is_compiling():
         return
+    # One reduction in the common case: a finite sum means every logit is finite
+    # (barring overflow), and k <= C was checked already.
+    if theta.numel() and math.isfinite(float(theta.sum())):
+        return
     bad = torch.isnan(theta) | torch.isposinf(theta)
     if bool(bad.any()):
         raise ValueError("logits must be real numbers or -inf (a masked item); found NaN or +inf")
@@ -394,20 +398,19 @@ class RelaxedSubset(Distribution):
         hard: bool = False,
     ) -> Tensor:
         keys = _perturbed(self.logits, generator, self._extended_shape(sample_shape))
-        log_eps = math.log(torch.finfo(keys.dtype).tiny)
+        tiny = torch.finfo(keys.dtype).tiny
         alpha = keys
-        y = torch.zeros_like(keys)
+        y: Tensor | None = None
         a = None
         for _ in range(self.k):  # k rounds: a loop over the subset size, not over data
             if a is not None:
                 # log max(1 - a, eps): the item picked in the last round drops out
-                # softly. 1 - a is 0 or >= 2^-24 in float32; the where keeps the
-                # gradient at a = 1 zero instead of 0 * inf.
-                rest = 1.0 - a
-                kept = rest > 0
-                alpha = alpha + torch.where(kept, torch.where(kept, rest, 1.0).log(), log_eps)
+                # softly. clamp's backward is a select (not a product), so the
+                # 1/eps of log's backward never meets its zero: no 0 * inf at a = 1.
+                alpha = alpha + (1.0 - a).clamp_min(tiny).log()
             a = _softmax_last(_divide_by_tau(alpha, self.temperature))
-            y = y + a
+            y = a if y is None else y + a
+        assert y is not None
         if hard:
             top = keys.detach().topk(self.k, -1).indices
             khot = torch.zeros_like(y).scatter_(-1, top, 1.0)
