@@ -112,8 +112,9 @@ class SIMPLE(_KHotEstimator):
     log-space :math:`(i, j)` dynamic program (items seen, items chosen),
     evaluated as a balanced tree (:func:`~discograd.distributions.subset_marginals`),
     and its derivative by double backpropagation; the sample from the same
-    tables, top down. Cost: one evaluation of ``f``; :math:`O(Ck)` work per
-    variable for the sample and the marginals.
+    tables, top down. Cost: one evaluation of ``f``; :math:`O(Ck^2)` work per
+    variable for the sample and the marginals (truncated products of
+    polynomials of up to :math:`k + 1` coefficients).
 
     Args:
         k: subset size (default 1).
@@ -138,35 +139,21 @@ class SIMPLE(_KHotEstimator):
 def _standard_gamma(
     shape: torch.Size, alpha: float, dtype: torch.dtype, device: torch.device, generator: Any
 ) -> Tensor:
-    """Gamma(``alpha``, 1) draws from ``generator`` (torch's sampler takes none).
+    """Gamma(``alpha``, 1) draws, reproducible from ``generator``.
 
-    Marsaglia & Tsang 2000 for shape ``alpha + 1`` (vectorised rejection, about
-    1.05 proposals per draw), times :math:`U^{1/\\alpha}` for shape ``alpha < 1``.
+    torch's Gamma sampler takes no generator: it runs on the default generator
+    of the device, forked and seeded from ``generator`` (one draw of it), so the
+    caller's global random state is left untouched. Without a generator it uses
+    the global stream like any torch sampler.
     """
-    a = alpha + 1.0 if alpha < 1.0 else alpha
-    d = a - 1.0 / 3.0
-    c = 1.0 / math.sqrt(9.0 * d)
-    out = torch.empty(shape, dtype=dtype, device=device)
-    todo = torch.ones(shape, dtype=torch.bool, device=device)
-    while True:
-        n = int(todo.sum())
-        if n == 0:
-            break
-        x = torch.randn(n, dtype=dtype, device=device, generator=generator)
-        v = (1.0 + c * x) ** 3
-        u = uniform((n,), dtype, device, generator)
-        ok = (v > 0) & (
-            torch.log(u.clamp_min(torch.finfo(dtype).tiny))
-            < 0.5 * x * x + d - d * v + d * torch.log(v.clamp_min(torch.finfo(dtype).tiny))
-        )
-        vals = out[todo]
-        vals = torch.where(ok, d * v, vals)
-        out[todo] = vals
-        todo[todo.clone()] = ~ok
-    if alpha < 1.0:
-        u = uniform(shape, dtype, device, generator).clamp_min(torch.finfo(dtype).tiny)
-        out = out * u.pow(1.0 / alpha)
-    return out
+    conc = torch.full(shape, alpha, dtype=dtype, device=device)
+    if generator is None:
+        return torch._standard_gamma(conc)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda, device_type=device.type if cuda else "cuda"):
+        torch.manual_seed(seed)
+        return torch._standard_gamma(conc)
 
 
 def sum_of_gamma(
