@@ -234,7 +234,11 @@ class IMLE(_KHotEstimator):
     Args:
         k: subset size (default 1).
         noise: ``"sum_of_gamma"`` (default), ``"gumbel"`` or ``"none"``.
-        lam: :math:`\lambda > 0`, the step to the target distribution (default 10).
+        lam: :math:`\lambda > 0`, the step to the target distribution (default
+            100). One draw's gradient is zero unless :math:`\lambda\nabla_z f`
+            moves the top-k, so :math:`\lambda` must be large against the gaps
+            between the perturbed weights (at 10, costs of order 1 often give an
+            all-zero gradient); larger is coarser, and :math:`1/\lambda` scales it.
         noise_temperature: :math:`\tau > 0` scaling the noise (default 1).
         n_terms: :math:`s`, terms of the Sum-of-Gamma series (default 10).
         generator: default random generator.
@@ -246,7 +250,7 @@ class IMLE(_KHotEstimator):
         self,
         k: int = 1,
         noise: str = "sum_of_gamma",
-        lam: float = 10.0,
+        lam: float = 100.0,
         noise_temperature: float = 1.0,
         n_terms: int = 10,
         *,
