@@ -573,3 +573,34 @@ def test_khot_and_st_numerics_over_temperatures(dtype):
             (g,) = torch.autograd.grad(out.loss.sum(), theta)
             assert torch.isfinite(g).all(), est
             assert (g[0, 0, :2] == 0).all(), est
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_decoupled_bernoulli_numerics_and_forward_law(dtype):
+    """Bernoulli: finite for temperatures 1e-3..100 and ±inf logits; b ~ Bernoulli(σ(α/τ_f))."""
+    alpha = (torch.randn(4, 5, generator=torch.Generator().manual_seed(9)) * 4).to(dtype)
+    alpha[0, 0], alpha[1, 1] = math.inf, -math.inf
+    alpha = alpha.requires_grad_()
+    w = torch.linspace(-1, 1, 5).to(dtype)
+    for tf in (1e-3, 1.0, 100.0):
+        for tb in (1e-3, 1.0, 100.0):
+            seen = []
+
+            def f(z, seen=seen):
+                seen.append(z.detach())
+                return torch.tanh(z @ w) + (z * z).sum(-1)
+
+            q = Independent(torch.distributions.Bernoulli(logits=alpha), 1)
+            out = DecoupledSTGumbelSoftmax(tf, tb)(f, q, generator=torch.Generator().manual_seed(1))
+            (g,) = torch.autograd.grad(out.loss.sum(), alpha)
+            assert torch.isfinite(out.value).all() and torch.isfinite(g).all(), (tf, tb)
+            assert g[0, 0] == 0 and g[1, 1] == 0
+            assert seen[0][0, 0] == 1 and seen[0][1, 1] == 0
+    a = torch.tensor([0.8, -0.5, 2.0], dtype=torch.float64).expand(20000, 3)
+    seen = []
+    DecoupledSTGumbelSoftmax(0.5, 1.0)(
+        lambda z: seen.append(z.detach()) or z.sum(-1),
+        Independent(torch.distributions.Bernoulli(logits=a), 1),
+        generator=torch.Generator().manual_seed(2),
+    )
+    assert_mean_matches(seen[0], torch.sigmoid(a[0] / 0.5))
