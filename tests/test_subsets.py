@@ -168,6 +168,14 @@ def test_ksubset_errors():
         KSubset(torch.tensor([0.0, -math.inf, -math.inf]), 2)
     with pytest.raises(ValueError, match="NaN"):
         KSubset(torch.tensor([0.0, float("nan"), 1.0]), 1)
+    d = KSubset(torch.zeros(4), 2, validate_args=True)
+    torch.testing.assert_close(
+        d.log_prob(torch.tensor([1.0, 1.0, 0.0, 0.0])), -torch.tensor(6.0).log()
+    )
+    with pytest.raises(ValueError, match="support"):
+        d.log_prob(torch.tensor([1.0, 1.0, 1.0, 0.0]))
+    assert d.expand((3,)).sample().shape == (3, 4)
+    torch.testing.assert_close(d.mean, torch.full((4,), 0.5))
 
 
 # -------------------------------------------------------------- gumbel_top_k
