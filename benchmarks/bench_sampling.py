@@ -14,6 +14,11 @@ What is timed, for float32 logits of 4096 x 1024 and 256 x 50257:
   as a model builds it every step),
 * ``dg.gumbel_top_k`` for k = 2 and 8 (forward only) against ``torch.topk`` of
   torch-generated Gumbel-perturbed logits, ``-log(-log(rand)) + logits``,
+* ``RelaxedSubset(logits, k=8, temperature=1).rsample()`` (Xie & Ermon's relaxed
+  top-k: one Gumbel draw, k masked softmaxes) against k calls of
+  ``dg.gumbel_softmax`` / ``F.gumbel_softmax`` (the outputs summed, the backward
+  through all k), and relaxit's ``GumbelSoftmaxTopK`` when relaxit is importable;
+  the target is a ratio above 1/1.5 = 0.67 against the k calls,
 * against ``torch.nn.functional.gumbel_softmax`` with the same ``hard`` flag
   (``gumbel_max`` and ``Concrete.rsample`` against F.gumbel_softmax hard / soft,
   plus the ``torch.distributions`` sampler that does the same job),
@@ -51,7 +56,14 @@ import torch.nn.functional as F
 from _machine import cpu_name
 
 import discograd as dg
-from discograd.distributions import BinaryConcrete, Concrete, HardConcrete
+from discograd.distributions import BinaryConcrete, Concrete, HardConcrete, RelaxedSubset
+
+try:  # an optional peer, never installed by this project
+    from relaxit.distributions import GumbelSoftmaxTopK
+except Exception:  # ImportError, or relaxit's own import-time errors
+    GumbelSoftmaxTopK = None
+
+K_SUBSET = 8
 
 SHAPES = [(4096, 1024), (256, 50257)]
 GATE_SHAPE = (4096, 1024)
@@ -158,6 +170,34 @@ def contenders(logits: torch.Tensor, backward: bool) -> list[tuple[str, dict]]:
 
             gates["relaxit HardConcrete.rsample"] = run(relaxit_sample)
         rows.append(("HardConcrete.rsample", gates))
+
+    def subset() -> RelaxedSubset:
+        return RelaxedSubset(logits, K_SUBSET, 1.0)
+
+    if not backward:
+        built_subset = subset()
+        subset = lambda: built_subset  # noqa: E731
+
+    def k_calls(fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+        def calls() -> torch.Tensor:
+            out = fn()
+            for _ in range(K_SUBSET - 1):
+                out = out + fn()
+            return out
+
+        return calls
+
+    subset_row = {
+        "discograd": run(lambda: subset().rsample()),
+        f"{K_SUBSET} x dg.gumbel_softmax": run(k_calls(lambda: dg.gumbel_softmax(logits))),
+        f"{K_SUBSET} x F.gumbel_softmax": run(k_calls(lambda: F.gumbel_softmax(logits))),
+    }
+    if GumbelSoftmaxTopK is not None:
+        k_t = torch.tensor(K_SUBSET)
+        subset_row["relaxit GumbelSoftmaxTopK"] = run(
+            lambda: GumbelSoftmaxTopK(logits, k_t, one, hard=False).rsample()
+        )
+    rows.append((f"RelaxedSubset k={K_SUBSET}", subset_row))
     if not backward:
         rows.insert(
             2,

@@ -28,6 +28,13 @@ gradient. A second test checks every estimator whose metadata says ``unbiased``
 of the mean of many draws, with a cost differentiable in ``z`` (those with
 ``needs_grad_f`` are unbiased only for such costs).
 
+k-hot estimators (a class attribute ``k_hot``: SIMPLE, IMLE) run above with
+their default ``k = 1`` (one-hot, the plain categorical case) and again in a
+k-hot section: ``k = 2`` of ``C = 4`` items over every dtype and the masks that
+leave at least two items, on Categorical / OneHotCategorical / Independent
+families and on a ``KSubset`` itself; ``f`` must see exactly two ones per
+variable, none on a masked item, and the checks above apply.
+
 Multi-sample-bound estimators (``multi_sample``, called as ``est(log_weight, q)``)
 get their own cases over the same grid: each cost above serves as the log
 weight (a large one is a log weight of 1e5, where ``exp`` overflows and only a
@@ -293,3 +300,42 @@ def _check_unbiased(name, mask):
     (g_exact,) = torch.autograd.grad(exact.loss.sum(), one.theta)
     assert_mean_matches(g, g_exact.expand_as(g)[0])
     assert_mean_matches(out.value.unsqueeze(-1), exact.value.reshape(1))
+
+
+# -------------------------------------------------------------------- k-hot
+KHOT = [n for n in registry.names() if getattr(registry.info(n).cls, "k_hot", False)]
+KHOT_FAMILIES = ["categorical", "onehot", "categorical_ind1", "onehot_ind2", "ksubset"]
+
+
+@pytest.mark.parametrize("name", KHOT)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mask", ["none", "one", "probs_zeros"])
+def test_k_hot_conformance(name, dtype, mask):
+    from discograd.distributions import KSubset
+
+    k = 2
+    i = DTYPES.index(dtype) + 4 * ["none", "one", "probs_zeros"].index(mask)
+    family = KHOT_FAMILIES[i % len(KHOT_FAMILIES)]
+    batch = BATCHES[i % len(BATCHES)]
+    problem = Problem("categorical" if family == "ksubset" else family, batch, mask, dtype)
+    q = KSubset(problem.theta, k) if family == "ksubset" else problem.q
+    n_var = len(problem.var)
+    w = torch.linspace(-1, 1, C).to(dtype).requires_grad_()
+    seen: list = []
+
+    def f(z):
+        seen.append(z.detach())
+        problem.check_input(z)
+        c = torch.tanh(z @ w) * 3 + (z @ w) ** 2
+        return c.flatten(c.dim() - n_var).sum(-1) if n_var else c
+
+    est = make(name, k=k)
+    out = est(f, q, generator=torch.Generator().manual_seed(0))
+    z = seen[0]
+    assert ((z == 0) | (z == 1)).all() and (z.sum(-1) == k).all(), z
+    assert out.loss.shape == out.value.shape == q.batch_shape
+    assert out.loss.dtype == out.value.dtype
+    assert torch.isfinite(out.value).all() and torch.isfinite(out.loss).all()
+    g_theta, g_w = torch.autograd.grad(out.loss.sum(), (problem.theta, w))
+    assert torch.isfinite(g_theta).all() and torch.isfinite(g_w).all(), g_theta
+    assert (g_theta[problem.masked.expand(g_theta.shape)] == 0).all()

@@ -66,6 +66,8 @@ def test_names_and_filters():
         "st_gumbel_softmax",
         "gumbel_rao",
         "reinmax",
+        "decoupled_st_gumbel_softmax",
+        "gapped_straight_through",
     ]
     assert registry.names(exact=True) == ["exact", "exact_multi_sample"]
     assert registry.names(exact=True, multi_sample=False) == ["exact"]

@@ -7,12 +7,20 @@
   rectified gates on [0, 1] with point masses at 0 and 1 (sparse gates, L0).
 * :class:`InvertibleGaussian`, :class:`LogisticNormal` — Gaussian noise mapped onto
   the simplex (IGR's softmax++, stick-breaking) with a temperature.
+* :class:`KSubset` — the exponential-family law on k-subsets (k-hot vectors), exact.
+* :class:`RelaxedSubset` — Xie & Ermon's relaxed k-subset (relaxed Gumbel-top-k).
 """
 
 from discograd.distributions.binary_concrete import BinaryConcrete
 from discograd.distributions.concrete import Concrete, ExpConcrete
 from discograd.distributions.gates import GaussianRelaxedBernoulli, HardConcrete, HardKumaraswamy
 from discograd.distributions.gaussian_simplex import InvertibleGaussian, LogisticNormal
+from discograd.distributions.subset import (
+    KSubset,
+    RelaxedSubset,
+    subset_log_normalizer,
+    subset_marginals,
+)
 
 __all__ = [
     "BinaryConcrete",
@@ -23,4 +31,8 @@ __all__ = [
     "HardKumaraswamy",
     "InvertibleGaussian",
     "LogisticNormal",
+    "KSubset",
+    "RelaxedSubset",
+    "subset_log_normalizer",
+    "subset_marginals",
 ]

@@ -34,6 +34,8 @@ from discograd.estimators.indecater import IndeCateR
 from discograd.estimators.stein import RODEO, DoubleCV, SteinControlNet
 from discograd.estimators.multisample import VIMCO, LocalARMS, LocalDisARM
 from discograd.estimators.without_replacement import REINFORCEWOR, SumAndSample, UnorderedSet
+from discograd.estimators.st_variants import DecoupledSTGumbelSoftmax, GappedStraightThrough
+from discograd.estimators.subsets import IMLE, SIMPLE
 
 # isort: on
 from discograd.estimators import baselines, registry
@@ -47,6 +49,7 @@ __all__ = [
     "ARS",
     "ARSM",
     "CARMS",
+    "IMLE",
     "NVIL",
     "REBAR",
     "REINFORCE",
@@ -54,11 +57,13 @@ __all__ = [
     "RELAX",
     "RLOO",
     "RODEO",
+    "SIMPLE",
     "VIMCO",
     "ARSMPlus",
     "ARSPlus",
     "BaselineNet",
     "CategoricalDisARM",
+    "DecoupledSTGumbelSoftmax",
     "DisARM",
     "DoubleCV",
     "Estimate",
@@ -66,6 +71,7 @@ __all__ = [
     "EstimatorInfo",
     "Exact",
     "ExactMultiSample",
+    "GappedStraightThrough",
     "GumbelRao",
     "GumbelSoftmax",
     "IndeCateR",
