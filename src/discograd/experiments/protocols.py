@@ -44,10 +44,11 @@ What each preset holds is what the official code runs (``../LITERATURE``,
   importance-weighted, logits in ascending order), CARMS, IndeCateR, the
   unordered-set estimator, Gumbel-Softmax and ReinMax (τ = 1). The relaxed two
   evaluate the same cost at their relaxed sample (see ``docs/models.md``).
-  ``categorical_disarm:importance_weighted=True`` is that variant: stick-breaking
-  and ascending order are its defaults. IndeCateR costs D·C = 200 evaluations of the decoder per image and step:
-  about a second a step on one CPU thread, impractical for 50,000 steps there
-  (a GPU run); ARSM and ARSM+ evaluate up to C(C-1)/2 + 1 = 46 swaps.
+  ``categorical_disarm:importance_weighted=True`` is that variant (stick-breaking
+  and ascending order are its defaults). IndeCateR costs D·C = 200 evaluations of
+  the decoder per image and step, about 2 s a step on one CPU thread: a GPU run,
+  impractical for 50,000 steps on a CPU; ARSM and ARSM+ evaluate up to
+  C(C-1)/2 + 1 = 46 swaps, about 0.2 s a step there.
 * ``coupled-32x16`` — the README's example size: 32 latents of 16 categories
   (RLOO with 16 samples).
 
