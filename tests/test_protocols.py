@@ -572,3 +572,17 @@ def test_relaxed_estimators_evaluate_the_full_elbo_at_their_relaxed_sample():
     assert torch.allclose(out.neg_elbo, expected.detach(), atol=1e-5)
     out.loss.backward()
     assert model.encoder[0].weight.grad.abs().sum() > 0
+
+
+def test_the_coupled_example_sweeps_the_protocol_with_three_seeds_for_50000_steps():
+    from discograd.experiments.sweep import expand, load_sweep
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "protocol-coupled.toml"
+    cells = expand(load_sweep(path))
+    assert len(cells) == 3 * len(PROTOCOLS["coupled"]["estimators"])
+    assert {c.estimator for c in cells} == set(PROTOCOLS["coupled"]["estimators"])
+    assert {c.seed for c in cells} == {0, 1, 2}
+    for cell in cells:
+        cfg = cell.config
+        assert cfg["protocol"] == "coupled" and cfg["steps"] == 50000
+        assert (cfg["n_latent"], cfg["n_categories"], cfg["batch_size"]) == (20, 10, 200)
