@@ -262,9 +262,8 @@ def main() -> None:
     data, source = fashion()
     print(f"# bench_protocols: {cpu_name()}, torch {torch.__version__}, {args.threads} thread(s)")
     print(f"# data: {source} ({len(data.train)} training images); {steps} steps per run")
-    print(
-        f"# ({warmup} warm-up), {repeats} repeats; estimator {args.estimator}; {args.clock} clock"
-    )
+    which = "every estimator of the protocol" if args.per_estimator else args.estimator
+    print(f"# ({warmup} warm-up), {repeats} repeats; estimator {which}; {args.clock} clock")
     if args.per_estimator:
         per_estimator(data, steps, warmup, repeats, grad_var)
         return
