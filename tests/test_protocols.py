@@ -428,3 +428,161 @@ def test_the_multi_sample_hook_gives_an_unbiased_gradient_of_the_k_sample_bound(
     values = model.objective(x.expand(40000, -1), est, kl="estimated", generator=gen).neg_elbo
     expected = float((weight * -pair).sum().detach())
     assert float(values.mean()) == pytest.approx(expected, rel=2e-3)
+
+
+# ------------------------------------------------------------------ coupled
+def test_the_coupled_presets_hold_the_official_categorical_settings():
+    cfg = build(VAEConfig, {"protocol": "coupled"})
+    cfg.validate()
+    assert (cfg.latent, cfg.n_latent, cfg.n_categories) == ("categorical", 20, 10)
+    assert (cfg.hidden, cfg.activation) == ((512, 256), "leaky_relu")  # LeakyReLU(0.2)
+    assert (cfg.dataset, cfg.validation, cfg.binarization) == ("fashion-mnist", 10000, "dynamic")
+    assert (cfg.lr, cfg.prior, cfg.prior_lr, cfg.batch_size) == (1e-4, "learned", 1e-2, 200)
+    assert cfg.kl == "estimated" and cfg.center_input and cfg.init_output_bias
+    assert (cfg.eval_samples, cfg.iw_examples, cfg.steps) == (100, 10000, 10**6)
+    assert cfg.train_eval_every == 1000 and cfg.grad_var_every == 1000
+    assert cfg.estimators == (
+        "rloo:n_samples=10", "arsm", "ars_plus", "arsm_plus",
+        "categorical_disarm:importance_weighted=True", "carms", "indecater",
+        "unordered_set", "gumbel_softmax", "reinmax",
+    )  # fmt: skip
+    # categorical DisARM as the README runs it: stick-breaking, importance-weighted, ascending
+    disarm = registry.make(cfg.estimators[4])
+    assert (disarm.encoding, disarm.importance_weighted, disarm.order) == (
+        "stick_breaking", True, "ascending",
+    )  # fmt: skip
+    big = build(VAEConfig, {"protocol": "coupled-32x16"})
+    big.validate()
+    assert (big.n_latent, big.n_categories) == (32, 16)
+    assert big.estimators[0] == "rloo:n_samples=16" and big.estimators[1:] == cfg.estimators[1:]
+    # every value can be overridden; the Bernoulli protocols keep their latents
+    mine = build(VAEConfig, {"protocol": "coupled", "batch_size": 7}, {"estimators": "rloo"})
+    assert (mine.batch_size, mine.estimators, mine.lr) == (7, ("rloo",), 1e-4)
+    assert build(VAEConfig, {"protocol": "disarm"}).latent == "bernoulli"
+
+
+COUPLED_SMALL = dict(
+    SMALL, latent="categorical", n_latent=3, n_categories=4, hidden=(6, 5),
+    activation="leaky_relu", steps=3, log_every=1, eval_every=3, checkpoint_every=3,
+    train_eval_every=3, test_every=3, grad_var_every=1, batch_size=5,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("spec", PROTOCOLS["coupled"]["estimators"])
+def test_every_coupled_estimator_trains_the_categorical_model_a_few_steps(tmp_path, spec):
+    cfg = dataclasses.replace(VAEConfig(**COUPLED_SMALL), estimators=(spec,))
+    cfg.validate()
+    res = run_task(VAETask(), cfg, tmp_path, data=tiny_data())[spec]
+    assert math.isfinite(res["test_iw_bound"]) and math.isfinite(res["test_neg_elbo"])
+    records = RunDir(tmp_path, dataclasses.asdict(cfg)).records(f"vae/{spec}/seed0")
+    steps = [r for r in records if "train_neg_elbo" in r]
+    assert len(steps) == 3 and all(math.isfinite(r["train_neg_elbo"]) for r in steps)
+    variances = [r["grad_var"] for r in records if "grad_var" in r]
+    assert len(variances) == 4 and all(math.isfinite(v) for v in variances)
+    assert variances[-1] > 0  # the encoder got a gradient
+
+
+def test_the_categorical_prior_trains_by_its_own_sgd(tmp_path):
+    seen: dict[str, Any] = {}
+
+    class Spy(VAETask):
+        def optimizer(self, config, params):
+            seen["opt"] = opt = super().optimizer(config, params)
+            return opt
+
+        def step(self, state, step, ctx):
+            seen["before"] = state.model.prior_logits.detach().clone()
+            result = super().step(state, step, ctx)
+
+            def grab() -> None:
+                seen["grad"] = state.model.prior_logits.grad.clone()
+
+            return dataclasses.replace(result, after_backward=grab)
+
+        def finish(self, state, ctx):
+            seen["after"] = state.model.prior_logits.detach().clone()
+            return super().finish(state, ctx)
+
+    cfg = dataclasses.replace(
+        VAEConfig(**COUPLED_SMALL), steps=1, estimators=("rloo:n_samples=4",), prior_lr=0.5
+    )
+    run_task(Spy(), cfg, tmp_path, data=tiny_data())
+    adam, sgd = seen["opt"].parts
+    assert isinstance(adam, torch.optim.Adam) and isinstance(sgd, torch.optim.SGD)
+    assert seen["before"].shape == (3, 4) and seen["grad"].abs().sum() > 0
+    assert torch.allclose(seen["after"], seen["before"] - 0.5 * seen["grad"])
+    # softmax logits: a gradient of log p(z) sums to zero over the categories
+    assert torch.allclose(seen["grad"].sum(-1), torch.zeros(3), atol=1e-6)
+
+
+def test_the_categorical_full_elbo_cost_has_the_analytic_kl_gradient():
+    from discograd.models import CategoricalVAE
+
+    torch.manual_seed(3)
+    model = CategoricalVAE(6, 2, 3, (5,), "leaky_relu", "learned").double()
+    with torch.no_grad():
+        model.prior_logits.normal_()
+    x = (torch.rand(4, 6, dtype=torch.float64) < 0.5).double()
+    value_a, grads_a = exact_grads(model, x, "analytic")  # type: ignore[arg-type]
+    value_e, grads_e = exact_grads(model, x, "estimated")  # type: ignore[arg-type]
+    assert value_e == pytest.approx(value_a, rel=1e-12)
+    for a, e in zip(grads_a, grads_e, strict=True):
+        assert torch.allclose(a, e, rtol=1e-10, atol=1e-12)
+    assert grads_e[-1].abs().sum() > 0  # the prior's logits
+
+
+def test_relaxed_estimators_evaluate_the_full_elbo_at_their_relaxed_sample():
+    # kl="estimated" hands a relaxed estimator the cost whose log q and log p are the
+    # discrete ones at the relaxed point (sum_k z_k log pi_k): ReinMax's forward sample
+    # is one-hot, so its value is the discrete -ELBO of that sample, and the encoder's
+    # gradient through log q (logits detached) is the relaxed one of E_q[log q].
+    from discograd.estimators import GumbelSoftmax, ReinMax
+    from discograd.models import CategoricalVAE
+
+    torch.manual_seed(5)
+    model = CategoricalVAE(6, 2, 3, (5,), "leaky_relu", "learned")
+    x = (torch.rand(4, 6) < 0.5).float()
+    seen = {}
+
+    def spy(est):
+        inner = est.forward
+
+        def forward(f, q, *, generator=None):
+            def g(z):
+                seen["z"] = z.detach()
+                return f(z)
+
+            return inner(g, q, generator=generator)
+
+        est.forward = forward
+        return est
+
+    out = model.objective(x, spy(ReinMax()), kl="estimated", generator=torch.Generator())
+    z = seen["z"]
+    assert torch.equal(z.sum(-1), torch.ones(4, 2)) and set(z.unique().tolist()) <= {0.0, 1.0}
+    q, p = model.posterior(x), model.prior()
+    expected = q.log_prob(z) - p.log_prob(z) - model.log_likelihood(x, z)
+    assert torch.allclose(out.neg_elbo, expected, atol=1e-5)
+    out = model.objective(x, spy(GumbelSoftmax()), kl="estimated", generator=torch.Generator())
+    z = seen["z"]
+    assert ((z > 0) & (z < 1)).all()  # a relaxed point, where log q is linear in z
+    log_pi = torch.log_softmax(q.base_dist.logits, -1)
+    log_prior = torch.log_softmax(model.prior_logits, -1)
+    expected = ((log_pi - log_prior) * z).sum((-1, -2)) - model.log_likelihood(x, z)
+    assert torch.allclose(out.neg_elbo, expected.detach(), atol=1e-5)
+    out.loss.backward()
+    assert model.encoder[0].weight.grad.abs().sum() > 0
+
+
+def test_the_coupled_example_sweeps_the_protocol_with_three_seeds_for_50000_steps():
+    from discograd.experiments.sweep import expand, load_sweep
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "protocol-coupled.toml"
+    cells = expand(load_sweep(path))
+    assert len(cells) == 3 * len(PROTOCOLS["coupled"]["estimators"])
+    assert {c.estimator for c in cells} == set(PROTOCOLS["coupled"]["estimators"])
+    assert {c.seed for c in cells} == {0, 1, 2}
+    for cell in cells:
+        cfg = cell.config
+        assert cfg["protocol"] == "coupled" and cfg["steps"] == 50000
+        assert (cfg["n_latent"], cfg["n_categories"], cfg["batch_size"]) == (20, 10, 200)

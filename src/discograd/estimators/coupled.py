@@ -454,6 +454,31 @@ def _carms_orders(C: int) -> Tensor:
     return torch.tensor(orders, dtype=torch.int64)
 
 
+@functools.lru_cache(maxsize=64)
+def _carms_intervals(C: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Where category ``a`` sits in each CARMS order, as indices into prefix sums.
+
+    With ``prefix`` the prefix sums of ``[π, π]`` (``prefix[0] = 0``) and order
+    ``p = (s, t)``, the mass laid before ``a`` is
+    ``prefix[hi[a, p]] - prefix[begin[p]] + keep[a, p] * π_s``: ``begin = t + 1``
+    (mod C), ``hi = begin`` plus the number of categories cyclically from ``t+1``
+    up to ``a - 1`` (``hi = begin`` for ``a = s``, whose interval starts at 0), and
+    ``keep`` is 1 unless ``a = s`` or ``s`` falls inside that cyclic range (it is
+    then counted once in the sum already). Returns ``begin [P]``, ``hi [C, P]``
+    (int64) and ``keep [C, P]`` (float64).
+    """
+    orders = _carms_orders(C)
+    first, last = orders[:, 0], orders[:, -1]
+    begin = (last + 1) % C
+    a = torch.arange(C).unsqueeze(-1)
+    length = (a - begin) % C  # [C, P]: categories from t+1 up to a-1
+    is_first = a == first
+    skips_first = (first - begin) % C < length
+    hi = torch.where(is_first, begin, begin + length)
+    keep = (~(is_first | skips_first)).to(torch.float64)
+    return begin, hi, keep
+
+
 @register("carms")
 class CARMS(Estimator):
     r"""CARMS: categorical antithetic REINFORCE multi-sample estimator.
@@ -538,36 +563,38 @@ class CARMS(Estimator):
         # The interval [left, right) of each sampled category in every order, O(1) each:
         # order (s, t) is s, then t+1, t+2, ... cyclically (skipping s), then t, so the
         # mass before a != s is π_s plus the cyclic sum from t+1 to a-1 less π_s if s
-        # falls in that range. Cyclic sums come from the prefix sums of [π, π].
-        first, last = orders[:, 0], orders[:, -1]  # [P]
+        # falls in that range. Cyclic sums come from the prefix sums of [π, π]; which
+        # prefix sum and whether π_s counts depend on (a, order) only (_carms_intervals).
+        begin, hi_tab, keep_tab = (t.to(device) for t in _carms_intervals(C))
         prefix = F.pad(torch.cat([probs, probs], -1).cumsum(-1), (1, 0))  # [R, 2C + 1]
-        cat = z.unsqueeze(-1)  # [n, R, 1]
-        begin = (last + 1) % C  # [P]
-        length = (cat - begin) % C  # [n, R, P]: categories from t+1 up to a-1
-        start = begin.expand(n, R, P)
-        cyc = prefix.expand(n, R, 2 * C + 1).gather(-1, start + length) - prefix.expand(
-            n, R, 2 * C + 1
-        ).gather(-1, start)
-        p_first = probs[:, first]  # [R, P]
-        skips_first = (first - begin) % C < length
-        left = torch.where(cat == first, 0.0, p_first + cyc - skips_first * p_first)
-        right = left + probs.gather(-1, z.transpose(0, 1)).transpose(0, 1).unsqueeze(-1)
+        p_first = probs[:, orders[:, 0]]  # [R, P]
+        pz = probs.gather(-1, z.transpose(0, 1)).transpose(0, 1)  # [n, R]
         # P(a, b) for the sampled pairs i < j (the copula is exchangeable, so the
         # matrix is symmetric), averaged over the orders. The copula CDF is
         # max(x^e + y^e - 1, 0)^(n-1), e = 1/(n-1): the powers x^e once per end.
-        ends = torch.stack([left, right]).clamp(0, 1).pow(1.0 / (n - 1))  # [2, n, R, P]
+        # These [n or pairs, R, P] tensors are most of CARMS's work (45 orders at
+        # C = 10): formed in place, each pass allocating nothing new where it can.
+        ends = torch.empty(2, n, R, P, dtype=torch.float64, device=device)
+        cyc = prefix.expand(n, R, 2 * C + 1).gather(-1, hi_tab[z])
+        left = torch.sub(cyc, prefix[:, begin], out=ends[0]).addcmul_(keep_tab[z], p_first)
+        torch.add(left, pz.unsqueeze(-1), out=ends[1])
+        ends.clamp_(0, 1)  # [2, n, R, P]: left and right ends
+        if n > 2:  # x^e as exp(e log x): vectorised, faster than a float64 pow on CPU
+            ends.log_().mul_(1.0 / (n - 1)).exp_()
         I, J = torch.triu_indices(n, n, 1, device=device)
-        a, b = ends[:, I], ends[:, J]  # [2, pairs, R, P]
+        a, b1 = ends[:, I], ends[:, J].sub_(1)  # [2, pairs, R, P]; b1 = y^e - 1
 
-        def cdf(x: Tensor, y: Tensor) -> Tensor:
-            return (x + y - 1).clamp_min(0).pow(n - 1)
+        def cdf(x: Tensor, y1: Tensor, out: Tensor | None = None) -> Tensor:
+            t = torch.add(x, y1, out=out).clamp_min_(0)
+            return t.pow_(n - 1) if n > 2 else t
 
-        rect = cdf(a[1], b[1]) - cdf(a[0], b[1]) - cdf(a[1], b[0]) + cdf(a[0], b[0])
-        pair_joint = rect.clamp_min(0).mean(-1)  # [pairs, R]
+        rect = cdf(a[1], b1[1])
+        scratch = torch.empty_like(rect)
+        rect.sub_(cdf(a[0], b1[1], scratch)).sub_(cdf(a[1], b1[0], scratch))
+        pair_joint = rect.add_(cdf(a[0], b1[0], scratch)).clamp_min_(0).mean(-1)  # [pairs, R]
         joint = torch.zeros(n, n, R, dtype=torch.float64, device=device)
         joint[I, J] = pair_joint
         joint[J, I] = pair_joint
-        pz = probs.gather(-1, z.transpose(0, 1)).transpose(0, 1)  # [n, R]
         indep = pz.unsqueeze(1) * pz.unsqueeze(0)
         off = ~torch.eye(n, dtype=torch.bool, device=device).unsqueeze(-1)
         ratio = torch.where(off & (joint > 0), indep / torch.where(joint > 0, joint, 1.0), 0.0)
