@@ -500,14 +500,14 @@ def budget_plan(
             costs[spec] = probe(spec, problem)
         return costs[spec]
 
+    def sized_cost(spec: str, key: str) -> Callable[[int], float | None]:
+        return lambda n: cost(with_value(spec, key, n))
+
     for spec in specs:
         key = sample_size_parameter(spec)
-        n_of = {}
+        n_of: dict[int, int | None] = {}
         if key is not None:
-            n_of = {
-                b: match_budget(lambda n, s=spec, k=key: cost(with_value(s, k, n)), b)
-                for b in budgets
-            }
+            n_of = {b: match_budget(sized_cost(spec, key), b) for b in budgets}
         if key is None or any(n is None for n in n_of.values()):
             c = cost(spec)
             if c is None:

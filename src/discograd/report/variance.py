@@ -247,6 +247,14 @@ def budget_candidates(res: Mapping[str, Any], budget: int) -> list[Candidate]:
 
 
 def _cell_text(res: Mapping[str, Any], budget: int) -> str:
+    text = _winner_text(res, budget)
+    support = res.get("support")
+    if md.number(support) and support <= budget:
+        text += f"; enumeration costs {support}"
+    return text
+
+
+def _winner_text(res: Mapping[str, Any], budget: int) -> str:
     cands = budget_candidates(res, budget)
     if not cands:
         return "—"
@@ -360,7 +368,8 @@ def equal_budget_section(results: Results, cfg: Any) -> list[str]:
         "seeds) among the unbiased estimators within budget. A winner is named only when its "
         "error bar (mean ± s.e.) overlaps no other's (`discograd.report.variance.winner`); "
         "otherwise the cell lists those that overlap the lowest. Ratio: the runner-up's "
-        "variance × f-evaluations over the winner's. Enumeration (`exact`) is left out. "
+        "variance × f-evaluations over the winner's. Enumeration (`exact`) is left out; a cell "
+        "says when the budget would pay for it. "
         f"{md.seed_note(all_estimators)}",
         "",
         "### Which estimator at which C, D, budget",
