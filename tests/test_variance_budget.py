@@ -30,6 +30,7 @@ from discograd.report.variance import (
     EQUAL_BUDGET_HEADING,
     Candidate,
     budget_candidates,
+    equal_budget_table,
     winner,
 )
 
@@ -220,3 +221,30 @@ def test_equal_budget_run_from_the_command_line(tmp_path):
     report = (out / "report.md").read_text()
     assert EQUAL_BUDGET_HEADING in report
     assert "| C | D | logits | budget 2 | budget 4 |" in report
+
+
+def test_the_table_names_a_winner_only_where_the_error_bars_allow():
+    def problem(rloo, carms, C):
+        return {
+            "C": C,
+            "D": 3,
+            "logits": "skewed",
+            "support": C**3,
+            "exact_norm": 1.0,
+            "budgets": {"4": ["rloo:n_samples=4", "carms:n_samples=4"]},
+            "estimators": {
+                "rloo:n_samples=4": _result(*rloo, 4),
+                "carms:n_samples=4": _result(*carms, 4),
+            },
+        }
+
+    results = {
+        "apart": problem((2.0, 0.1), (1.0, 0.1), 10),
+        "overlap": problem((1.15, 0.1), (1.0, 0.1), 10),
+    }
+    table = equal_budget_table(results, [4]).splitlines()
+    assert table[2] == "| 10 | 3 | skewed | **`carms:n_samples=4`** (2× below `rloo:n_samples=4`) |"
+    assert table[3] == (
+        "| 10 | 3 | skewed | not distinguishable at 3 seeds: "
+        "`carms:n_samples=4`, `rloo:n_samples=4` |"
+    )

@@ -264,7 +264,7 @@ def _winner_text(res: Mapping[str, Any], budget: int) -> str:
         names = ", ".join(f"`{c.label}`" for c in tied)
         if all(c.mean == 0 for c in tied):
             return f"exact (zero variance): {names}"
-        return f"not distinguishable at {seeds} seeds: {names}"
+        return f"not distinguishable at {md.plural(seeds, 'seed')}: {names}"
     rest = sorted((c for c in cands if c is not best), key=lambda c: c.mean)
     if not rest:
         return f"`{best.label}` (the only one within budget)"
