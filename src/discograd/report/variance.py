@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -295,7 +296,8 @@ def family(label: str) -> str:
 def family_summary(results: Results, budgets: Sequence[int]) -> str:
     """Per estimator family, over every (problem, budget) cell where it was compared:
     cells, wins, ties for the lowest, and the geometric mean of its
-    ``variance × n_evals`` over the lowest one's."""
+    ``variance × n_evals`` over the lowest one's, and its median µs per draw (the median
+    over those cells of each one's median timed call)."""
     stats: dict[str, dict[str, Any]] = {}
     for res in results.values():
         for b in budgets:
@@ -306,8 +308,11 @@ def family_summary(results: Results, budgets: Sequence[int]) -> str:
             low = min(c.mean for c in cands)
             for c in cands:
                 s = stats.setdefault(
-                    family(c.label), {"cells": 0, "wins": 0, "ties": 0, "logs": []}
+                    family(c.label), {"cells": 0, "wins": 0, "ties": 0, "logs": [], "us": []}
                 )
+                timing = draw_timing(res["estimators"][c.label])
+                if timing is not None:
+                    s["us"].append(timing.quartiles()[1] * 1e6)
                 s["cells"] += 1
                 s["wins"] += best is c
                 s["ties"] += best is None and c in tied
@@ -316,9 +321,17 @@ def family_summary(results: Results, budgets: Sequence[int]) -> str:
     rows = []
     for fam, s in sorted(stats.items(), key=lambda kv: (-kv[1]["wins"], -kv[1]["ties"], kv[0])):
         gm = math.exp(sum(s["logs"]) / len(s["logs"])) if s["logs"] else None
-        rows.append([f"`{fam}`", s["cells"], s["wins"], s["ties"], md.fmt(gm)])
+        median = statistics.median(s["us"]) if s["us"] else None
+        rows.append([f"`{fam}`", s["cells"], s["wins"], s["ties"], md.fmt(gm), md.fmt(median)])
     return md.table(
-        ["estimator", "cells compared", "wins", "tied for lowest", "× the lowest (geo. mean)"],
+        [
+            "estimator",
+            "cells compared",
+            "wins",
+            "tied for lowest",
+            "× the lowest (geo. mean)",
+            "µs / draw (median)",
+        ],
         rows,
     )
 
