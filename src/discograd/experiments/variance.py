@@ -21,11 +21,49 @@ estimators without a temperature in their spec are run at each of
 skipped). Alongside the per-call variance, ``variance × n_evals`` is the
 variance at equal cost: averaging k independent draws divides the variance by
 k and multiplies the cost by k. Seconds per draw (``draw_seconds``) come from
-:data:`TIMING_REPEATS` further timed calls of :data:`TIMING_DRAWS` draws.
+``timing_repeats`` further timed calls of :data:`TIMING_DRAWS` draws.
+
+Problems too large to enumerate. ``sum-C<C>-D<D>-<uniform|skewed>`` (and the
+grid ``--C ... --D ... --logits ...``) is the *sum family*: D categorical
+variables with C categories and one cost of their weighted sum,
+
+.. math:: S = \sum_{d=1}^D w_{d, z_d}, \qquad f(z) = (S - \tfrac12)^2 + \sin(2S),
+
+:math:`w_{d,c} \sim \mathcal N(0, 1/D)` (fixed per C, D), logits zero
+(``uniform``) or :math:`\mathcal N(0, 2^2)` (``skewed``). Every variable
+interacts with every other (the square's cross terms, the sine), yet
+:math:`\mathbb E_q[f]` has a closed form in the per-variable moments: with
+:math:`m_d = \sum_c \pi_{dc} w_{dc}`, :math:`v_d = \sum_c \pi_{dc} w_{dc}^2 - m_d^2`
+and the characteristic function :math:`\phi_d = \sum_c \pi_{dc} e^{2 i w_{dc}}
+= \rho_d e^{i\alpha_d}` (independent variables: the expectation of
+:math:`e^{2iS}` is the product of the :math:`\phi_d`),
+
+.. math:: \mathbb E_q[f] = \sum_d v_d + \Big(\sum_d m_d - \tfrac12\Big)^2
+          + \Big(\prod_d \rho_d\Big) \sin\Big(\sum_d \alpha_d\Big),
+
+so the exact gradient is autograd of an :math:`O(DC)` expression
+(:func:`sum_expected`) at any :math:`C^D` (the categorical problem above is
+this cost at D = 3 with other weights). A problem of one's own:
+``--problems package.module:function``, a function of the device returning a
+:class:`Problem` (give it ``expected`` when its support is too large for
+enumeration; without either, bias and cosine are not reported).
+
+Equal evaluations (``--budgets 4 16 ...``): each estimator whose cost grows
+with a sample-size hyper-parameter (``n_samples``; ``k`` for sum-and-sample)
+gets, per budget B, the largest value whose measured cost is at most B
+(:func:`match_budget`; RLOO, CARMS, the without-replacement estimators:
+``n_samples = B`` where allowed); the others have a fixed or data-dependent
+cost, measured (the mean ``n_evals``), and are compared at B by averaging
+B / cost independent draws, that is by ``variance × n_evals``, as long as
+their cost is at most B. One whose cost exceeds every budget is not run (its
+cost is in the results' ``over_budget``).
 """
 
 from __future__ import annotations
 
+import importlib
+import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,11 +77,12 @@ from torch.distributions import Distribution, Independent, OneHotCategorical
 from discograd.diagnostics import exact_gradient, gradient_draws, gradient_stats
 from discograd.errors import ConfigError
 from discograd.estimators.base import Estimator
-from discograd.estimators.registry import canonical, make, parse_spec
+from discograd.estimators.registry import canonical, info, make, parse_spec
 from discograd.experiments.common import (
     check_estimators,
     every_estimator,
     is_unbiased,
+    support_limit,
     supports,
     takes_temperature,
 )
@@ -61,12 +100,21 @@ from discograd.experiments.trainer import (
 )
 
 __all__ = [
+    "LOGITS",
     "PROBLEMS",
     "VARIANCE_ESTIMATORS",
+    "Problem",
     "VarianceConfig",
     "VarianceTask",
+    "budget_plan",
     "expand_specs",
     "make_problem",
+    "match_budget",
+    "problem_names",
+    "sample_size_parameter",
+    "sum_expected",
+    "sum_problem",
+    "sum_weights",
 ]
 
 #: every registered estimator (one added to the registry joins the study)
@@ -82,12 +130,34 @@ PROBLEMS: dict[str, str] = {
     "offset": "categorical",
 }
 
+#: logits of the sum family: all zero, or N(0, 2^2) per category
+LOGITS: tuple[str, ...] = ("uniform", "skewed")
+SKEWED_SD = 2.0
+_SUM_NAME = re.compile(r"sum-C(\d+)-D(\d+)-(\w+)")
+
 
 @dataclass
 class VarianceConfig(RunConfig):
     """The study: problems, estimators (relaxed ones at several temperatures), draws."""
 
-    problems: tuple[str, ...] = option(tuple(PROBLEMS), "problems", choices=tuple(PROBLEMS))
+    problems: tuple[str, ...] = option(
+        tuple(PROBLEMS),
+        f"problems: {', '.join(PROBLEMS)}; sum-C<C>-D<D>-<uniform|skewed> (the sum family, "
+        "exact gradient in closed form at any size); package.module:function (your own, "
+        "a function of the device returning a discograd.experiments.variance.Problem)",
+        metavar="NAME",
+    )
+    C: tuple[int, ...] = option(
+        (), "categories of a grid of sum-family problems (with --D and --logits)", minimum=2
+    )
+    D: tuple[int, ...] = option((), "variables of the grid of sum-family problems", minimum=1)
+    logits: tuple[str, ...] = option(LOGITS, "logits of the grid's problems", choices=LOGITS)
+    budgets: tuple[int, ...] = option(
+        (),
+        "f-evaluation budgets: compare at equal evaluations (sample sizes matched to each "
+        "budget, fixed-cost estimators averaged up to it); none: every spec as given",
+        minimum=1,
+    )
     estimators: tuple[str, ...] = option(VARIANCE_ESTIMATORS, ESTIMATORS_HELP, metavar="SPEC")
     temperatures: tuple[float, ...] = option(
         (0.1, 0.5, 1.0, 2.0), "temperatures for relaxed estimators given without one", positive=True
@@ -99,26 +169,157 @@ class VarianceConfig(RunConfig):
     cv_lr: float = option(
         0.01, "learning rate of the control variates in the warm-up", positive=True
     )
+    timing_repeats: int = option(
+        5, "timed calls (of up to 50 draws) per estimator and seed for seconds per draw", minimum=1
+    )
 
     def validate(self) -> None:
         super().validate()
-        if not self.problems:
-            raise ConfigError("problems must name at least one problem")
+        if bool(self.C) != bool(self.D):
+            raise ConfigError(f"give both C and D for a grid, got C={self.C!r}, D={self.D!r}")
+        if self.C and not self.logits:
+            raise ConfigError("logits must name uniform and/or skewed for the grid")
+        names = problem_names(self)
+        if not names:
+            raise ConfigError("problems must name at least one problem (or give a --C/--D grid)")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"problems must not repeat a problem, got {tuple(names)}")
+        for name in names:
+            _check_problem_name(name)
         check_estimators(self.estimators)
+
+
+def problem_names(config: VarianceConfig) -> list[str]:
+    """The config's problems: those named, then the grid's (C, D, logits), in that order."""
+    grid = [f"sum-C{c}-D{d}-{lg}" for c in config.C for d in config.D for lg in config.logits]
+    return [*config.problems, *grid]
+
+
+def _check_problem_name(name: str) -> None:
+    if name in PROBLEMS or ":" in name:
+        return
+    m = _SUM_NAME.fullmatch(name)
+    if m is None:
+        raise ConfigError(
+            f"unknown problem {name!r}; known: {', '.join(PROBLEMS)}, "
+            "sum-C<C>-D<D>-<uniform|skewed>, or package.module:function"
+        )
+    C, D, kind = int(m[1]), int(m[2]), m[3]
+    if C < 2 or D < 1 or kind not in LOGITS:
+        raise ConfigError(
+            f"problem {name!r}: the sum family needs C >= 2, D >= 1 and logits "
+            f"{' or '.join(LOGITS)}"
+        )
 
 
 @dataclass
 class Problem:
+    """A problem of the study: ``E_q[f]`` with ``q = build(logits)``.
+
+    Attributes:
+        name: its label in the results.
+        kind: ``"categorical"`` or ``"bernoulli"``.
+        logits: the parameters the gradient is taken with respect to (float64 advised).
+        build: logits -> the distribution (``Independent`` over variables; data
+            points along leading dimensions).
+        f: the cost, a function of a sample (it must not depend on the logits).
+        description: one line for the report.
+        expected: logits -> ``E_q[f]`` per data point, differentiable: the exact
+            gradient without enumeration. ``None``: by enumeration when the support
+            allows (:func:`~discograd.diagnostics.exact_gradient`), else not known.
+    """
+
     name: str
     kind: str  # "categorical" or "bernoulli"
     logits: Tensor
     build: Callable[[Tensor], Distribution]
     f: Callable[[Tensor], Tensor]
     description: str
+    expected: Callable[[Tensor], Tensor] | None = None
+
+    @property
+    def support(self) -> int:
+        """Joint configurations per data point (what enumeration would visit)."""
+        event = self.build(self.logits.detach()).event_shape
+        if self.kind == "bernoulli":
+            return 2 ** math.prod(event)
+        return int(event[-1]) ** math.prod(event[:-1])
+
+    def exact(self, leaf: Tensor) -> tuple[Tensor, ...] | None:
+        """The exact gradient of ``sum_b E_q[f]_b`` at ``leaf``, or ``None`` if not known."""
+        if self.expected is not None:
+            (g,) = torch.autograd.grad(self.expected(leaf).sum(), leaf)
+            return (g,)
+        try:
+            return exact_gradient(self.f, self.build(leaf), leaf)
+        except ValueError:  # support too large to enumerate
+            return None
+
+
+def sum_expected(logits: Tensor, w: Tensor) -> Tensor:
+    r""":math:`\mathbb E_q[(S - 1/2)^2 + \sin 2S]`, :math:`S = \sum_d w_{d, z_d}`, in closed form.
+
+    ``logits`` ``[..., D, C]`` (independent categorical variables), ``w``
+    ``[D, C]``; returns ``[...]``. See the module docstring for the formula.
+    """
+    pi = torch.softmax(logits, -1)
+    m = (pi * w).sum(-1)
+    v = (pi * w * w).sum(-1) - m * m
+    a, b = (pi * torch.cos(2 * w)).sum(-1), (pi * torch.sin(2 * w)).sum(-1)
+    log_rho = 0.5 * torch.log(a * a + b * b)
+    alpha = torch.atan2(b, a)
+    return (
+        v.sum(-1) + (m.sum(-1) - 0.5) ** 2 + torch.exp(log_rho.sum(-1)) * torch.sin(alpha.sum(-1))
+    )
+
+
+def _sum_generator(C: int, D: int) -> torch.Generator:
+    return torch.Generator().manual_seed(stream_seed(0, f"variance-problem/sum/C{C}/D{D}"))
+
+
+def sum_weights(C: int, D: int, device: torch.device | str = "cpu") -> Tensor:
+    """The sum family's weights :math:`w` ``[D, C]`` at (C, D) (float64)."""
+    w = torch.randn(D, C, generator=_sum_generator(C, D), dtype=torch.float64)
+    return (w / math.sqrt(D)).to(device)
+
+
+def sum_problem(C: int, D: int, logits: str, device: torch.device | str = "cpu") -> Problem:
+    """The sum family's problem (C, D, ``uniform`` / ``skewed`` logits); one data point.
+
+    The weights depend on (C, D) only, so uniform and skewed logits share a cost.
+    """
+    dt = torch.float64
+    gen = _sum_generator(C, D)
+    w = (torch.randn(D, C, generator=gen, dtype=dt) / math.sqrt(D)).to(device)
+    if logits == "uniform":
+        theta = torch.zeros(1, D, C, dtype=dt)
+    elif logits == "skewed":
+        theta = torch.randn(1, D, C, generator=gen, dtype=dt) * SKEWED_SD
+    else:
+        raise ConfigError(f"logits must be one of {', '.join(LOGITS)}, got logits={logits!r}")
+
+    def f(z: Tensor) -> Tensor:
+        s = (z.to(dt) * w).sum((-1, -2))
+        return (s - 0.5) ** 2 + torch.sin(2 * s)
+
+    return Problem(
+        f"sum-C{C}-D{D}-{logits}",
+        "categorical",
+        theta.to(device),
+        lambda t: Independent(OneHotCategorical(logits=t), 1),
+        f,
+        f"sum family: D={D} variables, C={C}, {logits} logits, f=(S−0.5)²+sin(2S), "
+        "S=Σ_d w_d[z_d]; exact gradient in closed form",
+        lambda t: sum_expected(t, w),
+    )
 
 
 def make_problem(name: str, device: torch.device | str = "cpu") -> Problem:
     """Problem ``name``: the same logits and cost for every seed."""
+    if (m := _SUM_NAME.fullmatch(name)) is not None:
+        return sum_problem(int(m[1]), int(m[2]), m[3], device)
+    if ":" in name:
+        return _user_problem(name, device)
     gen = torch.Generator().manual_seed(stream_seed(0, f"variance-problem/{name}"))
     dt = torch.float64
     if name == "toy":
@@ -173,6 +374,21 @@ def make_problem(name: str, device: torch.device | str = "cpu") -> Problem:
     raise ConfigError(f"unknown problem {name!r}; known: {', '.join(PROBLEMS)}")
 
 
+def _user_problem(name: str, device: torch.device | str) -> Problem:
+    module, _, attr = name.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"problem {name!r}: cannot import {attr} from {module}: {err}") from err
+    problem = fn(device)
+    if not isinstance(problem, Problem):
+        raise ConfigError(f"problem {name!r} returned {type(problem).__name__}, not a Problem")
+    if problem.kind not in ("categorical", "bernoulli"):
+        raise ConfigError(f"problem {name!r}: kind must be categorical or bernoulli")
+    problem.name = name
+    return problem
+
+
 def expand_specs(specs: tuple[str, ...], temperatures: tuple[float, ...]) -> list[str]:
     """Specs with a temperature each: relaxed specs without ``tau`` get one per temperature."""
     out: list[str] = []
@@ -185,6 +401,134 @@ def expand_specs(specs: tuple[str, ...], temperatures: tuple[float, ...]) -> lis
         else:
             out.append(spec)
     return out
+
+
+#: hyper-parameters that set an estimator's sample size, in order of preference
+SAMPLE_SIZE_PARAMETERS: tuple[str, ...] = ("n_samples", "k")
+#: replicas of a problem in the one call that measures an estimator's cost
+PROBE_DRAWS = 8
+#: the largest sample size :func:`match_budget` considers
+MAX_SAMPLE_SIZE = 4096
+
+
+def sample_size_parameter(spec: str) -> str | None:
+    """The hyper-parameter setting ``spec``'s sample size (``None``: it has none, or
+    the spec fixes it: then its cost is taken as it is)."""
+    name, kwargs = parse_spec(spec)
+    defaults = info(name).defaults
+    for key in SAMPLE_SIZE_PARAMETERS:
+        if key in defaults:
+            return None if key in kwargs else key
+    return None
+
+
+def with_value(spec: str, key: str, value: int) -> str:
+    """``spec`` with ``key=value`` added, canonical."""
+    return canonical(f"{spec}{',' if ':' in spec else ':'}{key}={value}")
+
+
+def match_budget(
+    evals: Callable[[int], float | None], budget: float, *, limit: int = MAX_SAMPLE_SIZE
+) -> int | None:
+    """The largest sample size ``n`` whose cost ``evals(n)`` is at most ``budget``.
+
+    ``evals(n)``: f-evaluations of one call at sample size ``n``, ``None`` where
+    ``n`` is not allowed. Costs grow linearly with ``n`` (``a + b n``): the two
+    smallest allowed sizes give the line, its solution is tried first and then
+    smaller sizes, until one is allowed and within the budget (a cap on ``n``,
+    as for sampling without replacement, is met this way). Returns the smallest
+    allowed size when even that exceeds the budget, and ``None`` when the cost
+    does not grow with ``n`` (the size of something other than f-evaluations,
+    e.g. Gumbel-Rao's relaxed samples) or no size is allowed.
+    """
+    allowed: list[tuple[int, float]] = []
+    for n in range(1, min(limit, 8) + 1):
+        e = evals(n)
+        if e is not None:
+            allowed.append((n, e))
+            if len(allowed) == 2:
+                break
+    if not allowed:
+        return None
+    n0, e0 = allowed[0]
+    if len(allowed) == 1:
+        return n0
+    n1, e1 = allowed[1]
+    slope = (e1 - e0) / (n1 - n0)
+    if slope <= 0:
+        return None
+    n = min(limit, n0 + math.floor((budget - e0) / slope + 1e-9))
+    while n > n0:
+        e = evals(n)
+        if e is not None and e <= budget:
+            return n
+        n -= 1
+    return n0
+
+
+def _probe(spec: str, problem: Problem) -> float | None:
+    """Mean f-evaluations of one call of a fresh ``spec`` on ``problem`` (``PROBE_DRAWS``
+    replicas, a generator of its own), or ``None`` if the spec or the call is refused."""
+    try:
+        est = make(spec).to(problem.logits.device)
+        logits = problem.logits.detach()
+        q = problem.build(logits.expand(PROBE_DRAWS, *logits.shape))
+        gen = torch.Generator(device=logits.device).manual_seed(0)
+        return est(problem.f, q, generator=gen).mean_evals
+    except ValueError:
+        return None
+
+
+def budget_plan(
+    specs: list[str],
+    budgets: tuple[int, ...],
+    problem: Problem,
+    probe: Callable[[str, Problem], float | None] = _probe,
+) -> tuple[dict[str, list[int]], dict[str, float]]:
+    """``({spec: the budgets it is compared at}, {spec: cost} of those over every budget)``.
+
+    A spec with a sample size (:func:`sample_size_parameter`) becomes one spec per
+    budget (:func:`match_budget`; the same one for budgets that give the same
+    size); any other stands for every budget at least its measured cost.
+    """
+    plan: dict[str, list[int]] = {}
+    over: dict[str, float] = {}
+    costs: dict[str, float | None] = {}
+
+    def cost(spec: str) -> float | None:
+        if spec not in costs:
+            costs[spec] = probe(spec, problem)
+        return costs[spec]
+
+    def sized_cost(spec: str, key: str) -> Callable[[int], float | None]:
+        return lambda n: cost(with_value(spec, key, n))
+
+    for spec in specs:
+        key = sample_size_parameter(spec)
+        n_of: dict[int, int | None] = {}
+        if key is not None:
+            n_of = {b: match_budget(sized_cost(spec, key), b) for b in budgets}
+        if key is None or any(n is None for n in n_of.values()):
+            c = cost(spec)
+            if c is None:
+                continue
+            within = [b for b in budgets if c <= b]
+            if within:
+                plan[canonical(spec)] = within
+            else:
+                over[canonical(spec)] = c
+            continue
+        assert key is not None
+        for b, n in n_of.items():
+            sized = with_value(spec, key, n)  # type: ignore[arg-type]
+            c = cost(sized)
+            if c is not None and c <= b:
+                plan.setdefault(sized, []).append(b)
+            elif c is not None and sized not in plan:
+                over[sized] = c
+        for sized in plan:
+            over.pop(sized, None)
+    return plan, over
 
 
 @dataclass
@@ -207,7 +551,7 @@ def _time_draws(state: VarianceState, ctx: Context) -> tuple[int, list[float]]:
     p, leaf = state.problem, state.leaf
     n = min(ctx.config.draws, TIMING_DRAWS)
     times = []
-    for _ in range(TIMING_REPEATS):
+    for _ in range(ctx.config.timing_repeats):
         start = time.perf_counter()
         gradient_draws(state.estimator, p.f, p.build(leaf), leaf, n, generator=ctx.stream("timing"))
         times.append((time.perf_counter() - start) / n)
@@ -222,23 +566,34 @@ class VarianceTask(Task[VarianceConfig, VarianceState]):
 
     def units(self, config: VarianceConfig) -> list[Unit]:
         out = []
-        for pname in config.problems:
-            for spec in expand_specs(tuple(config.estimators), tuple(config.temperatures)):
-                try:
-                    est = make(spec)
-                except ConfigError:
-                    continue  # a temperature this method refuses (ReinMax below 1)
-                if supports(est, PROBLEMS[pname]):
-                    out.append(Unit(f"{pname}/{canonical(spec)}", spec, pname))
+        for pname in problem_names(config):
+            problem = make_problem(pname)
+            for spec in self.specs(config, problem):
+                out.append(Unit(f"{pname}/{canonical(spec)}", spec, pname))
         return out
+
+    def specs(self, config: VarianceConfig, problem: Problem) -> list[str]:
+        """The specs run on ``problem``: those that apply, matched to the budgets if any."""
+        specs = []
+        for spec in expand_specs(tuple(config.estimators), tuple(config.temperatures)):
+            try:
+                est = make(spec)
+            except ConfigError:
+                continue  # a temperature this method refuses (ReinMax below 1)
+            limit = support_limit(est)
+            if not supports(est, problem.kind) or (limit is not None and problem.support > limit):
+                continue
+            specs.append(spec)
+        if config.budgets:
+            return list(_cached_plan(specs, tuple(config.budgets), problem)[0])
+        return specs
 
     def setup(
         self, config: VarianceConfig, data: Any, ctx: Context, estimator: Any
     ) -> VarianceState:
         problem = make_problem(ctx.unit.extra, ctx.device)
         leaf = problem.logits.clone().requires_grad_()
-        exact = exact_gradient(problem.f, problem.build(leaf), leaf)
-        return VarianceState(None, estimator, problem, leaf, exact)
+        return VarianceState(None, estimator, problem, leaf, problem.exact(leaf))
 
     def cadence(self, config: VarianceConfig, state: VarianceState) -> Cadence:
         est = state.estimator
@@ -271,19 +626,63 @@ class VarianceTask(Task[VarianceConfig, VarianceState]):
     def collect(
         self, config: VarianceConfig, per_seed: dict[str, dict[int, dict[str, Any]]]
     ) -> dict[str, Any]:
-        """``{problem: {description, exact_norm, estimators: {spec: mean ± s.e.}}}``."""
+        """``{problem: {description, exact_norm, support, estimators: {spec: mean ± s.e.}}}``,
+        with budgets: ``budgets`` (``{budget: [specs compared at it]}``) and
+        ``over_budget`` (``{spec: cost}`` of those not run)."""
         out: dict[str, Any] = {}
-        for pname in config.problems:
+        for pname in problem_names(config):
             problem = make_problem(pname)
             leaf = problem.logits.clone().requires_grad_()
-            exact = exact_gradient(problem.f, problem.build(leaf), leaf)
-            out[pname] = {
+            exact = problem.exact(leaf)
+            res: dict[str, Any] = {
                 "description": problem.description,
-                "exact_norm": float(torch.cat([g.reshape(-1) for g in exact]).norm()),
+                "exact_norm": None
+                if exact is None
+                else float(torch.cat([g.reshape(-1) for g in exact]).norm()),
+                "support": problem.support,
                 "estimators": {
                     key.split("/", 1)[1]: aggregate(seeds)
                     for key, seeds in per_seed.items()
                     if key.split("/", 1)[0] == pname
                 },
             }
+            if (m := _SUM_NAME.fullmatch(pname)) is not None:
+                res.update(C=int(m[1]), D=int(m[2]), logits=m[3])
+            if config.budgets:
+                specs = [
+                    s
+                    for s in expand_specs(tuple(config.estimators), tuple(config.temperatures))
+                    if _applies(s, problem)
+                ]
+                plan, over = _cached_plan(specs, tuple(config.budgets), problem)
+                res["budgets"] = {
+                    str(b): [s for s, bs in plan.items() if b in bs] for b in config.budgets
+                }
+                res["over_budget"] = over
+            out[pname] = res
         return out
+
+
+#: plans already made in this process: units() and collect() ask for the same ones, and
+#: the probes (one call per sample size tried) are not free on large problems
+_PLANS: dict[tuple[str, tuple[str, ...], tuple[int, ...]], Any] = {}
+
+
+def _cached_plan(
+    specs: list[str], budgets: tuple[int, ...], problem: Problem
+) -> tuple[dict[str, list[int]], dict[str, float]]:
+    key = (problem.name, tuple(specs), budgets)
+    if ":" in problem.name:  # a user's problem may change between calls: no cache
+        return budget_plan(specs, budgets, problem)
+    if key not in _PLANS:
+        _PLANS[key] = budget_plan(specs, budgets, problem)
+    return _PLANS[key]
+
+
+def _applies(spec: str, problem: Problem) -> bool:
+    try:
+        est = make(spec)
+    except ConfigError:
+        return False
+    limit = support_limit(est)
+    return supports(est, problem.kind) and (limit is None or problem.support <= limit)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 from discograd.experiments.runner import RunDir
 from discograd.experiments.variance import TIMING_DRAWS, TIMING_REPEATS
@@ -11,7 +13,15 @@ from discograd.report import markdown as md
 from discograd.report.markdown import Results, Section, pm
 from discograd.report.timing import draw_timing, fmt_timing
 
-__all__ = ["section"]
+__all__ = [
+    "Candidate",
+    "budget_candidates",
+    "equal_budget_section",
+    "equal_budget_table",
+    "family_summary",
+    "section",
+    "winner",
+]
 
 #: column title -> (result key, scale); "µs / draw" is a timing (median [IQR])
 _COLUMN = {
@@ -44,6 +54,8 @@ def _stats_table(stats: dict[str, dict[str, Any]], columns: Sequence[str], sort_
 
 
 def section(run: RunDir, results: Results, cfg: Any) -> Section:
+    if getattr(cfg, "budgets", ()):
+        return Section("\n".join(equal_budget_section(results, cfg)), _budget_summary(results, cfg))
     all_estimators = {
         f"{p}/{k}": v for p, res in results.items() for k, v in res["estimators"].items()
     }
@@ -172,3 +184,259 @@ def _plot(
         f"variance per call and at equal cost on {pname}",
         "Dots: mean over seeds; bars: min–max across seeds; order as in the tables.",
     )
+
+
+# ------------------------------------------------------- equal evaluations
+EQUAL_BUDGET_HEADING = "## Categorical estimators at equal evaluations"
+
+
+class Candidate(NamedTuple):
+    """One estimator in one cell: its ``variance × n_evals`` (mean and s.e. over seeds)."""
+
+    label: str
+    mean: float
+    se: float | None
+
+
+def winner(candidates: Sequence[Candidate]) -> tuple[Candidate | None, list[Candidate]]:
+    """``(winner, tied)``: the lowest mean, named only if its error bar (mean ± s.e.)
+    overlaps no other's: for every other candidate, ``mean_o - mean_w > se_w + se_o``.
+
+    Otherwise ``(None, tied)`` with ``tied`` the candidates whose error bars
+    overlap the lowest one's (itself first). Without a standard error (one
+    seed) nothing is distinguishable; a lone candidate wins by default.
+    """
+    order = sorted(candidates, key=lambda c: c.mean)
+    if not order:
+        return None, []
+    best = order[0]
+    if len(order) == 1:
+        return best, [best]
+
+    def apart(c: Candidate) -> bool:
+        if best.se is None or c.se is None:
+            return False
+        return c.mean - best.mean > best.se + c.se
+
+    tied = [best, *(c for c in order[1:] if not apart(c))]
+    return (best, [best]) if len(tied) == 1 else (None, tied)
+
+
+def budget_candidates(res: Mapping[str, Any], budget: int) -> list[Candidate]:
+    """The unbiased sampling estimators (enumeration aside) compared at ``budget`` on one
+    problem: matched to it, with a finite ``variance × n_evals`` in every seed and a mean
+    cost of at most ``budget`` (averaging independent draws reaches it). A variance at
+    rounding level (``ROUNDING`` × ‖exact gradient‖²) counts as 0: the gradient is exact."""
+    ests: Mapping[str, Any] = res["estimators"]
+    norm = res.get("exact_norm")
+    floor = ROUNDING * float(norm) ** 2 if md.number(norm) else 0.0
+    out = []
+    for label in res.get("budgets", {}).get(str(budget), []):
+        v = ests.get(label)
+        if v is None or md.is_exact(label) or not md.is_unbiased(label):
+            continue
+        value, cost = v.get("variance_x_evals"), v.get("n_evals")
+        if not (md.number(value) and md.number(cost)) or cost > budget * (1 + 1e-9):
+            continue
+        if md.n_of(v, "variance_x_evals") < md.seeds_of(v):
+            continue  # a seed gave no number: not comparable
+        if value <= floor:
+            out.append(Candidate(label, 0.0, 0.0))
+            continue
+        out.append(Candidate(label, float(value), md.se_of(v, "variance_x_evals")))
+    return out
+
+
+def _cell_text(res: Mapping[str, Any], budget: int) -> str:
+    text = _winner_text(res, budget)
+    support = res.get("support")
+    if md.number(support) and support <= budget:
+        text += f"; enumeration costs {support}"
+    return text
+
+
+def _winner_text(res: Mapping[str, Any], budget: int) -> str:
+    cands = budget_candidates(res, budget)
+    if not cands:
+        return "—"
+    best, tied = winner(cands)
+    seeds = md.seeds_of(res["estimators"][cands[0].label])
+    if best is None:
+        names = ", ".join(f"`{c.label}`" for c in tied)
+        if all(c.mean == 0 for c in tied):
+            return f"exact (zero variance): {names}"
+        return f"not distinguishable at {md.plural(seeds, 'seed')}: {names}"
+    rest = sorted((c for c in cands if c is not best), key=lambda c: c.mean)
+    if not rest:
+        return f"`{best.label}` (the only one within budget)"
+    if best.mean == 0:
+        return f"**`{best.label}`** (exact: zero variance)"
+    return f"**`{best.label}`** ({md.fmt(rest[0].mean / best.mean)}× below `{rest[0].label}`)"
+
+
+def equal_budget_table(results: Results, budgets: Sequence[int]) -> str:
+    """Which estimator at which C, D, logits (rows) and budget (columns): see :func:`winner`."""
+    rows = []
+    for pname, res in results.items():
+        where = [res["C"], res["D"], res["logits"]] if "C" in res else [f"`{pname}`", "", ""]
+        rows.append([*where, *(_cell_text(res, b) for b in budgets)])
+    return md.table(["C", "D", "logits", *(f"budget {b}" for b in budgets)], rows)
+
+
+def family(label: str) -> str:
+    """``label`` without its sample size (``rloo:n_samples=8`` -> ``rloo``)."""
+    from discograd.estimators.registry import parse_spec
+    from discograd.experiments.variance import SAMPLE_SIZE_PARAMETERS
+
+    name, kwargs = parse_spec(label)
+    rest = [f"{k}={v}" for k, v in sorted(kwargs.items()) if k not in SAMPLE_SIZE_PARAMETERS]
+    return name + (":" + ",".join(rest) if rest else "")
+
+
+def family_summary(results: Results, budgets: Sequence[int]) -> str:
+    """Per estimator family, over every (problem, budget) cell where it was compared:
+    cells, wins, ties for the lowest, and the geometric mean of its
+    ``variance × n_evals`` over the lowest one's, and its median µs per draw (the median
+    over those cells of each one's median timed call)."""
+    stats: dict[str, dict[str, Any]] = {}
+    for res in results.values():
+        for b in budgets:
+            cands = budget_candidates(res, b)
+            if not cands:
+                continue
+            best, tied = winner(cands)
+            low = min(c.mean for c in cands)
+            for c in cands:
+                s = stats.setdefault(
+                    family(c.label), {"cells": 0, "wins": 0, "ties": 0, "logs": [], "us": []}
+                )
+                timing = draw_timing(res["estimators"][c.label])
+                if timing is not None:
+                    s["us"].append(timing.quartiles()[1] * 1e6)
+                s["cells"] += 1
+                s["wins"] += best is c
+                s["ties"] += best is None and c in tied
+                if low > 0 and c.mean > 0:
+                    s["logs"].append(math.log(c.mean / low))
+    rows = []
+    for fam, s in sorted(stats.items(), key=lambda kv: (-kv[1]["wins"], -kv[1]["ties"], kv[0])):
+        gm = math.exp(sum(s["logs"]) / len(s["logs"])) if s["logs"] else None
+        median = statistics.median(s["us"]) if s["us"] else None
+        rows.append([f"`{fam}`", s["cells"], s["wins"], s["ties"], md.fmt(gm), md.fmt(median)])
+    return md.table(
+        [
+            "estimator",
+            "cells compared",
+            "wins",
+            "tied for lowest",
+            "× the lowest (geo. mean)",
+            "µs / draw (median)",
+        ],
+        rows,
+    )
+
+
+def _detail_table(res: Mapping[str, Any], budgets: Sequence[int]) -> str:
+    served = {
+        label: [b for b in budgets if label in res.get("budgets", {}).get(str(b), [])]
+        for label in res["estimators"]
+    }
+    rows = []
+    for label, v in md.sort_by(res["estimators"], "variance_x_evals"):
+        rows.append(
+            [
+                f"`{label}`",
+                ", ".join(map(str, served[label])) or "—",
+                _cell(v, "f-evals"),
+                _cell(v, "var × evals"),
+                _cell(v, "SNR"),
+                _cell(v, "bias"),
+                _cell(v, "noise"),
+                fmt_timing(draw_timing(v), scale=1e6),
+            ]
+        )
+    return md.table(
+        ["estimator", "budgets", "f-evals", "var × evals", "SNR", "bias", "noise", "µs / draw"],
+        rows,
+    )
+
+
+def equal_budget_section(results: Results, cfg: Any) -> list[str]:
+    """The equal-evaluation comparison: the winner table, a summary per family, details."""
+    budgets = list(cfg.budgets)
+    all_estimators = {
+        f"{p}/{k}": v for p, res in results.items() for k, v in res["estimators"].items()
+    }
+    text = [
+        EQUAL_BUDGET_HEADING,
+        "",
+        f"Every estimator at equal f-evaluations: budgets {', '.join(map(str, budgets))}. An "
+        "estimator with a sample size (`n_samples`; `k` for sum-and-sample) gets the largest one "
+        "whose cost is within the budget (`discograd.experiments.variance.match_budget`); one "
+        "with a fixed or data-dependent cost (ARSM family, categorical DisARM) is compared at "
+        "every budget at least its mean cost, as the average of budget / cost independent draws, "
+        "whose variance is *variance × f-evaluations* / budget. So each cell compares "
+        "variance × f-evaluations (the gradient variance summed over logits, times the mean "
+        f"f-evaluations per draw; {cfg.draws} draws per estimator and seed, mean ± s.e. over "
+        "seeds) among the unbiased estimators within budget. A winner is named only when its "
+        "error bar (mean ± s.e.) overlaps no other's (`discograd.report.variance.winner`); "
+        "otherwise the cell lists those that overlap the lowest. Ratio: the runner-up's "
+        "variance × f-evaluations over the winner's. Enumeration (`exact`) is left out; a cell "
+        "says when the budget would pay for it. "
+        f"{md.seed_note(all_estimators)}",
+        "",
+        "### Which estimator at which C, D, budget",
+        "",
+        equal_budget_table(results, budgets),
+        "",
+        "### Per estimator, over every cell",
+        "",
+        family_summary(results, budgets),
+        "",
+    ]
+    over = {p: res.get("over_budget", {}) for p, res in results.items() if res.get("over_budget")}
+    if over:
+        text += [
+            f"Not run (cost above the largest budget, {max(budgets)}): "
+            + "; ".join(
+                f"`{p}`: " + ", ".join(f"`{s}` ({md.fmt(c)})" for s, c in o.items())
+                for p, o in over.items()
+            )
+            + ".",
+            "",
+        ]
+    text += ["### Each problem", ""]
+    for pname, res in results.items():
+        text += [
+            f"#### `{pname}`: {res['description']}",
+            "",
+            f"Configurations per data point: {res.get('support')}; ‖exact gradient‖ = "
+            f"{md.fmt(res.get('exact_norm'))}.",
+            "",
+            _detail_table(res, budgets),
+            "",
+        ]
+    return text
+
+
+def _budget_summary(results: Results, cfg: Any) -> list[str]:
+    cells = named = 0
+    wins: dict[str, int] = {}
+    for res in results.values():
+        for b in cfg.budgets:
+            cands = budget_candidates(res, b)
+            if len(cands) < 2:
+                continue
+            cells += 1
+            best, _ = winner(cands)
+            if best is not None:
+                named += 1
+                wins[family(best.label)] = wins.get(family(best.label), 0) + 1
+    if not cells:
+        return []
+    most = ", ".join(f"`{k}` {v}" for k, v in sorted(wins.items(), key=lambda kv: -kv[1]))
+    return [
+        f"Equal evaluations: a winner in {named} of {cells} (problem, budget) cells"
+        + (f" ({most})" if most else "")
+        + "; the others are not distinguishable at these seeds."
+    ]
