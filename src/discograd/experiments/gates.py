@@ -57,10 +57,9 @@ open, one line per family over λ, with standard-error bars over seeds.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
-
-import math
 
 import torch
 import torch.nn.functional as F

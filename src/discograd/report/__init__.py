@@ -4,7 +4,8 @@ Each task owns its section, a module of its own with a ``section(run, results,
 config)`` function returning a :class:`~discograd.report.markdown.Section`
 (its markdown and its summary lines): :mod:`~discograd.report.toy`,
 :mod:`~discograd.report.variance`, :mod:`~discograd.report.vae`,
-:mod:`~discograd.report.sbn`, :mod:`~discograd.report.ssl`, :mod:`~discograd.report.gates`. They share
+:mod:`~discograd.report.sbn`, :mod:`~discograd.report.ssl`,
+:mod:`~discograd.report.gates`. They share
 :mod:`~discograd.report.markdown` (tables of mean ± s.e., comparisons made only
 beyond the standard error, the file), :mod:`~discograd.report.timing`
 (medians of repeated timings) and :mod:`~discograd.report.curves` (curves over
