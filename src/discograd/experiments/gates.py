@@ -24,10 +24,12 @@ gate :math:`\hat z_d`:
   :math:`\hat z = \min(1, \max(0, \sigma(\log\alpha)(\zeta - \gamma) + \gamma))`.
 * ``hard_kuma``: :class:`~discograd.distributions.HardKumaraswamy` with
   :math:`a = \mathrm{softplus}(\rho^a_d)`, :math:`b = \mathrm{softplus}(\rho^b_d)`
-  (initialised at :math:`a = b = 1`), limits (-0.1, 1.1). Test (Bastings et
-  al. 2019's rule as we read it): the most probable of the three outcomes
-  :math:`\{z = 0\}, \{z = 1\}, \{0 < z < 1\}`; 0 or 1 for the first two, the
-  mean of the stretched Kumaraswamy clamped to [0, 1] for the third.
+  (initialised at :math:`a = b = 1`), limits (-0.1, 1.1). Test: the rule of
+  Bastings et al.'s code (bastings/interpretable_predictions,
+  ``latent_rationale/common/latent.py``): the mean of the unstretched
+  Kumaraswamy(a, b) where :math:`P(0 < z < 1)` exceeds both
+  :math:`P(z = 0)` and :math:`P(z = 1)`, otherwise 0 if :math:`P(z = 0) > P(z = 1)`
+  and 1 if not.
 * ``gaussian``: :class:`~discograd.distributions.GaussianRelaxedBernoulli`
   with :math:`\mu_d` (initialised at 0.5, the stochastic-gates code's
   ``mu = 0``) and :math:`\sigma` = ``sigma`` (0.5, the paper's). Test:
@@ -183,9 +185,11 @@ class GateModel(nn.Module):
             return (self.gate > 0).to(self.gate.dtype)
         dist = self.distribution()
         p0, p1 = dist.prob_zero(), dist.prob_one()
-        mean = (dist.kumaraswamy.mean * (hi - lo) + lo).clamp(0, 1)
-        zero_one = (p1 > p0).to(mean.dtype)
-        return torch.where((1 - p0 - p1 > torch.maximum(p0, p1)), mean, zero_one)
+        # Bastings et al.'s code takes the mean of the Kumaraswamy itself, not stretched
+        mean = dist.kumaraswamy.mean
+        zero_one = (p0 <= p1).to(mean.dtype)
+        pc = 1 - p0 - p1
+        return torch.where((pc > p0) & (pc > p1), mean, zero_one)
 
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
         return self.linear(x * z)
