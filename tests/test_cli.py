@@ -286,7 +286,9 @@ def test_changed_config_in_the_same_out_is_refused_unless_fresh(tmp_path, capsys
     assert not (tmp_path / "t" / "notes.txt").exists()
 
 
-@pytest.mark.parametrize("command", ["bench", "toy", "variance", "vae", "sbn", "ssl", "demo"])
+@pytest.mark.parametrize(
+    "command", ["bench", "toy", "variance", "vae", "sbn", "ssl", "gates", "demo"]
+)
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as exc:
         run_cli(command, "--help")
@@ -294,7 +296,7 @@ def test_help(command, capsys):
     assert "example:" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", ["bench", "toy", "variance", "vae", "sbn", "ssl"])
+@pytest.mark.parametrize("command", ["bench", "toy", "variance", "vae", "sbn", "ssl", "gates"])
 def test_every_flag_has_help_and_shows_its_default(command, capsys):
     import argparse
 
@@ -335,7 +337,7 @@ def test_python_dash_m_and_console_script():
         check=True,
         env={**__import__("os").environ, "PYTHONPATH": src},
     )
-    for command in ("bench", "toy", "variance", "vae", "sbn", "ssl", "demo"):
+    for command in ("bench", "toy", "variance", "vae", "sbn", "ssl", "gates", "demo"):
         assert command in res.stdout
 
 

@@ -1,7 +1,7 @@
 """The ``discograd`` command (also ``python -m discograd``).
 
 Subcommands: ``bench`` (the main job: toy + variance + a short VAE, one
-report), ``toy``, ``variance``, ``vae``, ``sbn``, ``ssl``, ``sweep`` (a grid of
+report), ``toy``, ``variance``, ``vae``, ``sbn``, ``ssl``, ``gates``, ``sweep`` (a grid of
 those runs, see :mod:`discograd.experiments.sweep`), ``demo``. Each run
 command is a :class:`~discograd.experiments.trainer.Task` run by the
 :class:`~discograd.experiments.trainer.Trainer`: its flags, their defaults and
@@ -106,6 +106,7 @@ class _Command(NamedTuple):
 def _commands() -> dict[str, _Command]:
     """The run commands: their config class, task, help texts and example."""
     from discograd.experiments.bench import BenchConfig
+    from discograd.experiments.gates import GatesTask
     from discograd.experiments.sbn import SBNTask
     from discograd.experiments.ssl import SSLTask
     from discograd.experiments.toy import ToyTask
@@ -159,6 +160,14 @@ def _commands() -> dict[str, _Command]:
             "marginalisation: accuracy, -ELBO and time per step, plus a timing run with many "
             "classes.",
             "discograd ssl --steps 2000 --methods marginal gumbel_softmax:tau=1.0",
+        ),
+        "gates": task(
+            GatesTask,
+            "sparse gates: L0 feature selection with Hard Concrete, HardKuma, Gaussian, ST gates",
+            "A linear classifier on pixels with one gate per pixel and an L0 penalty "
+            "lambda * sum P(z != 0); test accuracy against the fraction of gates open for each "
+            "gate family and lambda.",
+            "discograd gates --seeds 3 --lambdas 0.0001 0.001 0.003",
         ),
     }
 
@@ -228,6 +237,7 @@ def _device(config: Any) -> str:
 
 def _sections() -> dict[str, Callable[..., tuple[str, list[str]]]]:
     from discograd.report import (
+        gates_section,
         sbn_section,
         ssl_section,
         toy_section,
@@ -241,6 +251,7 @@ def _sections() -> dict[str, Callable[..., tuple[str, list[str]]]]:
         "vae": vae_section,
         "sbn": sbn_section,
         "ssl": ssl_section,
+        "gates": gates_section,
     }
 
 

@@ -1,4 +1,4 @@
-"""Experiments: one :class:`Trainer` runs every :class:`Task` (toy, variance, vae, sbn, ssl)
+"""Experiments: one :class:`Trainer` runs every :class:`Task` (toy, variance, vae, sbn, ssl, gates)
 in a :class:`RunDir`; configs are dataclasses (:mod:`discograd.experiments.config`)."""
 
 from discograd.experiments.runner import RunDir, progress

@@ -32,6 +32,7 @@ from discograd.report.curves import Curve
 
 __all__ = [
     "curves",
+    "error_lines",
     "image_grid",
     "simplex_samples",
     "timing_boxes",
@@ -467,4 +468,38 @@ def simplex_samples(
         "with their probabilities π",
         fontsize=9,
     )
+    return _save(fig, path)
+
+
+def error_lines(
+    path: Path,
+    lines: Mapping[str, Sequence[tuple[float, float, float | None, float | None]]],
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+) -> Path:
+    """One line per label through points ``(x, y, x s.e., y s.e.)`` with standard-error bars
+    in both directions (``None``: no bar), in the order given."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
+    for i, (label, points) in enumerate(lines.items()):
+        if not points:
+            continue
+        xs, ys, xe, ye = zip(*points, strict=True)
+        ax.errorbar(
+            xs,
+            ys,
+            xerr=[e or 0.0 for e in xe],
+            yerr=[e or 0.0 for e in ye],
+            marker="o",
+            ms=4,
+            capsize=3,
+            label=label,
+            **_style(i),
+        )
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(**LEGEND)
+    ax.set_title(title, fontsize=10)
     return _save(fig, path)
