@@ -108,6 +108,7 @@ def _commands() -> dict[str, _Command]:
     from discograd.experiments.bench import BenchConfig
     from discograd.experiments.sbn import SBNTask
     from discograd.experiments.ssl import SSLTask
+    from discograd.experiments.topk import TopKTask
     from discograd.experiments.toy import ToyTask
     from discograd.experiments.vae import VAETask
     from discograd.experiments.variance import VarianceTask
@@ -159,6 +160,14 @@ def _commands() -> dict[str, _Command]:
             "marginalisation: accuracy, -ELBO and time per step, plus a timing run with many "
             "classes.",
             "discograd ssl --steps 2000 --methods marginal gumbel_softmax:tau=1.0",
+        ),
+        "topk": task(
+            TopKTask,
+            "learn which k pixels to keep: RelaxedSubset vs SIMPLE vs I-MLE vs ST top-k",
+            "A selector over the pixels and a linear classifier on the k kept pixels, "
+            "trained jointly with each method (Xie & Ermon 2019 style feature selection); "
+            "test accuracy with the top-k pixels of the learned logits, for each k.",
+            "discograd topk --seeds 3 --ks 10 50",
         ),
     }
 
@@ -230,6 +239,7 @@ def _sections() -> dict[str, Callable[..., tuple[str, list[str]]]]:
     from discograd.report import (
         sbn_section,
         ssl_section,
+        topk_section,
         toy_section,
         vae_section,
         variance_section,
@@ -241,6 +251,7 @@ def _sections() -> dict[str, Callable[..., tuple[str, list[str]]]]:
         "vae": vae_section,
         "sbn": sbn_section,
         "ssl": ssl_section,
+        "topk": topk_section,
     }
 
 
