@@ -50,11 +50,7 @@ def section(run: RunDir, results: Results, cfg: Any) -> Section:
     summary = [
         f"Top-k pixel selection on {dataset}, k = {k}: {line}"
         for k, key in zip(cfg.ks, keys, strict=True)
-        if (
-            line := md.compare(
-                done, key, "test accuracy (%)", lower=False, scale=100, decimals=1
-            )
-        )
+        if (line := md.compare(done, key, "test accuracy (%)", lower=False, scale=100, decimals=1))
     ]
     summary += md.divergence_lines("top-k selection", results)
     return Section("\n".join(text), summary)
