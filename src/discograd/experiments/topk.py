@@ -113,7 +113,11 @@ def top_k_mask(theta: Tensor, k: int) -> Tensor:
 def st_topk_mask(
     theta: Tensor, k: int, n: int, temperature: float, generator: torch.Generator | None
 ) -> Tensor:
-    r"""``n`` straight-through Gumbel-top-k masks ``[n, D]``: hard forward, :math:`k\,\mathrm{softmax}(\theta/\tau)` backward."""
+    r"""``n`` straight-through Gumbel-top-k masks ``[n, D]``.
+
+    Forward: the k-hot vector of ``gumbel_top_k(θ, k)``; backward: the Jacobian
+    of :math:`k\,\mathrm{softmax}(\theta/\tau)`.
+    """
     logits = theta.detach().expand(n, -1)
     hard = torch.zeros_like(logits).scatter_(
         -1, gumbel_top_k(logits, k, -1, generator).indices, 1.0
@@ -131,7 +135,7 @@ class Selector(nn.Module):
         self.classifier = nn.Linear(dim, n_classes)
 
     def ce(self, x: Tensor, y: Tensor, z: Tensor) -> Tensor:
-        """Mean cross-entropy per mask: ``x`` ``[M, G, D]``, ``y`` ``[M, G]``, ``z`` ``[M, D]``; ``[M]``."""
+        """Mean cross-entropy per mask, ``[M]``: x ``[M, G, D]``, y ``[M, G]``, z ``[M, D]``."""
         logits = self.classifier(x * z.unsqueeze(-2))
         return (
             F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
@@ -148,6 +152,12 @@ class TopKState(TaskState):
     split: dict[str, tuple[Tensor, Tensor]]
 
 
+def _sel(state: TopKState, k: int) -> Selector:
+    sel = state.model[f"k{k}"]
+    assert isinstance(sel, Selector)
+    return sel
+
+
 @torch.no_grad()
 def _accuracy(sel: Selector, k: int, x: Tensor, y: Tensor) -> float:
     z = top_k_mask(sel.theta, k)
@@ -155,7 +165,7 @@ def _accuracy(sel: Selector, k: int, x: Tensor, y: Tensor) -> float:
 
 
 class TopKTask(ImageTask[TopKConfig, TopKState]):
-    """One selector + classifier per (method, k) and seed, from the same initial weights and batches."""
+    """A selector + classifier per (method, k) and seed; same initial weights and batches."""
 
     name = "topk"
     Config = TopKConfig
@@ -209,7 +219,7 @@ class TopKTask(ImageTask[TopKConfig, TopKState]):
         total = x.new_zeros(())
         metrics: dict[str, Tensor] = {}
         for k in state.ks:  # a loop over the configured subset sizes (a few), not over data
-            ce = self._loss(state, state.model[f"k{k}"], k, x, y, ctx).mean()
+            ce = self._loss(state, _sel(state, k), k, x, y, ctx).mean()
             metrics[f"train_ce_k{k}"] = ce.detach()
             total = total + ce
         return StepResult(total, None, 1.0, metrics)
@@ -218,15 +228,15 @@ class TopKTask(ImageTask[TopKConfig, TopKState]):
         if not ctx.due(step, ctx.config.eval_every):
             return {}
         x, y = state.split["valid"]
-        return {f"valid_accuracy_k{k}": _accuracy(state.model[f"k{k}"], k, x, y) for k in state.ks}
+        return {f"valid_accuracy_k{k}": _accuracy(_sel(state, k), k, x, y) for k in state.ks}
 
     def finish(self, state: TopKState, ctx: Context) -> dict[str, Any]:
         x, y = state.split["test"]
         out: dict[str, Any] = {
-            f"test_accuracy_k{k}": _accuracy(state.model[f"k{k}"], k, x, y) for k in state.ks
+            f"test_accuracy_k{k}": _accuracy(_sel(state, k), k, x, y) for k in state.ks
         }
         for k in state.ks:
             out[f"pixels_k{k}"] = (
-                state.model[f"k{k}"].theta.detach().topk(k).indices.sort().values.tolist()
+                _sel(state, k).theta.detach().topk(k).indices.sort().values.tolist()
             )
         return out

@@ -1,4 +1,4 @@
-"""The top-k feature-selection section: test accuracy with the k learned pixels, per method and k."""
+"""The top-k feature-selection section: test accuracy with the k learned pixels, per method."""
 
 from __future__ import annotations
 
