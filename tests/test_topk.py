@@ -151,3 +151,19 @@ def test_bad_config_is_a_config_error(field, value):
 def test_k_larger_than_the_pixels_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="k=17"):
         run_task(TopKTask(), small_cfg(ks=(17,)), tmp_path, data=tiny_data())
+
+
+def test_help_has_an_example_and_every_flag_its_default(capsys):
+    import argparse
+
+    parser = cli.build_parser()
+    [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    p = sub.choices["topk"]
+    settings = p.get_default("config_flags")
+    assert {"seeds", "ks", "methods", "masks", "temperature"} <= set(settings)
+    for action in p._actions:
+        if action.dest in settings:
+            assert action.help and "(default: " in action.help, action.option_strings
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["topk", "--help"])
+    assert exc.value.code == 0 and "example:" in capsys.readouterr().out
