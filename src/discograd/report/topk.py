@@ -71,6 +71,7 @@ def _plot(path: Path, results: Results, ks: tuple[int, ...]) -> None:
         shift = [x * (1 + 0.03 * (i - (len(results) - 1) / 2)) for x in xs]
         ax.errorbar(shift, mean, yerr=se, marker="o", capsize=3, label=label, color=f"C{i % 10}")
     ax.set_xscale("log")
+    ax.minorticks_off()  # only the configured k are labelled
     ax.set_xticks(xs)
     ax.set_xticklabels([str(k) for k in xs])
     ax.set_xlabel("k (pixels kept)")
