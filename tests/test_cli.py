@@ -287,7 +287,7 @@ def test_changed_config_in_the_same_out_is_refused_unless_fresh(tmp_path, capsys
 
 
 @pytest.mark.parametrize(
-    "command", ["bench", "toy", "variance", "vae", "sbn", "ssl", "gates", "demo"]
+    "command", ["bench", "toy", "variance", "vae", "sbn", "ssl", "gates", "topk", "demo"]
 )
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -296,7 +296,9 @@ def test_help(command, capsys):
     assert "example:" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", ["bench", "toy", "variance", "vae", "sbn", "ssl", "gates"])
+@pytest.mark.parametrize(
+    "command", ["bench", "toy", "variance", "vae", "sbn", "ssl", "gates", "topk"]
+)
 def test_every_flag_has_help_and_shows_its_default(command, capsys):
     import argparse
 
@@ -337,7 +339,7 @@ def test_python_dash_m_and_console_script():
         check=True,
         env={**__import__("os").environ, "PYTHONPATH": src},
     )
-    for command in ("bench", "toy", "variance", "vae", "sbn", "ssl", "gates", "demo"):
+    for command in ("bench", "toy", "variance", "vae", "sbn", "ssl", "gates", "topk", "demo"):
         assert command in res.stdout
 
 

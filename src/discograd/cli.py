@@ -109,6 +109,7 @@ def _commands() -> dict[str, _Command]:
     from discograd.experiments.gates import GatesTask
     from discograd.experiments.sbn import SBNTask
     from discograd.experiments.ssl import SSLTask
+    from discograd.experiments.topk import TopKTask
     from discograd.experiments.toy import ToyTask
     from discograd.experiments.vae import VAETask
     from discograd.experiments.variance import VarianceTask
@@ -168,6 +169,14 @@ def _commands() -> dict[str, _Command]:
             "lambda * sum P(z != 0); test accuracy against the fraction of gates open for each "
             "gate family and lambda.",
             "discograd gates --seeds 3 --lambdas 0.0001 0.001 0.003",
+        ),
+        "topk": task(
+            TopKTask,
+            "learn which k pixels to keep: RelaxedSubset vs SIMPLE vs I-MLE vs ST top-k",
+            "A selector over the pixels and a linear classifier on the k kept pixels, "
+            "trained jointly with each method (Xie & Ermon 2019 style feature selection); "
+            "test accuracy with the top-k pixels of the learned logits, for each k.",
+            "discograd topk --seeds 3 --ks 10 50",
         ),
     }
 
@@ -240,6 +249,7 @@ def _sections() -> dict[str, Callable[..., tuple[str, list[str]]]]:
         gates_section,
         sbn_section,
         ssl_section,
+        topk_section,
         toy_section,
         vae_section,
         variance_section,
@@ -252,6 +262,7 @@ def _sections() -> dict[str, Callable[..., tuple[str, list[str]]]]:
         "sbn": sbn_section,
         "ssl": ssl_section,
         "gates": gates_section,
+        "topk": topk_section,
     }
 
 

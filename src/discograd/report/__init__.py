@@ -17,6 +17,7 @@ from discograd.report.gates import section as gates_section
 from discograd.report.markdown import Section, write_report
 from discograd.report.sbn import section as sbn_section
 from discograd.report.ssl import section as ssl_section
+from discograd.report.topk import section as topk_section
 from discograd.report.toy import section as toy_section
 from discograd.report.vae import section as vae_section
 from discograd.report.variance import section as variance_section
@@ -27,6 +28,7 @@ __all__ = [
     "sbn_section",
     "simplex_section",
     "ssl_section",
+    "topk_section",
     "toy_section",
     "vae_section",
     "variance_section",
