@@ -14,7 +14,9 @@ from the sample-level layer is listed in one place:
 * :func:`divide_by_tau` — ``scores / tau`` with a finite gradient at ``-inf`` scores;
 * :func:`softmax_last`, :func:`one_hot` — fast CPU forms of the two ops;
 * :func:`is_compiling` — whether ``torch.compile`` is tracing;
-* :func:`as_dtype` — ``x.to(dtype)`` without a dispatch when it already has it.
+* :func:`as_dtype` — ``x.to(dtype)`` without a dispatch when it already has it;
+* :func:`as_shape` — ``x.reshape(shape)`` without a dispatch (and an autograd node)
+  when it already has it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from discograd.functional import _uniform as uniform
 
 __all__ = [
     "as_dtype",
+    "as_shape",
     "compute_dtype",
     "divide_by_tau",
     "gumbel_from_uniform_",
@@ -53,6 +56,15 @@ def as_dtype(x: Tensor, dtype: torch.dtype) -> Tensor:
     on the hot path of small models.
     """
     return x if x.dtype == dtype else x.to(dtype)
+
+
+def as_shape(x: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """``x.reshape(shape)``; ``x`` itself when it has that shape.
+
+    A no-op reshape still costs a dispatch and, on a tensor that requires grad,
+    a view node that the backward pass walks.
+    """
+    return x if x.shape == shape else x.reshape(shape)
 
 
 def logistic_from_uniform(u: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor
 
-from discograd.estimators._ops import as_dtype, compute_dtype, open_uniform
+from discograd.estimators._ops import as_dtype, as_shape, compute_dtype, open_uniform
 from discograd.estimators._surrogate import surrogate
 from discograd.estimators.base import CostFn, Estimate, Estimator, Latent
 from discograd.estimators.registry import register
@@ -36,43 +36,44 @@ class _Antithetic(Estimator):
     def _pair(self, theta: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover
         raise NotImplementedError
 
-    def _grad(
-        self, theta: Tensor, u: Tensor, b2: Tensor, differ: Tensor, df: Tensor
-    ) -> Tensor:  # pragma: no cover
+    def _grad(self, theta: Tensor, u: Tensor, z: Tensor, df: Tensor) -> Tensor:  # pragma: no cover
+        """The per-logit estimate; ``z`` [2, B, V]: the pair as 0./1. in ``theta``'s dtype."""
         raise NotImplementedError
 
     def estimate(self, f: CostFn, latent: Latent, generator: torch.Generator | None) -> Estimate:
         B = math.prod(latent.batch_shape)
         V = latent.n_vars
-        theta = latent.logits.reshape(B, V)
+        theta = as_shape(latent.logits, (B, V))
         th = as_dtype(theta.detach(), compute_dtype(latent.dtype))
         u = open_uniform((B, V), th.dtype, latent.device, generator)
         b1, b2 = self._pair(th, u)
-        differ = b1 != b2
-        distinct = differ.any(-1)  # [B]; else one configuration and a score term of exactly 0
-        # Both samples in one call of f. No per-data-point deduplication: f takes one
-        # sample dimension for the whole batch, so a data point whose pair coincides
-        # saves nothing unless every one does, and sorting configurations of
-        # hundreds of variables cost more than the decoder of a linear VAE.
-        n_same = B - int(distinct.sum())  # the one device synchronisation
-        if n_same == B:
-            f1 = latent.call_f(f, latent.encode(b1.reshape(latent.index_shape())), ())
+        if torch.equal(b1, b2):  # one configuration per data point: one call, no score term
+            f1 = latent.call_f(f, latent.encode(as_shape(b1, latent.index_shape())), ())
             values = f1.reshape(1, B).expand(2, B)
+            z = latent.encode(b1).unsqueeze(0).expand(2, B, V)
+            count: float | Tensor = 1.0
         else:
-            pair = torch.stack([b1, b2]).reshape(latent.index_shape((2,)))
-            values = latent.call_f(f, latent.encode(pair), (2,)).reshape(2, B)
-        # A number when every data point costs the same (the usual case): no tensor
-        # for the caller to reduce and read back.
-        count: float | Tensor = 1.0 if n_same == B else 2.0
-        if 0 < n_same < B:
-            count = (1 + distinct.to(torch.int64)).reshape(latent.batch_shape)
+            # Both samples in one call of f. No per-data-point deduplication: f takes one
+            # sample dimension for the whole batch, so a data point whose pair coincides
+            # saves nothing unless every one does, and sorting configurations of
+            # hundreds of variables cost more than the decoder of a linear VAE.
+            pair = latent.encode(as_shape(torch.stack([b1, b2]), latent.index_shape((2,))))
+            values = as_shape(latent.call_f(f, pair, (2,)), (2, B))
+            z = as_shape(pair, (2, B, V))
+            # A number when every data point costs the same (the usual case): no tensor
+            # for the caller to reduce and read back. Counting the differing variables
+            # (a sum) is cheaper on CPU than any() over them.
+            n_differ = (b1 != b2).sum(-1)  # [B]
+            count = 2.0
+            if int(n_differ.amin()) == 0:  # the one device synchronisation
+                count = (1 + (n_differ > 0).to(torch.int64)).reshape(latent.batch_shape)
         df = as_dtype((values[0] - values[1]).detach(), th.dtype).unsqueeze(-1)
-        grad = self._grad(th, u, b2, differ, df)  # surrogate() zeroes it at ±inf logits
+        grad = self._grad(th, u, as_dtype(z, th.dtype), df)  # surrogate() zeroes it at ±inf
         mean_f = 0.5 * (values[0] + values[1])
-        loss = surrogate(mean_f, grad, theta, 1, finite=latent.finite).reshape(latent.batch_shape)
+        loss = surrogate(mean_f, grad, theta, 1, finite=latent.finite)
         return Estimate(
-            loss=loss,
-            value=mean_f.detach().reshape(latent.batch_shape),
+            loss=as_shape(loss, latent.batch_shape),
+            value=as_shape(mean_f.detach(), latent.batch_shape),
             n_evals=count,
         )
 
@@ -97,7 +98,7 @@ class ARM(_Antithetic):
     def _pair(self, theta, u):
         return u > torch.sigmoid(-theta), u < torch.sigmoid(theta)
 
-    def _grad(self, theta, u, b2, differ, df):
+    def _grad(self, theta, u, z, df):
         return df * (u - 0.5)
 
 
@@ -123,6 +124,6 @@ class DisARM(_Antithetic):
         p = torch.sigmoid(theta)
         return u < p, (1 - u) < p
 
-    def _grad(self, theta, u, b2, differ, df):
-        sign = as_dtype(torch.where(b2, -1.0, 1.0), theta.dtype)
-        return 0.5 * df * sign * differ * torch.sigmoid(theta.abs())
+    def _grad(self, theta, u, z, df):
+        # (-1)^{b~_d} 1[b_d != b~_d] = b_d - b~_d: one subtraction of the evaluated pair.
+        return 0.5 * df * (z[0] - z[1]) * torch.sigmoid(theta.abs())

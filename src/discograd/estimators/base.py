@@ -248,7 +248,9 @@ class Latent:
         # the logits carry the full batch + variable shape.
         var_shape = base.batch_shape[len(q.batch_shape) :]
         full = q.batch_shape + var_shape + (logits.shape[-1:] if kind == "categorical" else ())
-        latent = cls(q, kind, logits.expand(full), q.batch_shape, type(base))
+        if logits.shape != full:  # a no-op expand would still add an autograd node
+            logits = logits.expand(full)
+        latent = cls(q, kind, logits, q.batch_shape, type(base))
         latent.finite = finite
         return latent
 

@@ -128,7 +128,7 @@ def training_batch(
     function of (seed, step).
     """
     idx = batch_indices(len(x), size, step, ctx, name)
-    batch = x[idx]
+    batch = x.index_select(0, idx)  # several times faster than x[idx] on CPU
     if binarization == "dynamic":
         from discograd.data import binarize
 

@@ -130,7 +130,13 @@ class DiscreteVAE(nn.Module):
 
     def neg_log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
         """−log p(x | z), the reconstruction cost (one negation fewer on the training path)."""
-        logits, target = torch.broadcast_tensors(self.decoder(self.decoder_input(z)), x)
+        logits = self.decoder(self.decoder_input(z))
+        target = x
+        if x.shape != logits.shape:
+            try:  # the usual case, samples ahead of the batch dims: one view, no wrapper
+                target = x.expand(logits.shape)
+            except RuntimeError:
+                logits, target = torch.broadcast_tensors(logits, x)
         return F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
 
     def objective(
