@@ -22,6 +22,7 @@ __all__ = [
     "check_estimators",
     "cv_optimizer",
     "has_temperature",
+    "is_k_hot",
     "is_multi_sample",
     "is_unbiased",
     "lazily_sized",
@@ -142,8 +143,21 @@ def temperature(est: Any) -> float | None:
 
 
 def supports(est: Any, kind: str) -> bool:
-    """Whether ``est`` handles ``kind`` (``"bernoulli"`` or ``"categorical"``) variables."""
+    """Whether ``est`` handles ``kind`` variables: ``"bernoulli"``, ``"categorical"``, or
+    ``"k_hot"`` (k-subsets of the categories, :class:`~discograd.distributions.KSubset`:
+    only the estimators with a subset size ``k``, :func:`is_k_hot`)."""
+    if kind == "k_hot":
+        return is_k_hot(est)
     return kind in type(est).supports
+
+
+def is_k_hot(est: Any) -> bool:
+    """Whether ``est`` (an instance or class) samples k-subsets of size ``est.k`` (SIMPLE,
+    I-MLE: the class attribute ``k_hot``). Every other categorical estimator draws one
+    category per variable, so on a k-hot problem it would estimate the gradient of
+    another law."""
+    cls = est if isinstance(est, type) else type(est)
+    return bool(getattr(cls, "k_hot", False))
 
 
 def support_limit(est: Any) -> int | None:

@@ -8,7 +8,18 @@ A set of small problems whose support can be enumerated, so that
   cost, a batch of 4 data points with different logits;
 * ``bernoulli``: D = 8 binary variables, a nonlinear cost, a batch of 4;
 * ``offset``: the categorical problem with 100 added to the cost (a large mean:
-  the case baselines exist for).
+  the case baselines exist for);
+* ``subset-C10-k3`` and ``subset-C6-k2-D3``, the *k-hot family*
+  ``subset-C<C>-k<k>[-D<D>]``: D variables, each a k-subset of C items drawn
+  from :class:`~discograd.distributions.KSubset` (:math:`p(S) \propto
+  \prod_{i \in S} e^{\theta_i}`), a batch of 4 data points with different
+  logits, and one nonlinear cost of all the k-hot vectors,
+  :math:`f(z) = (S - \tfrac12)^2 + \sin 2S` with :math:`S = \sum_{d,i} w_{d,i} z_{d,i}`.
+  Only the estimators with a subset size (SIMPLE, I-MLE: :func:`~discograd.
+  experiments.common.is_k_hot`) run on them, with ``k`` set to the problem's;
+  every other categorical estimator draws one item per variable and would
+  estimate the gradient of another law. The exact gradient enumerates the
+  :math:`\binom{C}{k}^D` joint subsets (:func:`k_hot_exact_gradient`).
 
 Each estimator with state (EMA baselines, learned control variates) first
 trains for ``warmup`` steps on the problem with θ fixed (the Trainer's loop,
@@ -76,11 +87,12 @@ from torch.distributions import Distribution, Independent, OneHotCategorical
 
 from discograd.diagnostics import exact_gradient, gradient_draws, gradient_stats
 from discograd.errors import ConfigError
-from discograd.estimators.base import Estimator
+from discograd.estimators.base import Estimator, Latent
 from discograd.estimators.registry import canonical, info, make, parse_spec
 from discograd.experiments.common import (
     check_estimators,
     every_estimator,
+    is_k_hot,
     is_unbiased,
     support_limit,
     supports,
@@ -108,18 +120,28 @@ __all__ = [
     "VarianceTask",
     "budget_plan",
     "expand_specs",
+    "k_hot_enumeration",
+    "k_hot_exact_gradient",
+    "k_hot_problem",
+    "k_hot_subsets",
     "make_problem",
     "match_budget",
     "problem_names",
+    "problem_spec",
     "sample_size_parameter",
     "sum_expected",
     "sum_problem",
     "sum_weights",
 ]
 
-#: every registered estimator (one added to the registry joins the study)
-VARIANCE_ESTIMATORS: tuple[str, ...] = every_estimator(
-    None, {"rloo": "n_samples=4", "vargrad": "n_samples=4", "gumbel_rao": "n_samples=10"}
+#: every registered estimator (one added to the registry joins the study), and I-MLE at
+#: two more steps λ than its default 100: its gradient's scale and coarseness follow λ
+VARIANCE_ESTIMATORS: tuple[str, ...] = (
+    *every_estimator(
+        None, {"rloo": "n_samples=4", "vargrad": "n_samples=4", "gumbel_rao": "n_samples=10"}
+    ),
+    "imle:lam=1",
+    "imle:lam=10",
 )
 
 #: problem name -> kind of its variables
@@ -128,12 +150,17 @@ PROBLEMS: dict[str, str] = {
     "categorical": "categorical",
     "bernoulli": "bernoulli",
     "offset": "categorical",
+    "subset-C10-k3": "k_hot",
+    "subset-C6-k2-D3": "k_hot",
 }
 
 #: logits of the sum family: all zero, or N(0, 2^2) per category
 LOGITS: tuple[str, ...] = ("uniform", "skewed")
 SKEWED_SD = 2.0
 _SUM_NAME = re.compile(r"sum-C(\d+)-D(\d+)-(\w+)")
+_SUBSET_NAME = re.compile(r"subset-C(\d+)-k(\d+)(?:-D(\d+))?")
+#: joint configurations per data point up to which a k-hot problem's gradient is enumerated
+K_HOT_MAX_SUPPORT = 65536
 
 
 @dataclass
@@ -143,7 +170,8 @@ class VarianceConfig(RunConfig):
     problems: tuple[str, ...] = option(
         tuple(PROBLEMS),
         f"problems: {', '.join(PROBLEMS)}; sum-C<C>-D<D>-<uniform|skewed> (the sum family, "
-        "exact gradient in closed form at any size); package.module:function (your own, "
+        "exact gradient in closed form at any size); subset-C<C>-k<k>[-D<D>] (k-subsets of C "
+        "items, for the k-hot estimators); package.module:function (your own, "
         "a function of the device returning a discograd.experiments.variance.Problem)",
         metavar="NAME",
     )
@@ -198,11 +226,19 @@ def problem_names(config: VarianceConfig) -> list[str]:
 def _check_problem_name(name: str) -> None:
     if name in PROBLEMS or ":" in name:
         return
+    if (s := _SUBSET_NAME.fullmatch(name)) is not None:
+        C, k, D = int(s[1]), int(s[2]), int(s[3] or 1)
+        if not (1 <= k < C and D >= 1):
+            raise ConfigError(
+                f"problem {name!r}: the k-hot family needs 1 <= k < C and D >= 1, "
+                f"got C={C}, k={k}, D={D}"
+            )
+        return
     m = _SUM_NAME.fullmatch(name)
     if m is None:
         raise ConfigError(
             f"unknown problem {name!r}; known: {', '.join(PROBLEMS)}, "
-            "sum-C<C>-D<D>-<uniform|skewed>, or package.module:function"
+            "sum-C<C>-D<D>-<uniform|skewed>, subset-C<C>-k<k>[-D<D>], or package.module:function"
         )
     C, D, kind = int(m[1]), int(m[2]), m[3]
     if C < 2 or D < 1 or kind not in LOGITS:
@@ -218,24 +254,37 @@ class Problem:
 
     Attributes:
         name: its label in the results.
-        kind: ``"categorical"`` or ``"bernoulli"``.
+        kind: ``"categorical"``, ``"bernoulli"`` or ``"k_hot"`` (then ``k`` is set).
         logits: the parameters the gradient is taken with respect to (float64 advised).
         build: logits -> the distribution (``Independent`` over variables; data
-            points along leading dimensions).
+            points along leading dimensions). For a k-hot problem a categorical one
+            whose logits are the item weights: the estimators read the subset size
+            from their own ``k`` (:mod:`discograd.estimators.subsets`), and the law is
+            ``KSubset(logits, k)``.
         f: the cost, a function of a sample (it must not depend on the logits).
         description: one line for the report.
         expected: logits -> ``E_q[f]`` per data point, differentiable: the exact
             gradient without enumeration. ``None``: by enumeration when the support
-            allows (:func:`~discograd.diagnostics.exact_gradient`), else not known.
+            allows (:func:`~discograd.diagnostics.exact_gradient`, or
+            :func:`k_hot_exact_gradient` for a k-hot problem), else not known.
+        k: the subset size of a k-hot problem (``None``: one category per variable).
     """
 
     name: str
-    kind: str  # "categorical" or "bernoulli"
+    kind: str  # "categorical", "bernoulli" or "k_hot"
     logits: Tensor
     build: Callable[[Tensor], Distribution]
     f: Callable[[Tensor], Tensor]
     description: str
     expected: Callable[[Tensor], Tensor] | None = None
+    k: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.kind == "k_hot") != (self.k is not None):
+            raise ConfigError(
+                f"problem {self.name!r}: a k-hot problem needs k and only it, got "
+                f"kind={self.kind!r}, k={self.k!r}"
+            )
 
     @property
     def support(self) -> int:
@@ -243,6 +292,8 @@ class Problem:
         event = self.build(self.logits.detach()).event_shape
         if self.kind == "bernoulli":
             return 2 ** math.prod(event)
+        if self.k is not None:
+            return math.comb(int(event[-1]), self.k) ** math.prod(event[:-1])
         return int(event[-1]) ** math.prod(event[:-1])
 
     def exact(self, leaf: Tensor) -> tuple[Tensor, ...] | None:
@@ -250,6 +301,10 @@ class Problem:
         if self.expected is not None:
             (g,) = torch.autograd.grad(self.expected(leaf).sum(), leaf)
             return (g,)
+        if self.k is not None:
+            if self.support > K_HOT_MAX_SUPPORT:
+                return None
+            return (k_hot_exact_gradient(self.f, self.build(leaf), self.k, leaf),)
         try:
             return exact_gradient(self.f, self.build(leaf), leaf)
         except ValueError:  # support too large to enumerate
@@ -314,10 +369,122 @@ def sum_problem(C: int, D: int, logits: str, device: torch.device | str = "cpu")
     )
 
 
+def k_hot_subsets(
+    C: int, k: int, *, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"
+) -> Tensor:
+    """Every k-hot vector of length ``C``: ``[comb(C, k), C]``, in lexicographic order."""
+    idx = torch.combinations(torch.arange(C, device=device), r=k)
+    return torch.zeros(idx.shape[0], C, dtype=dtype, device=device).scatter_(1, idx, 1.0)
+
+
+def k_hot_enumeration(q: Distribution, k: int) -> tuple[Tensor, Tensor]:
+    r"""Every joint configuration of ``q``'s variables as k-subsets, and its log probability.
+
+    ``q``: a categorical distribution (``Independent`` over variables) whose logits
+    :math:`\theta` (``batch + var + (C,)``) are the item weights of independent
+    :class:`~discograd.distributions.KSubset` variables. Returns ``z`` ``[N, *batch,
+    *var, C]`` (an expanded view: the N configurations are shared by the data points)
+    and ``log p`` ``[N, *batch]``, :math:`N = \binom{C}{k}^{V}` for V variables, in
+    float64 and detached. The normaliser :math:`e_k(e^\theta)` is the sum over the
+    enumerated subsets, independent of the dynamic program of
+    :func:`~discograd.distributions.subset_log_normalizer`. A ``-inf`` logit masks its
+    item: subsets holding it have probability 0.
+    """
+    latent = Latent.parse(q, owner="k_hot_enumeration")
+    theta = latent.logits.detach().to(torch.float64)
+    batch, var, C = latent.batch_shape, latent.var_shape, theta.shape[-1]
+    Z = k_hot_subsets(C, k, device=theta.device)
+    M, V = Z.shape[0], math.prod(var)
+    theta = theta.reshape(*batch, V, C)
+    finite = theta > -math.inf
+    score = torch.where(finite, theta, 0.0) @ Z.T  # [*batch, V, M]
+    holds_masked = ((~finite).to(Z.dtype) @ Z.T) > 0
+    log_p_var = torch.log_softmax(score.masked_fill(holds_masked, -math.inf), -1)
+    n = torch.arange(M**V, device=theta.device)
+    place = M ** torch.arange(V, device=theta.device)
+    digits = (n[:, None] // place) % M  # [N, V]: which subset each variable takes
+    log_p = log_p_var[..., torch.arange(V, device=theta.device), digits].sum(-1)
+    z = Z[digits].view(M**V, *(1,) * len(batch), *var, C)
+    return z.expand(M**V, *batch, *var, C), log_p.movedim(-1, 0)
+
+
+def k_hot_exact_gradient(
+    f: Callable[[Tensor], Tensor], q: Distribution, k: int, wrt: Tensor
+) -> Tensor:
+    r"""The exact gradient of :math:`\sum_b \mathbb E_{z \sim \mathrm{KSubset}(\theta_b,
+    k)}[f(z)]_b` with respect to ``wrt``, by enumeration (:func:`k_hot_enumeration`).
+
+    The exponential family's score is :math:`\nabla_\theta \log p_\theta(z) = z - \mu`,
+    :math:`\mu = \mathbb E[z]` (the marginals), so with :math:`p` and :math:`f`
+    enumerated
+
+    .. math:: \nabla_\theta \mathbb E[f] = \sum_z p(z) f(z) (z - \mu)
+              = \mathbb E[f z] - \mathbb E[f]\,\mu,
+
+    in float64, then carried from ``q``'s logits to ``wrt`` by autograd (a
+    vector-Jacobian product). ``f`` gets k-hot vectors ``[N, *batch, *var, C]`` in
+    the logits' dtype and returns ``[N, *batch]``.
+    """
+    latent = Latent.parse(q, owner="k_hot_exact_gradient")
+    z, log_p = k_hot_enumeration(q, k)
+    with torch.no_grad():
+        fz = f(z.to(latent.dtype)).to(torch.float64)
+        p = log_p.exp()
+        pf = torch.where(p > 0, p * fz, 0.0).reshape(p.shape[0], -1)  # [N, B]
+        n_batch = math.prod(latent.batch_shape)
+        flat = z.reshape(z.shape[0], n_batch, -1)[:, 0]  # [N, V*C]: the same for every b
+        mu = p.reshape(p.shape[0], -1).T @ flat  # [B, V*C]
+        g = pf.T @ flat - pf.sum(0)[:, None] * mu
+    g = g.reshape(latent.logits.shape).to(latent.dtype)
+    if not latent.logits.requires_grad:
+        return torch.zeros_like(wrt)
+    (out,) = torch.autograd.grad(latent.logits, wrt, grad_outputs=g, allow_unused=True)
+    return torch.zeros_like(wrt) if out is None else out
+
+
+#: data points (different logits) of a k-hot problem
+K_HOT_BATCH = 4
+
+
+def k_hot_problem(C: int, k: int, D: int = 1, device: torch.device | str = "cpu") -> Problem:
+    """The k-hot family's problem: ``K_HOT_BATCH`` data points, D variables, each a
+    k-subset of C items, logits N(0, 1.5²), one cost of their weighted sum.
+
+    ``f = (S − 1/2)² + sin 2S``, ``S = Σ_{d,i} w[d, i] z[d, i]``, ``w ~ N(0, 1/(kD))``
+    (so S is of order 1 whatever k and D): a nonlinear cost in which every pair of
+    chosen items interacts, so that no estimator is exact by linearity.
+    """
+    if not (1 <= k < C and D >= 1):
+        raise ConfigError(f"a k-hot problem needs 1 <= k < C and D >= 1, got C={C}, k={k}, D={D}")
+    dt = torch.float64
+    gen = torch.Generator().manual_seed(stream_seed(0, f"variance-problem/subset/C{C}/k{k}/D{D}"))
+    theta = torch.randn(K_HOT_BATCH, D, C, generator=gen, dtype=dt) * 1.5
+    w = (torch.randn(D, C, generator=gen, dtype=dt) / math.sqrt(k * D)).to(device)
+
+    def f(z: Tensor) -> Tensor:
+        s = (z.to(dt) * w).sum((-1, -2))
+        return (s - 0.5) ** 2 + torch.sin(2 * s)
+
+    return Problem(
+        f"subset-C{C}-k{k}" + (f"-D{D}" if D != 1 else ""),
+        "k_hot",
+        theta.to(device),
+        lambda t: Independent(OneHotCategorical(logits=t), 1),
+        f,
+        f"k-hot: B={K_HOT_BATCH} data points, D={D} k-subsets (KSubset) of C={C} items, k={k}, "
+        "f=(S−0.5)²+sin(2S), S=Σ w·z; exact gradient by enumeration",
+        k=k,
+    )
+
+
 def make_problem(name: str, device: torch.device | str = "cpu") -> Problem:
     """Problem ``name``: the same logits and cost for every seed."""
     if (m := _SUM_NAME.fullmatch(name)) is not None:
         return sum_problem(int(m[1]), int(m[2]), m[3], device)
+    if (m := _SUBSET_NAME.fullmatch(name)) is not None:
+        problem = k_hot_problem(int(m[1]), int(m[2]), int(m[3] or 1), device)
+        problem.name = name
+        return problem
     if ":" in name:
         return _user_problem(name, device)
     gen = torch.Generator().manual_seed(stream_seed(0, f"variance-problem/{name}"))
@@ -383,8 +550,8 @@ def _user_problem(name: str, device: torch.device | str) -> Problem:
     problem = fn(device)
     if not isinstance(problem, Problem):
         raise ConfigError(f"problem {name!r} returned {type(problem).__name__}, not a Problem")
-    if problem.kind not in ("categorical", "bernoulli"):
-        raise ConfigError(f"problem {name!r}: kind must be categorical or bernoulli")
+    if problem.kind not in ("categorical", "bernoulli", "k_hot"):
+        raise ConfigError(f"problem {name!r}: kind must be categorical, bernoulli or k_hot")
     problem.name = name
     return problem
 
@@ -573,17 +740,9 @@ class VarianceTask(Task[VarianceConfig, VarianceState]):
         return out
 
     def specs(self, config: VarianceConfig, problem: Problem) -> list[str]:
-        """The specs run on ``problem``: those that apply, matched to the budgets if any."""
-        specs = []
-        for spec in expand_specs(tuple(config.estimators), tuple(config.temperatures)):
-            try:
-                est = make(spec)
-            except ConfigError:
-                continue  # a temperature this method refuses (ReinMax below 1)
-            limit = support_limit(est)
-            if not supports(est, problem.kind) or (limit is not None and problem.support > limit):
-                continue
-            specs.append(spec)
+        """The specs run on ``problem``: those that apply (:func:`problem_spec`), matched
+        to the budgets if any."""
+        specs = _problem_specs(config, problem)
         if config.budgets:
             return list(_cached_plan(specs, tuple(config.budgets), problem)[0])
         return specs
@@ -648,12 +807,10 @@ class VarianceTask(Task[VarianceConfig, VarianceState]):
             }
             if (m := _SUM_NAME.fullmatch(pname)) is not None:
                 res.update(C=int(m[1]), D=int(m[2]), logits=m[3])
+            if problem.k is not None:
+                res["k"] = problem.k
             if config.budgets:
-                specs = [
-                    s
-                    for s in expand_specs(tuple(config.estimators), tuple(config.temperatures))
-                    if _applies(s, problem)
-                ]
+                specs = _problem_specs(config, problem)
                 plan, over = _cached_plan(specs, tuple(config.budgets), problem)
                 res["budgets"] = {
                     str(b): [s for s, bs in plan.items() if b in bs] for b in config.budgets
@@ -679,10 +836,36 @@ def _cached_plan(
     return _PLANS[key]
 
 
-def _applies(spec: str, problem: Problem) -> bool:
+def problem_spec(spec: str, problem: Problem) -> str | None:
+    """``spec`` as it runs on ``problem``, or ``None`` where it does not apply.
+
+    On a k-hot problem only the k-hot estimators (:func:`~discograd.experiments.common.
+    is_k_hot`) apply, with the problem's ``k`` (added to a spec without one; a spec with
+    another ``k`` does not apply). On the other problems a k-hot estimator applies at
+    ``k = 1`` only, where its subset law is the categorical one. Then the estimator must
+    support the problem's kind and, if it enumerates (``Exact``), its support; a spec
+    the registry refuses (a temperature below ReinMax's 1) does not apply.
+    """
     try:
         est = make(spec)
+        if is_k_hot(est):
+            if problem.k is not None and "k" not in parse_spec(spec)[1]:
+                spec = with_value(spec, "k", problem.k)
+                est = make(spec)
+            if est.k != (problem.k or 1):
+                return None
     except ConfigError:
-        return False
+        return None
     limit = support_limit(est)
-    return supports(est, problem.kind) and (limit is None or problem.support <= limit)
+    if not supports(est, problem.kind) or (limit is not None and problem.support > limit):
+        return None
+    return spec
+
+
+def _problem_specs(config: VarianceConfig, problem: Problem) -> list[str]:
+    out = []
+    for spec in expand_specs(tuple(config.estimators), tuple(config.temperatures)):
+        applied = problem_spec(spec, problem)
+        if applied is not None:
+            out.append(applied)
+    return out
