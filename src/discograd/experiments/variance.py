@@ -124,6 +124,7 @@ __all__ = [
     "k_hot_exact_gradient",
     "k_hot_problem",
     "k_hot_subsets",
+    "k_hot_weights",
     "make_problem",
     "match_budget",
     "problem_names",
@@ -446,6 +447,19 @@ def k_hot_exact_gradient(
 K_HOT_BATCH = 4
 
 
+def _k_hot_draws(C: int, k: int, D: int) -> tuple[Tensor, Tensor]:
+    """A k-hot problem's logits ``[K_HOT_BATCH, D, C]`` and weights ``[D, C]`` (float64)."""
+    dt = torch.float64
+    gen = torch.Generator().manual_seed(stream_seed(0, f"variance-problem/subset/C{C}/k{k}/D{D}"))
+    theta = torch.randn(K_HOT_BATCH, D, C, generator=gen, dtype=dt) * 1.5
+    return theta, torch.randn(D, C, generator=gen, dtype=dt) / math.sqrt(k * D)
+
+
+def k_hot_weights(C: int, k: int, D: int = 1, device: torch.device | str = "cpu") -> Tensor:
+    """The weights :math:`w` ``[D, C]`` of the k-hot problem (C, k, D) (float64)."""
+    return _k_hot_draws(C, k, D)[1].to(device)
+
+
 def k_hot_problem(C: int, k: int, D: int = 1, device: torch.device | str = "cpu") -> Problem:
     """The k-hot family's problem: ``K_HOT_BATCH`` data points, D variables, each a
     k-subset of C items, logits N(0, 1.5²), one cost of their weighted sum.
@@ -457,9 +471,8 @@ def k_hot_problem(C: int, k: int, D: int = 1, device: torch.device | str = "cpu"
     if not (1 <= k < C and D >= 1):
         raise ConfigError(f"a k-hot problem needs 1 <= k < C and D >= 1, got C={C}, k={k}, D={D}")
     dt = torch.float64
-    gen = torch.Generator().manual_seed(stream_seed(0, f"variance-problem/subset/C{C}/k{k}/D{D}"))
-    theta = torch.randn(K_HOT_BATCH, D, C, generator=gen, dtype=dt) * 1.5
-    w = (torch.randn(D, C, generator=gen, dtype=dt) / math.sqrt(k * D)).to(device)
+    theta, w = _k_hot_draws(C, k, D)
+    w = w.to(device)
 
     def f(z: Tensor) -> Tensor:
         s = (z.to(dt) * w).sum((-1, -2))
