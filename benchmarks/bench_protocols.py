@@ -71,6 +71,30 @@ def fashion() -> tuple[ImageData, str]:
 
 
 # ------------------------------------------------------ hand-written side
+def optimiser_update(
+    opts: list[torch.optim.Optimizer], enc_params: list[nn.Parameter], grad_var: bool
+) -> Callable[[torch.Tensor], None]:
+    """``update(loss)``: the backward pass, the encoder gradient's variance EMAs (as the
+    protocols keep them; not with ``grad_var=False``) and the optimiser steps."""
+    m = [torch.zeros_like(p) for p in enc_params]
+    s = [torch.zeros_like(p) for p in enc_params]
+
+    def update(loss: torch.Tensor) -> None:
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_var:
+            grads = [q.grad for q in enc_params]
+            torch._foreach_mul_(m, 0.999)
+            torch._foreach_add_(m, grads, alpha=0.001)
+            torch._foreach_mul_(s, 0.999)
+            torch._foreach_addcmul_(s, grads, grads, value=0.001)
+        for o in opts:
+            o.step()
+
+    return update
+
+
 def hand_step(protocol: str, estimator: str, data: ImageData, grad_var: bool) -> Callable[[], None]:
     """One training step of ``protocol`` with ``estimator``, written directly in PyTorch."""
     if protocol == "coupled":
@@ -102,9 +126,7 @@ def hand_step(protocol: str, estimator: str, data: ImageData, grad_var: bool) ->
     ]
     if prior.requires_grad:
         opts.append(torch.optim.SGD([prior], cfg.prior_lr))
-    enc_params = list(enc.parameters())
-    m = [torch.zeros_like(p) for p in enc_params]
-    s = [torch.zeros_like(p) for p in enc_params]
+    update = optimiser_update(opts, list(enc.parameters()), grad_var)
 
     def cost(z: torch.Tensor, a: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
         """log q(z|x) - log p(z) - log p(x|z), with q's logits detached."""
@@ -132,17 +154,7 @@ def hand_step(protocol: str, estimator: str, data: ImageData, grad_var: bool) ->
             w = (f - f.mean(0)).detach()  # / (K - 1) = 1
             log_q = -F.binary_cross_entropy_with_logits(a.expand_as(z), z, reduction="none")
             loss = (f.mean(0) + (w * log_q.sum(-1)).sum(0)).mean()
-        for o in opts:
-            o.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_var:
-            grads = [q.grad for q in enc_params]
-            torch._foreach_mul_(m, 0.999)
-            torch._foreach_add_(m, grads, alpha=0.001)
-            torch._foreach_mul_(s, 0.999)
-            torch._foreach_addcmul_(s, grads, grads, value=0.001)
-        for o in opts:
-            o.step()
+        update(loss)
 
     return step
 
@@ -167,9 +179,7 @@ def hand_coupled(data: ImageData, grad_var: bool) -> Callable[[], None]:
         torch.optim.Adam([*enc.parameters(), *dec.parameters()], cfg.lr),
         torch.optim.SGD([prior], cfg.prior_lr),
     ]
-    enc_params = list(enc.parameters())
-    m = [torch.zeros_like(p) for p in enc_params]
-    s = [torch.zeros_like(p) for p in enc_params]
+    update = optimiser_update(opts, list(enc.parameters()), grad_var)
 
     def step() -> None:
         xb = (torch.rand(B, D) < x_all[torch.randint(len(x_all), (B,))]).float()
@@ -184,17 +194,7 @@ def hand_coupled(data: ImageData, grad_var: bool) -> Callable[[], None]:
         lq = log_q.expand(S, B, V, C).gather(-1, idx.unsqueeze(-1)).sum((-1, -2))
         w = (f - f.mean(0)).detach() * (S / (S - 1))
         loss = (f.mean(0) + (w * lq).mean(0)).mean()
-        for o in opts:
-            o.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_var:
-            grads = [q.grad for q in enc_params]
-            torch._foreach_mul_(m, 0.999)
-            torch._foreach_add_(m, grads, alpha=0.001)
-            torch._foreach_mul_(s, 0.999)
-            torch._foreach_addcmul_(s, grads, grads, value=0.001)
-        for o in opts:
-            o.step()
+        update(loss)
 
     return step
 

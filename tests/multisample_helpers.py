@@ -22,6 +22,8 @@ from torch.distributions import Bernoulli, Categorical, Independent
 
 from discograd.estimators import Exact, ExactMultiSample
 
+from conftest import assert_mean_matches
+
 D64 = torch.float64
 
 
@@ -80,11 +82,26 @@ def impossible(theta: torch.Tensor, kind: str) -> torch.Tensor:
     return torch.isinf(theta)
 
 
-def draws(estimator, kind: str, theta, w, n: int, seed: int, multi: bool = True):
-    """``[n, P]`` gradient draws w.r.t. ``(θ, w)`` flattened, and the Estimate."""
+def _recording(fn, seen: list):
+    def recording(z):
+        seen.append(z.detach())
+        return fn(z)
+
+    return recording
+
+
+def draws(
+    estimator, kind: str, theta, w, n: int, seed: int, multi: bool = True, seen: list | None = None
+):
+    """``[n, P]`` gradient draws w.r.t. ``(θ, w)`` flattened, and the Estimate.
+
+    ``seen``: a list that receives the samples each call of the function was given
+    (detached), for the draw-by-draw comparisons with a reference."""
     leaf = theta.detach().expand((n,) + theta.shape).clone().requires_grad_()
     w_leaf = w.detach().expand((n, 1) + w.shape).clone().requires_grad_()
     fn = (log_weight if multi else cost)(kind, leaf, w_leaf)
+    if seen is not None:
+        fn = _recording(fn, seen)
     out = estimator(fn, dist(kind, leaf), generator=torch.Generator().manual_seed(seed))
     g_theta, g_w = torch.autograd.grad(out.loss.sum(), (leaf, w_leaf))
     return torch.cat([g_theta.reshape(n, -1), g_w.reshape(n, -1)], 1), out
@@ -101,6 +118,21 @@ def exact(kind: str, theta, w, n_samples: int | None = None):
         out = ExactMultiSample(n_samples)(log_weight(kind, leaf, w_leaf), dist(kind, leaf))
     g_theta, g_w = torch.autograd.grad(out.loss.sum(), (leaf, w_leaf))
     return torch.cat([g_theta.reshape(-1), g_w.reshape(-1)]), out.value
+
+
+def assert_unbiased(estimator, kind: str, theta, w, n: int, seed: int, n_evals: float) -> None:
+    """``n`` draws of ``estimator`` on the cost: finite, their gradient and value means
+    z-tested against ``Exact``, ``n_evals`` as stated, ``loss`` valued as ``value``,
+    and exactly zero gradient at the impossible logits."""
+    g, out = draws(estimator, kind, theta, w, n, seed=seed, multi=False)
+    assert torch.isfinite(g).all()
+    g_star, v_star = exact(kind, theta, w)
+    assert_mean_matches(g, g_star)
+    assert_mean_matches(out.value, v_star)
+    assert out.n_evals == n_evals
+    torch.testing.assert_close(out.loss.detach(), out.value)
+    g_theta = g[:, : theta.numel()].reshape(-1, *theta.shape)
+    assert (g_theta[:, impossible(theta, kind)] == 0).all()
 
 
 def n_theta(theta: torch.Tensor) -> int:

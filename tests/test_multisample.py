@@ -271,18 +271,8 @@ def test_reference_reproduces_the_library_draw_by_draw(est, ref):
     theta, w = problem("bernoulli", B=3, D=3, seed=60, masked=False)
     theta[:, 1] = torch.tensor([math.inf, -math.inf, math.inf], dtype=D64)
     n = 2000
-    leaf = theta.expand((n,) + theta.shape).clone().requires_grad_()
-    w_leaf = w.expand((n, 1) + w.shape).clone().requires_grad_()
-    lw = log_weight("bernoulli", leaf, w_leaf)
-    seen = []
-
-    def recording(z):
-        seen.append(z.detach())
-        return lw(z)
-
-    out = est(recording, dist("bernoulli", leaf), generator=torch.Generator().manual_seed(61))
-    g_theta, g_w = torch.autograd.grad(out.loss.sum(), (leaf, w_leaf))
-    g_lib = torch.cat([g_theta.reshape(n, -1), g_w.reshape(n, -1)], 1)
+    seen: list[torch.Tensor] = []
+    g_lib, _ = draws(est, "bernoulli", theta, w, n, seed=61, seen=seen)
     assert len(seen) == 1
     g_ref = ref(theta, w, n, est.bound_samples, None, given=seen[0])
     torch.testing.assert_close(g_lib, g_ref, rtol=1e-9, atol=1e-10)

@@ -25,21 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from discograd.estimators._ops import compute_dtype, open_uniform
+from discograd.estimators._common import NSamplesEstimator, flat_logits
+from discograd.estimators._ops import open_uniform
 from discograd.estimators._surrogate import surrogate
 from discograd.estimators.base import CostFn, Estimate, Estimator, Latent
 from discograd.estimators.registry import register
 
 __all__ = ["ARMS", "CARMS", "CategoricalDisARM"]
-
-
-def check_n_samples(n_samples: object, owner: str, minimum: int = 2) -> int:
-    """``ValueError`` naming ``n_samples`` unless it is an int of at least ``minimum``."""
-    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < minimum:
-        raise ValueError(
-            f"{owner}: n_samples must be an int >= {minimum}, got n_samples={n_samples!r}"
-        )
-    return n_samples
 
 
 def dirichlet_copula(
@@ -99,7 +91,7 @@ def arms_grad(theta: Tensor, b: Tensor, values: Tensor, n: int) -> Tensor:
 
 
 @register("arms")
-class ARMS(Estimator):
+class ARMS(NSamplesEstimator):
     r"""ARMS: antithetic REINFORCE multi-sample estimator for Bernoulli variables.
 
     .. math:: g_d = \frac{1}{n-1} \sum_{k=1}^n \big(f(b_k) - \bar f\big)
@@ -138,17 +130,11 @@ class ARMS(Estimator):
     has_temperature = False
 
     def __init__(self, n_samples: int = 4, *, generator: torch.Generator | None = None):
-        super().__init__(generator=generator)
-        self.n_samples = check_n_samples(n_samples, "ARMS")
-
-    def extra_repr(self) -> str:
-        return f"n_samples={self.n_samples}"
+        super().__init__(n_samples, owner="ARMS", generator=generator)
 
     def estimate(self, f: CostFn, latent: Latent, generator: torch.Generator | None) -> Estimate:
         n = self.n_samples
-        B, V = math.prod(latent.batch_shape), latent.n_vars
-        theta = latent.logits.reshape(B, V)
-        th = theta.detach().to(compute_dtype(latent.dtype))
+        B, V, theta, th = flat_logits(latent)
         uc = dirichlet_copula(n, (B, V), th.dtype, latent.device, generator)
         b = copula_bits(th, uc)
         x = latent.encode(b.reshape(latent.index_shape((n,))))
@@ -334,10 +320,10 @@ class CategoricalDisARM(Estimator):
         )
 
     def estimate(self, f: CostFn, latent: Latent, generator: torch.Generator | None) -> Estimate:
-        B, V, C = math.prod(latent.batch_shape), latent.n_vars, latent.num_categories
+        B, V, theta, th = flat_logits(latent)
+        C = latent.num_categories
         R = B * V
-        theta = latent.logits.reshape(B, V, C)
-        th = theta.detach().to(compute_dtype(latent.dtype)).reshape(R, C)
+        th = th.reshape(R, C)
         device = th.device
         lp = torch.log_softmax(th, -1)
         if self.order == "none":
@@ -480,7 +466,7 @@ def _carms_intervals(C: int) -> tuple[Tensor, Tensor, Tensor]:
 
 
 @register("carms")
-class CARMS(Estimator):
+class CARMS(NSamplesEstimator):
     r"""CARMS: categorical antithetic REINFORCE multi-sample estimator.
 
     Each categorical variable gets :math:`n \ge 2` samples by the inverse CDF
@@ -533,18 +519,14 @@ class CARMS(Estimator):
     has_temperature = False
 
     def __init__(self, n_samples: int = 4, *, generator: torch.Generator | None = None):
-        super().__init__(generator=generator)
-        self.n_samples = check_n_samples(n_samples, "CARMS")
-
-    def extra_repr(self) -> str:
-        return f"n_samples={self.n_samples}"
+        super().__init__(n_samples, owner="CARMS", generator=generator)
 
     def estimate(self, f: CostFn, latent: Latent, generator: torch.Generator | None) -> Estimate:
         n = self.n_samples
-        B, V, C = math.prod(latent.batch_shape), latent.n_vars, latent.num_categories
+        B, V, theta, th = flat_logits(latent)
+        C = latent.num_categories
         R = B * V
-        theta = latent.logits.reshape(B, V, C)
-        th = theta.detach().to(compute_dtype(latent.dtype)).reshape(R, C)
+        th = th.reshape(R, C)
         device = th.device
         probs = torch.softmax(th.double(), -1)  # exactly 0 at masked categories
         orders = _carms_orders(C).to(device)  # [P, C]

@@ -17,10 +17,10 @@ import math
 import torch
 from torch import Tensor
 
+from discograd.estimators._common import NSamplesEstimator
 from discograd.estimators._ops import as_dtype, compute_dtype
 from discograd.estimators._surrogate import surrogate
-from discograd.estimators.base import CostFn, Estimate, Estimator, Latent
-from discograd.estimators.coupled import check_n_samples
+from discograd.estimators.base import CostFn, Estimate, Latent
 from discograd.estimators.registry import register
 
 __all__ = ["IndeCateR"]
@@ -38,7 +38,7 @@ def _values_possible(latent: Latent) -> Tensor:
 
 
 @register("indecater")
-class IndeCateR(Estimator):
+class IndeCateR(NSamplesEstimator):
     r"""IndeCateR: REINFORCE Rao-Blackwellised over each variable's values (CatLog trick).
 
     With :math:`n` independent samples :math:`x^{(s)} \sim q`, and
@@ -87,11 +87,7 @@ class IndeCateR(Estimator):
     has_temperature = False
 
     def __init__(self, n_samples: int = 1, *, generator: torch.Generator | None = None) -> None:
-        super().__init__(generator=generator)
-        self.n_samples = check_n_samples(n_samples, "IndeCateR", minimum=1)
-
-    def extra_repr(self) -> str:
-        return f"n_samples={self.n_samples}"
+        super().__init__(n_samples, owner="IndeCateR", minimum=1, generator=generator)
 
     def estimate(self, f: CostFn, latent: Latent, generator: torch.Generator | None) -> Estimate:
         n = self.n_samples

@@ -32,12 +32,12 @@ import math
 import torch
 from torch import Tensor
 
+from discograd.estimators._common import NSamplesEstimator, flat_logits
 from discograd.estimators._ops import compute_dtype, open_uniform
 from discograd.estimators._surrogate import surrogate, zero_valued
 from discograd.estimators.base import CostFn, Estimate, Estimator, Latent
 from discograd.estimators.coupled import (
     arms_grad,
-    check_n_samples,
     copula_bits,
     dirichlet_copula,
 )
@@ -77,18 +77,26 @@ class _MultiSampleBound(Estimator):
         raise NotImplementedError
 
 
-def _finish(bound: Tensor, score: Tensor, latent: Latent, ell: Tensor, evals: int) -> Estimate:
-    """The Estimate of ``-bound`` (compute dtype, ``[B]``) plus a zero-valued ``score``."""
+class _MultiSampleCount(NSamplesEstimator, _MultiSampleBound):
+    """A multi-sample bound whose :math:`K` is ``n_samples``."""
+
+    @property
+    def bound_samples(self) -> int:
+        return self.n_samples
+
+
+def _finish(loss: Tensor, bound: Tensor, latent: Latent, ell: Tensor, evals: int) -> Estimate:
+    """The Estimate of ``-bound`` with ``loss`` (compute dtype, ``[B]``) in ``ell``'s dtype."""
     shape = latent.batch_shape
     return Estimate(
-        loss=(-(bound + score)).to(ell.dtype).reshape(shape),
+        loss=loss.to(ell.dtype).reshape(shape),
         value=(-bound).detach().to(ell.dtype).reshape(shape),
         n_evals=float(evals),
     )
 
 
 @register("vimco")
-class VIMCO(_MultiSampleBound):
+class VIMCO(_MultiSampleCount):
     r"""VIMCO: leave-one-out learning signals for the K-sample bound (Bernoulli and categorical).
 
     With :math:`K` independent samples, log weights :math:`\ell_k = \ell(z_k)` and
@@ -117,15 +125,7 @@ class VIMCO(_MultiSampleBound):
     supports = frozenset({"bernoulli", "categorical"})
 
     def __init__(self, n_samples: int = 4, *, generator: torch.Generator | None = None):
-        super().__init__(generator=generator)
-        self.n_samples = check_n_samples(n_samples, "VIMCO")
-
-    @property
-    def bound_samples(self) -> int:
-        return self.n_samples
-
-    def extra_repr(self) -> str:
-        return f"n_samples={self.n_samples}"
+        super().__init__(n_samples, owner="VIMCO", generator=generator)
 
     def estimate(self, f: CostFn, latent: Latent, generator: torch.Generator | None) -> Estimate:
         K = self.n_samples
@@ -141,7 +141,7 @@ class VIMCO(_MultiSampleBound):
         # drawn), and its gradient at masked / deterministic logits is 0.
         log_q = latent.log_prob(z).to(cdt)
         score = zero_valued((signal * log_q).sum(0))
-        return _finish(bound, score, latent, ell, K)
+        return _finish(-(bound + score), bound, latent, ell, K)
 
 
 @register("local_disarm")
@@ -193,9 +193,7 @@ class LocalDisARM(_MultiSampleBound):
 
     def estimate(self, f: CostFn, latent: Latent, generator: torch.Generator | None) -> Estimate:
         K = self.n_pairs
-        B, V = math.prod(latent.batch_shape), latent.n_vars
-        theta = latent.logits.reshape(B, V)
-        th = theta.detach().to(compute_dtype(latent.dtype))
+        B, V, theta, th = flat_logits(latent)
         u = open_uniform((K, B, V), th.dtype, latent.device, generator)
         p = torch.sigmoid(th)
         b, b_tilde = u < p, (1 - u) < p
@@ -209,16 +207,11 @@ class LocalDisARM(_MultiSampleBound):
         factor = sign * (b != b_tilde) * torch.sigmoid(th.abs())
         grad = (0.5 * signal * factor).sum(0)  # gradient of the bound: ascent direction
         loss = surrogate(-bound, -grad, theta, 1, finite=latent.finite)
-        shape = latent.batch_shape
-        return Estimate(
-            loss=loss.to(ell.dtype).reshape(shape),
-            value=(-bound).detach().to(ell.dtype).reshape(shape),
-            n_evals=float(2 * K),
-        )
+        return _finish(loss, bound, latent, ell, 2 * K)
 
 
 @register("local_arms")
-class LocalARMS(_MultiSampleBound):
+class LocalARMS(_MultiSampleCount):
     r"""Local ARMS: ARMS applied to each sample of the K-sample bound (Bernoulli).
 
     :math:`K = n` independent samples :math:`b_1..b_n` form the bound
@@ -254,21 +247,11 @@ class LocalARMS(_MultiSampleBound):
     supports = frozenset({"bernoulli"})
 
     def __init__(self, n_samples: int = 2, *, generator: torch.Generator | None = None):
-        super().__init__(generator=generator)
-        self.n_samples = check_n_samples(n_samples, "LocalARMS")
-
-    @property
-    def bound_samples(self) -> int:
-        return self.n_samples
-
-    def extra_repr(self) -> str:
-        return f"n_samples={self.n_samples}"
+        super().__init__(n_samples, owner="LocalARMS", generator=generator)
 
     def estimate(self, f: CostFn, latent: Latent, generator: torch.Generator | None) -> Estimate:
         n = self.n_samples
-        B, V = math.prod(latent.batch_shape), latent.n_vars
-        theta = latent.logits.reshape(B, V)
-        th = theta.detach().to(compute_dtype(latent.dtype))
+        B, V, theta, th = flat_logits(latent)
         b = open_uniform((n, B, V), th.dtype, latent.device, generator) < torch.sigmoid(th)
         b_tilde = copula_bits(th, dirichlet_copula(n, (B, V), th.dtype, latent.device, generator))
         both = torch.stack([b, b_tilde]).reshape(latent.index_shape((2 * n,)))
@@ -284,9 +267,4 @@ class LocalARMS(_MultiSampleBound):
         swapped = torch.logaddexp(rest.unsqueeze(1), ld[1].unsqueeze(0)) - math.log(K)
         grad = arms_grad(th, b_tilde, swapped.sum(0), n)  # gradient of the bound
         loss = surrogate(-bound, -grad, theta, 1, finite=latent.finite)
-        shape = latent.batch_shape
-        return Estimate(
-            loss=loss.to(ell.dtype).reshape(shape),
-            value=(-bound).detach().to(ell.dtype).reshape(shape),
-            n_evals=float(2 * n),
-        )
+        return _finish(loss, bound, latent, ell, 2 * n)

@@ -36,6 +36,7 @@ __all__ = [
     "divergence",
     "fmt",
     "headline",
+    "nats_rows",
     "pm",
     "table",
     "write_report",
@@ -196,6 +197,38 @@ def divergence(result: Mapping[str, Any]) -> str | None:
 def finished(results: Results) -> dict[str, dict[str, Any]]:
     """The results of the estimators that did not diverge (the ones with test numbers)."""
     return {k: v for k, v in results.items() if divergence(v) is None}
+
+
+def nats_rows(results: Results, keys: Sequence[str], sort_key: str) -> list[list[Any]]:
+    """Rows of a likelihood table: per estimator the nats ``keys`` (mean ± s.e., two
+    decimals or more for a small standard error, whatever the magnitude), the
+    evaluations per step and the ms / step; finished runs sorted by ``sort_key``,
+    lowest first, then the diverged ones with where they diverged."""
+    from discograd.report.timing import fmt_timing, step_timing
+
+    done = finished(results)
+    nats = {key: column(done, key, decimals=2) for key in keys}
+    rows: list[list[Any]] = [
+        [
+            k,
+            *(nats[key][k] for key in keys),
+            pm(r, "evals_per_step"),
+            fmt_timing(step_timing(r), scale=1000),
+        ]
+        for k, r in sort_by(done, sort_key)
+    ]
+    rows += [
+        [
+            k,
+            f"diverged at {divergence(r)}",
+            *([None] * (len(keys) - 1)),
+            pm(r, "evals_per_step"),
+            fmt_timing(step_timing(r), scale=1000),
+        ]
+        for k, r in results.items()
+        if k not in done
+    ]
+    return rows
 
 
 def divergence_lines(study: str, results: Results) -> list[str]:

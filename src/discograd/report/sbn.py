@@ -8,8 +8,7 @@ from discograd.experiments.runner import RunDir
 from discograd.report import markdown as md
 from discograd.report.curves import Records, curve
 from discograd.report.images import image_plot
-from discograd.report.markdown import Results, Section, divergence, pm
-from discograd.report.timing import fmt_timing, step_timing
+from discograd.report.markdown import Results, Section
 from discograd.report.vae import TIMING
 
 __all__ = ["section"]
@@ -34,28 +33,7 @@ def section(run: RunDir, results: Results, cfg: Any) -> Section:
         f"Nats, lower is better. {TIMING} {md.seed_note(results)}",
         "",
     ]
-    nats = {key: md.column(done, key, decimals=2) for key in NATS}
-    rows: list[list[Any]] = [
-        [
-            k,
-            *(nats[key][k] for key in NATS),
-            pm(r, "evals_per_step"),
-            fmt_timing(step_timing(r), scale=1000),
-        ]
-        for k, r in md.sort_by(done, "test_nll")
-    ]
-    rows += [
-        [
-            k,
-            f"diverged at {divergence(r)}",
-            None,
-            None,
-            pm(r, "evals_per_step"),
-            fmt_timing(step_timing(r), scale=1000),
-        ]
-        for k, r in results.items()
-        if k not in done
-    ]
+    rows = md.nats_rows(results, NATS, "test_nll")
     header = ["estimator", f"test NLL (m={m})", "test NLL (m=1)", "valid NLL"]
     text += [md.table([*header, "decoder passes / step", "ms / step"], rows), ""]
     if md._plots_available():

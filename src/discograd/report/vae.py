@@ -8,8 +8,8 @@ from discograd.experiments.runner import RunDir
 from discograd.report import markdown as md
 from discograd.report.curves import Records, cumulative_seconds, curve
 from discograd.report.images import image_plot
-from discograd.report.markdown import Results, Section, divergence, pm
-from discograd.report.timing import compare_times, fmt_timing, step_timing
+from discograd.report.markdown import Results, Section
+from discograd.report.timing import compare_times, step_timing
 
 __all__ = ["section"]
 
@@ -38,29 +38,7 @@ def section(run: RunDir, results: Results, cfg: Any) -> Section:
         "",
     ]
     done = md.finished(results)
-    # nats: two decimals (or more for a small standard error), whatever the magnitude
-    nats = {key: md.column(done, key, decimals=2) for key in NATS}
-    rows: list[list[Any]] = [
-        [
-            k,
-            *(nats[key][k] for key in NATS),
-            pm(r, "evals_per_step"),
-            fmt_timing(step_timing(r), scale=1000),
-        ]
-        for k, r in md.sort_by(done, "test_neg_elbo")
-    ]
-    rows += [
-        [
-            k,
-            f"diverged at {divergence(r)}",
-            None,
-            None,
-            pm(r, "evals_per_step"),
-            fmt_timing(step_timing(r), scale=1000),
-        ]
-        for k, r in results.items()
-        if k not in done
-    ]
+    rows = md.nats_rows(results, NATS, "test_neg_elbo")
     header = ["estimator", "test −ELBO", "test IW bound", "valid −ELBO", "f-evals / step"]
     text += [md.table([*header, "ms / step"], rows), ""]
     rec = Records(run)
