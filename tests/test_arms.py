@@ -69,7 +69,7 @@ def test_n2_is_disarm_draw_for_draw():
     b1, b2 = dis._pair(theta, u_dis)
     torch.testing.assert_close(b[0], b1, rtol=0, atol=0)
     df = (f(b1.double()) - f(b2.double())).unsqueeze(-1)
-    g_dis = dis._grad(theta, u_dis, b2, b1 != b2, df)
+    g_dis = dis._grad(theta, u_dis, torch.stack([b1, b2]).double(), df)
     torch.testing.assert_close(g_arms, g_dis, rtol=1e-12, atol=1e-12)
     assert (g_dis != 0).any()
     torch.testing.assert_close(copula_debias(theta, 2), torch.sigmoid(theta.abs()))
