@@ -135,7 +135,9 @@ def training_batch(
         batch = binarize(
             batch, "dynamic", generator=ctx.generator(f"{name}/binarize/{step}", "cpu")
         )
-    return batch.to(ctx.device), idx
+    if batch.device != ctx.device:  # a no-op .to() still costs a dispatch per step
+        batch = batch.to(ctx.device)
+    return batch, idx
 
 
 def check_batch(size: int, n: int, what: str = "training images") -> None:

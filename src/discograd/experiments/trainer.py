@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import math
 import signal
@@ -81,6 +82,7 @@ MODEL_FORMAT = 1
 TIMING_WINDOWS = 20
 
 
+@functools.lru_cache(maxsize=4096)
 def stream_seed(seed: int, name: str) -> int:
     """The seed of random stream ``name`` of run seed ``seed``: a SHA-256 of both, 63 bits.
 
@@ -379,7 +381,9 @@ def check_finite(quantity: str, *tensors: Tensor | None) -> None:
         total = present[0].item()
     elif present[0].device.type == "cpu":
         # Python floats: no accumulation ops (reading a CPU tensor costs no synchronisation).
-        total = sum(t.sum().item() for t in present)
+        total = 0.0
+        for t in present:
+            total += t.sum().item()
     else:
         total = torch.stack([t.sum().float() for t in present]).sum().item()
     if math.isfinite(total):
