@@ -518,3 +518,70 @@ def test_the_report_compares_estimators_on_one_problem_at_a_time():
     assert "against 5 ± 0.0577 for `toy/b`" in sentences[0]
     assert "| `bernoulli/a` | 0.0015 ± 2.89e-04 | 0.0015 ± 2.89e-04 | 3 |" in text
     assert printed[-1] == "no result has snr"  # a misspelt or absent metric is said
+
+
+GATES_SWEEP = """\
+task = "gates"
+seeds = 2
+families = ["hard_concrete", "straight_through"]
+[base]
+steps = 4
+batch_size = 20
+eval_every = 2
+log_every = 2
+checkpoint_every = 2
+[grid]
+lambdas = [[0.001], [0.01]]
+"""
+
+TOPK_SWEEP = """\
+task = "topk"
+seeds = 1
+methods = ["relaxed_subset", "simple"]
+[base]
+steps = 4
+batch_size = 20
+masks = 4
+eval_every = 2
+log_every = 2
+checkpoint_every = 2
+[grid]
+ks = [[3], [3, 8]]
+"""
+
+
+def test_gates_and_topk_sweep_one_cell_per_family_or_method(tmp_path, capsys):
+    gates, topk = tmp_path / "gates.toml", tmp_path / "topk.toml"
+    gates.write_text(GATES_SWEEP)
+    topk.write_text(TOPK_SWEEP)
+    assert run(str(gates), "--jobs", "1", "--out", str(tmp_path / "g"), "--quiet") == 0
+    names = set(statuses(tmp_path / "g"))
+    assert names == {
+        f"lambdas={lam}--{fam}--seed{s}"
+        for lam in (0.001, 0.01)
+        for fam in ("hard_concrete", "straight_through")
+        for s in (0, 1)
+    }
+    res = json.loads((tmp_path / "g" / "results.json").read_text())
+    assert res["metrics"] == ["test_accuracy", "fraction_open"]
+    first = res["points"][0]["results"]
+    assert set(first) == {"hard_concrete@0.001", "straight_through@0.001"}
+    assert first["hard_concrete@0.001"]["n"]["test_accuracy"] == 2
+    capsys.readouterr()
+    assert run(str(gates), "--jobs", "1", "--out", str(tmp_path / "g"), "--quiet") == 0
+    assert "8 done, 0 to resume, 0 new" in capsys.readouterr().out
+
+    assert run(str(topk), "--jobs", "1", "--out", str(tmp_path / "t"), "--quiet") == 0
+    res = json.loads((tmp_path / "t" / "results.json").read_text())
+    # the columns follow each cell's ks: the union over the grid, in order
+    assert res["metrics"] == ["test_accuracy_k3", "test_accuracy_k8"]
+    assert len(statuses(tmp_path / "t")) == 4
+    assert set(res["points"][1]["results"]) == {"relaxed_subset", "simple"}
+    assert "test_accuracy_k8" in capsys.readouterr().out
+
+
+def test_a_sweep_file_names_one_axis(tmp_path, capsys):
+    path = tmp_path / "both.toml"
+    path.write_text('task = "gates"\nfamilies = ["gaussian"]\nmethods = ["simple"]\n')
+    assert run(str(path), "--out", str(tmp_path / "x"), "--quiet") == 2
+    assert "give one of estimators, methods, families" in capsys.readouterr().err

@@ -78,10 +78,24 @@ TASKS = {
     "vae": "discograd.experiments.vae:VAETask",
     "sbn": "discograd.experiments.sbn:SBNTask",
     "ssl": "discograd.experiments.ssl:SSLTask",
+    "gates": "discograd.experiments.gates:GatesTask",
+    "topk": "discograd.experiments.topk:TopKTask",
 }
 
 #: keys a sweep file may hold
-FILE_KEYS = ("task", "config", "base", "grid", "estimators", "methods", "seeds", "metrics")
+FILE_KEYS = (
+    "task",
+    "config",
+    "base",
+    "grid",
+    "estimators",
+    "methods",
+    "families",
+    "seeds",
+    "metrics",
+)
+#: the config fields that can list what a task trains, one cell per entry
+AXES = ("estimators", "methods", "families")
 
 # The variance study declares no headline numbers; these are its table's columns.
 _VARIANCE_METRICS = ("bias", "variance", "snr", "cosine")
@@ -184,7 +198,7 @@ def load_sweep(
         if unknown:
             raise ConfigError(
                 f"{file}: unknown key {unknown[0]!r}; a sweep file holds "
-                + ", ".join(k for k in FILE_KEYS if k != "methods")
+                + ", ".join(k for k in FILE_KEYS if k not in AXES[1:])
             )
     name = task or data.get("task")
     if not isinstance(name, str):
@@ -225,9 +239,9 @@ def load_sweep(
             raise ConfigError(f"--grid {item!r}: use key=value1,value2, e.g. --grid lr=1e-3,3e-4")
         sweep.grid[key.strip().replace("-", "_")] = _grid_values(text.strip(), item)
 
-    axis = [k for k in ("estimators", "methods") if k in data]
+    axis = [k for k in AXES if k in data]
     if len(axis) > 1:
-        raise ConfigError(f"{where}: give estimators or methods, not both")
+        raise ConfigError(f"{where}: give one of {', '.join(AXES)}, got {', '.join(axis)}")
     if axis:
         sweep.estimators = _str_list(data[axis[0]], axis[0], where)
     if estimators is not None:
@@ -314,9 +328,10 @@ def cell_name(point: Sequence[tuple[str, Any]], estimator: str, seed: int) -> st
 
 
 def _axis_field(config_class: type) -> str:
-    """The config field that lists what a task trains: ``estimators`` (``methods`` for ssl)."""
+    """The config field that lists what a task trains: ``estimators`` (``methods`` for ssl
+    and topk, ``families`` for gates)."""
     names = {f.name for f in dataclasses.fields(config_class)}
-    for name in ("estimators", "methods"):
+    for name in AXES:
         if name in names:
             return name
     raise ConfigError(f"{config_class.__name__} has no estimators to sweep")  # pragma: no cover
@@ -925,11 +940,18 @@ def collect(out: Path, cells: Sequence[Cell], task: str) -> list[dict[str, Any]]
     ]
 
 
-def _metrics(sweep: Sweep) -> list[str]:
+def _metrics(sweep: Sweep, cells: Sequence[Cell] = ()) -> list[str]:
+    """The table's columns: ``--metrics``, else the task's headline numbers for the
+    cells' settings (``headlines(config)``: topk's depend on its ``ks``), in order."""
+    from discograd.experiments.config import build
+
     if sweep.metrics:
         return list(sweep.metrics)
-    headline = tuple(_task_class(sweep.task).headline)
-    return list(headline or (_VARIANCE_METRICS if sweep.task == "variance" else ()))
+    task = _task_class(sweep.task)()
+    keys = dict.fromkeys(task.headline)
+    for cell in cells:
+        keys.update(dict.fromkeys(task.headlines(build(task.Config, cell.config))))
+    return list(keys or (_VARIANCE_METRICS if sweep.task == "variance" else ()))
 
 
 def _numeric(value: Any) -> bool:
@@ -981,7 +1003,7 @@ def write_results(
         "task": sweep.task,
         "grid": grid_values(cells),
         "seeds": sorted({c.seed for c in cells}),
-        "metrics": _metrics(sweep),
+        "metrics": _metrics(sweep, cells),
         "cells": dict(counts),
         "points": points,
     }
