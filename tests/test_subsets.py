@@ -15,7 +15,7 @@
   torch-imle (torch's Gamma sampler, per-row top-k) in mean and variance;
   the Gamma sampler behind sum_of_gamma against Gamma's moments.
 * DecoupledSTGumbelSoftmax and GappedStraightThrough: references written
-  after relaxit and chijames/GST, in mean and variance; forward law of the
+  from the decoupled formulas and after chijames/GST, in mean and variance; forward law of the
   decoupled sample at τ_f ≠ 1; temperatures and schedules.
 """
 
@@ -467,7 +467,8 @@ def test_decoupled_against_a_reference_and_its_forward_law():
     out = DecoupledSTGumbelSoftmax(tf, tb)(f_seen, q, generator=torch.Generator().manual_seed(3))
     (g,) = torch.autograd.grad(out.loss.sum(), leaf)
     assert_mean_matches(seen[0], torch.softmax(theta / tf, -1))
-    # relaxit's rsample, on the n copies of the logits
+    # the two formulas written out on the n copies of the logits (not relaxit's
+    # rsample, which divides the perturbed logits by each temperature)
     g2 = torch.Generator().manual_seed(4)
     t = theta.expand(n, 5).clone().requires_grad_()
     u = torch.rand(n, 5, generator=g2, dtype=torch.float64)
@@ -476,7 +477,7 @@ def test_decoupled_against_a_reference_and_its_forward_law():
     index = (t.detach() / tf + gumbels).max(-1, keepdim=True)[1]
     hard = torch.zeros_like(soft).scatter_(-1, index, 1.0)
     (ref,) = torch.autograd.grad(f(hard - soft.detach() + soft).sum(), t)
-    assert_same_mean_and_variance(g, ref, "DecoupledSTGumbelSoftmax vs relaxit-style")
+    assert_same_mean_and_variance(g, ref, "DecoupledSTGumbelSoftmax vs reference")
 
 
 def test_gapped_against_the_reference_algorithm():
