@@ -166,8 +166,15 @@ def main() -> None:
     parser.add_argument("--name", required=True, help="protocol name, for titles and files")
     parser.add_argument("--plots", type=Path, help="folder for <name>.png")
     parser.add_argument("--markdown", type=Path, help="write the table here (default: print)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", help="only these seeds (default: every seed found)"
+    )
     args = parser.parse_args()
     cells = read_cells(args.sweep)
+    if args.seeds is not None:
+        keep = set(args.seeds)
+        cells = {e: {s: v for s, v in seeds.items() if s in keep} for e, seeds in cells.items()}
+        cells = {e: seeds for e, seeds in cells.items() if seeds}
     if not cells:
         parser.error(f"no cells with metrics under {args.sweep / 'cells'}")
     rel = None
