@@ -465,6 +465,58 @@ def _carms_intervals(C: int) -> tuple[Tensor, Tensor, Tensor]:
     return begin, hi, keep
 
 
+#: Elements of one ``[pairs, rows, P]`` float64 block of :func:`_carms_pair_joint`
+#: (256 KiB): its dozen passes then run in cache, and the blocks' buffers are
+#: recycled by the allocator instead of tens of MiB being mapped and faulted in
+#: afresh every call. At 4000 variables, n = 4, C = 10 (one thread, one
+#: process, main's code interleaved): 70 -> 32 ms a call; 2^14 to 2^17 are
+#: within the noise of each other, 2^20 gave most of the gain back.
+_CARMS_BLOCK = 1 << 15
+
+
+def _carms_pair_joint(
+    prefix: Tensor,
+    p_first: Tensor,
+    pz: Tensor,
+    z: Tensor,
+    begin: Tensor,
+    hi_tab: Tensor,
+    keep_tab: Tensor,
+    I: Tensor,
+    J: Tensor,
+) -> Tensor:
+    """``[pairs, rows]``: the copula's probability of the sampled pairs ``(z_I, z_J)``.
+
+    Averaged over the orders; the inputs are those of :meth:`CARMS.estimate` for a block of rows.
+
+    Rows (variables) are independent: any split of the rows gives the same bits.
+    """
+    n, R = z.shape
+    P = begin.shape[0]
+    C = (prefix.shape[-1] - 1) // 2
+    # The copula CDF is max(x^e + y^e - 1, 0)^(n-1), e = 1/(n-1): the powers x^e
+    # once per end. These [n or pairs, rows, P] tensors are most of CARMS's work
+    # (45 orders at C = 10): formed in place, each pass allocating nothing new
+    # where it can.
+    ends = torch.empty(2, n, R, P, dtype=torch.float64, device=prefix.device)
+    cyc = torch.gather(prefix.expand(n, R, 2 * C + 1), -1, hi_tab[z], out=ends[0])
+    left = cyc.sub_(prefix[:, begin]).addcmul_(keep_tab[z], p_first)
+    torch.add(left, pz.unsqueeze(-1), out=ends[1])
+    ends.clamp_(0, 1)  # [2, n, rows, P]: left and right ends
+    if n > 2:  # x^e as exp(e log x): vectorised, faster than a float64 pow on CPU
+        ends.log_().mul_(1.0 / (n - 1)).exp_()
+    a, b1 = ends.index_select(1, I), ends.index_select(1, J).sub_(1)  # b1 = y^e - 1
+
+    def cdf(x: Tensor, y1: Tensor, out: Tensor | None = None) -> Tensor:
+        t = torch.add(x, y1, out=out).clamp_min_(0)
+        return t.pow_(n - 1) if n > 2 else t
+
+    rect = cdf(a[1], b1[1])
+    scratch = torch.empty_like(rect)
+    rect.sub_(cdf(a[0], b1[1], scratch)).sub_(cdf(a[1], b1[0], scratch))
+    return rect.add_(cdf(a[0], b1[0], scratch)).clamp_min_(0).mean(-1)
+
+
 @register("carms")
 class CARMS(NSamplesEstimator):
     r"""CARMS: categorical antithetic REINFORCE multi-sample estimator.
@@ -552,28 +604,23 @@ class CARMS(NSamplesEstimator):
         p_first = probs[:, orders[:, 0]]  # [R, P]
         pz = probs.gather(-1, z.transpose(0, 1)).transpose(0, 1)  # [n, R]
         # P(a, b) for the sampled pairs i < j (the copula is exchangeable, so the
-        # matrix is symmetric), averaged over the orders. The copula CDF is
-        # max(x^e + y^e - 1, 0)^(n-1), e = 1/(n-1): the powers x^e once per end.
-        # These [n or pairs, R, P] tensors are most of CARMS's work (45 orders at
-        # C = 10): formed in place, each pass allocating nothing new where it can.
-        ends = torch.empty(2, n, R, P, dtype=torch.float64, device=device)
-        cyc = prefix.expand(n, R, 2 * C + 1).gather(-1, hi_tab[z])
-        left = torch.sub(cyc, prefix[:, begin], out=ends[0]).addcmul_(keep_tab[z], p_first)
-        torch.add(left, pz.unsqueeze(-1), out=ends[1])
-        ends.clamp_(0, 1)  # [2, n, R, P]: left and right ends
-        if n > 2:  # x^e as exp(e log x): vectorised, faster than a float64 pow on CPU
-            ends.log_().mul_(1.0 / (n - 1)).exp_()
+        # matrix is symmetric), averaged over the orders, in blocks of rows (below).
         I, J = torch.triu_indices(n, n, 1, device=device)
-        a, b1 = ends[:, I], ends[:, J].sub_(1)  # [2, pairs, R, P]; b1 = y^e - 1
-
-        def cdf(x: Tensor, y1: Tensor, out: Tensor | None = None) -> Tensor:
-            t = torch.add(x, y1, out=out).clamp_min_(0)
-            return t.pow_(n - 1) if n > 2 else t
-
-        rect = cdf(a[1], b1[1])
-        scratch = torch.empty_like(rect)
-        rect.sub_(cdf(a[0], b1[1], scratch)).sub_(cdf(a[1], b1[0], scratch))
-        pair_joint = rect.add_(cdf(a[0], b1[0], scratch)).clamp_min_(0).mean(-1)  # [pairs, R]
+        pair_joint = torch.empty(I.shape[0], R, dtype=torch.float64, device=device)
+        rows = max(1, _CARMS_BLOCK // (I.shape[0] * P))
+        for r0 in range(0, R, rows):  # cache-sized blocks of variables, not a loop per variable
+            r1 = min(r0 + rows, R)
+            pair_joint[:, r0:r1] = _carms_pair_joint(
+                prefix[r0:r1],
+                p_first[r0:r1],
+                pz[:, r0:r1],
+                z[:, r0:r1],
+                begin,
+                hi_tab,
+                keep_tab,
+                I,
+                J,
+            )
         joint = torch.zeros(n, n, R, dtype=torch.float64, device=device)
         joint[I, J] = pair_joint
         joint[J, I] = pair_joint
