@@ -607,7 +607,9 @@ class CARMS(NSamplesEstimator):
         # matrix is symmetric), averaged over the orders, in blocks of rows (below).
         I, J = torch.triu_indices(n, n, 1, device=device)
         pair_joint = torch.empty(I.shape[0], R, dtype=torch.float64, device=device)
-        rows = max(1, _CARMS_BLOCK // (I.shape[0] * P))
+        # CPU: cache-sized blocks. An accelerator gains nothing from them and would pay a
+        # kernel launch per pass per block: one block.
+        rows = max(1, _CARMS_BLOCK // (I.shape[0] * P)) if device.type == "cpu" else R
         for r0 in range(0, R, rows):  # cache-sized blocks of variables, not a loop per variable
             r1 = min(r0 + rows, R)
             pair_joint[:, r0:r1] = _carms_pair_joint(
