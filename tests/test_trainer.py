@@ -131,11 +131,13 @@ def test_ctrl_c_finishes_the_step_saves_a_checkpoint_and_resumes_exactly(tmp_pat
     run_task(CoinTask(), cfg, tmp_path / "a")
     task = CoinTask()
     task.interrupt_at = 8  # not a checkpoint step
+    # What was installed before (SIG_IGN when the suite runs as a background job).
+    handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
         run_task(task, cfg, tmp_path / "b")
     saved = torch.load(tmp_path / "b" / "ckpt-coin_rloo_n_samples_3_seed0.pt", weights_only=False)
     assert saved["state"]["progress"]["step"] == 9  # step 8 was finished first
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert signal.getsignal(signal.SIGINT) is handler  # restored
     run_task(CoinTask(), cfg, tmp_path / "b")
     assert records(tmp_path / "b") == records(tmp_path / "a")
 
