@@ -67,13 +67,18 @@ def _masked_theta() -> torch.Tensor:
     return theta
 
 
+def _problem(name: str):
+    """A default k-hot problem by name, or ``"masked"``: C = 5, k = 2, D = 2 with -inf logits."""
+    if name != "masked":
+        return make_problem(name)
+    p = k_hot_problem(5, 2, 2)
+    p.logits = _masked_theta()
+    return p
+
+
 @pytest.mark.parametrize("name", ["subset-C10-k3", "subset-C6-k2-D3", "masked"])
 def test_exact_gradient_equals_autograd_of_the_enumerated_expectation(name):
-    if name == "masked":
-        p = k_hot_problem(5, 2, 2)
-        p.logits = _masked_theta()
-    else:
-        p = make_problem(name)
+    p = _problem(name)
     assert p.kind == "k_hot" and p.k is not None
     leaf = p.logits.clone().requires_grad_()
     (g,) = p.exact(leaf)
@@ -92,11 +97,7 @@ def test_exact_gradient_equals_autograd_of_the_enumerated_expectation(name):
 
 @pytest.mark.parametrize("name", ["subset-C10-k3", "subset-C6-k2-D3", "masked"])
 def test_exact_gradient_equals_finite_differences(name):
-    if name == "masked":
-        p = k_hot_problem(5, 2, 2)
-        p.logits = _masked_theta()
-    else:
-        p = make_problem(name)
+    p = _problem(name)
     leaf = p.logits.clone().requires_grad_()
     (g,) = p.exact(leaf)
     finite = torch.isfinite(p.logits)
