@@ -11,7 +11,7 @@ import torch
 from scipy import stats
 
 import discograd as dg
-from discograd.functional import _top_k_rows
+from discograd.functional import _block_logsumexp, _top_k_rows
 
 from conftest import chi_square_pvalue
 
@@ -129,3 +129,21 @@ def test_bad_k():
         dg.gumbel_top_k(x, 2.0)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="logits"):
         dg.gumbel_top_k([0.0, 1.0], 1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_block_logsumexp_is_exact_where_exp_overflows_or_underflows(dtype):
+    """The fast path (no shift) hands over to the shifted one on an infinite or tiny block sum."""
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(6, 7, 5, generator=gen, dtype=torch.float64)
+    cases = {
+        "ordinary": base,
+        "overflow": base + 1000.0,  # exp overflows: the block sums are inf
+        "one huge block": torch.where(torch.arange(5) == 2, base + 800.0, base),
+        "underflow": base - 1000.0,  # exp underflows to 0
+        "masked block": torch.where(torch.arange(5) == 1, -math.inf, base),
+    }
+    for name, grid in cases.items():
+        got = _block_logsumexp(grid.to(dtype))
+        want = torch.logsumexp(grid, -2).to(dtype)
+        torch.testing.assert_close(got, want, msg=name)
