@@ -38,13 +38,18 @@ METRICS = {
 }
 
 
-def read_cells(sweep: Path) -> dict[str, dict[int, dict[str, dict[int, float]]]]:
-    """estimator -> seed -> metric -> step -> value."""
+def read_cells(
+    sweep: Path, finished: bool = False
+) -> dict[str, dict[int, dict[str, dict[int, float]]]]:
+    """estimator -> seed -> metric -> step -> value (``finished``: only cells that ran to
+    their end, i.e. wrote ``results.json``)."""
     out: dict[str, dict[int, dict[str, dict[int, float]]]] = defaultdict(dict)
     for cell in sorted((sweep / "cells").iterdir()):
         m = CELL.match(cell.name)
         path = cell / "metrics.jsonl"
         if m is None or not path.exists():
+            continue
+        if finished and not (cell / "results.json").exists():
             continue
         series: dict[str, dict[int, float]] = defaultdict(dict)
         for line in path.read_text().splitlines():
@@ -169,8 +174,11 @@ def main() -> None:
     parser.add_argument(
         "--seeds", type=int, nargs="+", help="only these seeds (default: every seed found)"
     )
+    parser.add_argument(
+        "--finished", action="store_true", help="only the cells that ran to their last step"
+    )
     args = parser.parse_args()
-    cells = read_cells(args.sweep)
+    cells = read_cells(args.sweep, finished=args.finished)
     if args.seeds is not None:
         keep = set(args.seeds)
         cells = {e: {s: v for s, v in seeds.items() if s in keep} for e, seeds in cells.items()}
