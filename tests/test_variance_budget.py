@@ -112,6 +112,8 @@ def test_budget_plan_matches_sample_sizes_and_keeps_fixed_costs_within_budget():
     assert over == {"indecater:n_samples=1": 30.0}
     assert sample_size_parameter("sum_and_sample") == "k"
     assert sample_size_parameter("rloo:n_samples=3") is None  # fixed by the spec
+    # SIMPLE's and I-MLE's k is the subset's size, not a number of samples
+    assert sample_size_parameter("simple") is None and sample_size_parameter("imle") is None
 
 
 def test_budget_plan_with_real_estimators():

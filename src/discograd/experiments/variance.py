@@ -595,9 +595,12 @@ def sample_size_parameter(spec: str) -> str | None:
     """The hyper-parameter setting ``spec``'s sample size (``None``: it has none, or
     the spec fixes it: then its cost is taken as it is)."""
     name, kwargs = parse_spec(spec)
-    defaults = info(name).defaults
+    entry = info(name)
     for key in SAMPLE_SIZE_PARAMETERS:
-        if key in defaults:
+        # A k-hot estimator's k is the subset's size, part of the problem, not a sample size.
+        if key == "k" and getattr(entry.cls, "k_hot", False):
+            continue
+        if key in entry.defaults:
             return None if key in kwargs else key
     return None
 
