@@ -128,7 +128,9 @@ def training_batch(
     function of (seed, step).
     """
     idx = batch_indices(len(x), size, step, ctx, name)
-    batch = x.index_select(0, idx)  # several times faster than x[idx] on CPU
+    # index_select: several times faster than x[idx] on CPU, but it wants the
+    # indices on x's device (x[idx] moved them itself).
+    batch = x.index_select(0, idx if idx.device == x.device else idx.to(x.device))
     if binarization == "dynamic":
         from discograd.data import binarize
 
