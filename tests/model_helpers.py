@@ -113,3 +113,32 @@ def run_task(
 
             run.save_checkpoint = save_then_stop  # type: ignore[method-assign]
         return Trainer(run, quiet=True).run(task, cfg, data=data)
+
+
+def assert_kill_per_phase_resumes_exactly(
+    make_task: Callable[[], Any],
+    cfg: Any,
+    tmp_path: Any,
+    data: Any,
+    full_results: Any,
+    *,
+    phases: int,
+    interrupt_at: int,
+) -> None:
+    """Stop every one of ``phases`` phases once, right after its checkpoint at
+    ``interrupt_at`` (run folder ``tmp_path / "part"``), then resume: the results and
+    the records equal those of the uninterrupted run in ``tmp_path / "full"``."""
+    import dataclasses
+
+    import pytest
+
+    from discograd.experiments import RunDir
+
+    for _ in range(phases):
+        with pytest.raises(Interrupted):
+            run_task(make_task(), cfg, tmp_path / "part", data=data, interrupt_at=interrupt_at)
+    res_part = run_task(make_task(), cfg, tmp_path / "part", data=data)
+    full = RunDir(tmp_path / "full", dataclasses.asdict(cfg))
+    part = RunDir(tmp_path / "part", dataclasses.asdict(cfg))
+    assert without_timing(res_part) == without_timing(full_results)
+    assert without_timing(part.records()) == without_timing(full.records())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
@@ -12,8 +11,11 @@ import torch
 import discograd.cli as cli
 from discograd.distributions import GaussianRelaxedBernoulli, HardConcrete, HardKumaraswamy
 from discograd.experiments.gates import GATE_FAMILIES, GateModel, GatesConfig, GatesTask
-from discograd.experiments.runner import RunDir
-from model_helpers import Interrupted, run_task, tiny_data, without_timing
+from model_helpers import (
+    assert_kill_per_phase_resumes_exactly,
+    run_task,
+    tiny_data,
+)
 
 
 def model(family: str, dim: int = 7) -> GateModel:
@@ -97,7 +99,6 @@ def test_run_gates_and_resume_equivalence(tmp_path):
     data = tiny_data()
     cfg = small_cfg()
     res_full = run_task(GatesTask(), cfg, tmp_path / "full", data=data)
-    full = RunDir(tmp_path / "full", dataclasses.asdict(cfg))
     assert set(res_full) == {f"{f}@{lam:g}" for f in GATE_FAMILIES for lam in (0.0, 0.05)}
     for summary in res_full.values():
         assert 0.0 <= summary["test_accuracy"] <= 1.0
@@ -105,13 +106,10 @@ def test_run_gates_and_resume_equivalence(tmp_path):
     for fam in GATE_FAMILIES:  # a penalty shuts gates
         assert res_full[f"{fam}@0.05"]["expected_open"] < res_full[f"{fam}@0"]["expected_open"]
 
-    for _ in range(len(res_full)):  # kill every phase once, right after its checkpoint at step 4
-        with pytest.raises(Interrupted):
-            run_task(GatesTask(), cfg, tmp_path / "part", data=data, interrupt_at=4)
-    res_part = run_task(GatesTask(), cfg, tmp_path / "part", data=data)
-    part = RunDir(tmp_path / "part", dataclasses.asdict(cfg))
-    assert without_timing(res_part) == without_timing(res_full)
-    assert without_timing(part.records()) == without_timing(full.records())
+    # kill every phase once, right after its checkpoint at step 4
+    assert_kill_per_phase_resumes_exactly(
+        GatesTask, cfg, tmp_path, data, res_full, phases=len(res_full), interrupt_at=4
+    )
 
 
 def test_gates_cli_writes_results_table_and_plot(tmp_path, capsys):

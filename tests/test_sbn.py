@@ -16,12 +16,11 @@ from discograd.experiments.runner import RunDir
 from discograd.experiments.sbn import SBNConfig, SBNTask
 from discograd.models import StochasticBinaryNetwork
 from model_helpers import (
-    Interrupted,
+    assert_kill_per_phase_resumes_exactly,
     flat,
     per_draw_grads,
     run_task,
     tiny_data,
-    without_timing,
 )
 
 from conftest import assert_mean_matches
@@ -248,13 +247,9 @@ def test_run_sbn_smoke_and_resume_equivalence(tmp_path):
 
     # Kill every phase once, right after its checkpoint at step 6 (state: EMA
     # baselines, RELAX's network and its optimiser, temperature counters).
-    for _ in cfg.estimators:
-        with pytest.raises(Interrupted):
-            run_task(SBNTask(), cfg, tmp_path / "part", data=data, interrupt_at=6)
-    res_part = run_task(SBNTask(), cfg, tmp_path / "part", data=data)
-    part = RunDir(tmp_path / "part", dataclasses.asdict(cfg))
-    assert without_timing(res_part) == without_timing(res_full)
-    assert without_timing(part.records()) == without_timing(full.records())
+    assert_kill_per_phase_resumes_exactly(
+        SBNTask, cfg, tmp_path, data, res_full, phases=len(cfg.estimators), interrupt_at=6
+    )
 
 
 def test_run_sbn_categorical_defaults(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
@@ -10,7 +9,6 @@ import torch
 
 import discograd.cli as cli
 from discograd.errors import ConfigError
-from discograd.experiments.runner import RunDir
 from discograd.experiments.topk import (
     TOPK_METHODS,
     Selector,
@@ -19,7 +17,11 @@ from discograd.experiments.topk import (
     st_topk_mask,
     top_k_mask,
 )
-from model_helpers import Interrupted, run_task, tiny_data, without_timing
+from model_helpers import (
+    assert_kill_per_phase_resumes_exactly,
+    run_task,
+    tiny_data,
+)
 
 
 def small_cfg(**kw) -> TopKConfig:
@@ -106,14 +108,10 @@ def test_run_topk_and_resume_equivalence(tmp_path):
         for k in cfg.ks:
             assert 0.0 <= summary[f"test_accuracy_k{k}"] <= 1.0
             assert len(summary[f"pixels_k{k}"]) == k
-    full = RunDir(tmp_path / "full", dataclasses.asdict(cfg))
-    for _ in cfg.methods:  # kill every phase once, right after its checkpoint at step 6
-        with pytest.raises(Interrupted):
-            run_task(TopKTask(), cfg, tmp_path / "part", data=data, interrupt_at=6)
-    res_part = run_task(TopKTask(), cfg, tmp_path / "part", data=data)
-    part = RunDir(tmp_path / "part", dataclasses.asdict(cfg))
-    assert without_timing(res_part) == without_timing(res_full)
-    assert without_timing(part.records()) == without_timing(full.records())
+    # kill every phase once, right after its checkpoint at step 6
+    assert_kill_per_phase_resumes_exactly(
+        TopKTask, cfg, tmp_path, data, res_full, phases=len(cfg.methods), interrupt_at=6
+    )
 
 
 def test_topk_cli_writes_results_and_the_plot(tmp_path, capsys):
