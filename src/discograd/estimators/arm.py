@@ -48,9 +48,10 @@ class _Antithetic(Estimator):
         u = open_uniform((B, V), th.dtype, latent.device, generator)
         b1, b2 = self._pair(th, u)
         if torch.equal(b1, b2):  # one configuration per data point: one call, no score term
-            f1 = latent.call_f(f, latent.encode(as_shape(b1, latent.index_shape())), ())
+            z1 = latent.encode(b1)  # [B, V]
+            f1 = latent.call_f(f, as_shape(z1, latent.index_shape()), ())
             values = f1.reshape(1, B).expand(2, B)
-            z = latent.encode(b1).unsqueeze(0).expand(2, B, V)
+            z = z1.unsqueeze(0).expand(2, B, V)
             count: float | Tensor = 1.0
         else:
             # Both samples in one call of f. No per-data-point deduplication: f takes one
