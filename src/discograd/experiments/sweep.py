@@ -940,7 +940,7 @@ def collect(out: Path, cells: Sequence[Cell], task: str) -> list[dict[str, Any]]
     ]
 
 
-def _metrics(sweep: Sweep, cells: Sequence[Cell] = ()) -> list[str]:
+def _metrics(sweep: Sweep, cells: Sequence[Cell]) -> list[str]:
     """The table's columns: ``--metrics``, else the task's headline numbers for the
     cells' settings (``headlines(config)``: topk's depend on its ``ks``), in order."""
     from discograd.experiments.config import build
