@@ -35,6 +35,7 @@ from discograd.estimators import (
     SIMPLE,
     DecoupledSTGumbelSoftmax,
     GappedStraightThrough,
+    STGumbelSoftmax,
     StraightThrough,
     registry,
 )
@@ -478,6 +479,26 @@ def test_decoupled_against_a_reference_and_its_forward_law():
     hard = torch.zeros_like(soft).scatter_(-1, index, 1.0)
     (ref,) = torch.autograd.grad(f(hard - soft.detach() + soft).sum(), t)
     assert_same_mean_and_variance(g, ref, "DecoupledSTGumbelSoftmax vs reference")
+
+
+def test_decoupled_at_one_temperature_is_st_gumbel_softmax_of_the_scaled_logits():
+    # The paper writes both passes as softmax(l / tau + g), so tau_f = tau_b = tau
+    # is ST-GS at temperature 1 on theta / tau (with the chain rule's 1 / tau),
+    # not STGumbelSoftmax(tau), whose forward pass ignores tau.
+    theta = theta_rows(1, 5, 53)[0]
+    n, tau = 20000, 0.4
+    w = torch.linspace(-1.0, 2.0, 5, dtype=torch.float64)
+
+    def f(z):
+        return torch.tanh(z @ w) * 2 + (z @ w) ** 2
+
+    leaf, q = _khot_problem(n, theta)
+    out = DecoupledSTGumbelSoftmax(tau, tau)(f, q, generator=torch.Generator().manual_seed(7))
+    (g,) = torch.autograd.grad(out.loss.sum(), leaf)
+    leaf2, q2 = _khot_problem(n, theta / tau)
+    out2 = STGumbelSoftmax(1.0)(f, q2, generator=torch.Generator().manual_seed(8))
+    (g2,) = torch.autograd.grad(out2.loss.sum(), leaf2)
+    assert_same_mean_and_variance(g, g2 / tau, "DecoupledST(tau, tau) vs ST-GS(1) of theta/tau")
 
 
 def test_gapped_against_the_reference_algorithm():

@@ -48,10 +48,13 @@ class DecoupledSTGumbelSoftmax(_Tempered):
     :math:`q` itself at :math:`\tau_f = 1` (then ``Estimate.value`` is unbiased
     for :math:`\mathbb E_q[f]`); :math:`\tau_f < 1` explores less. :math:`\tau_b`
     sets how the gradient spreads over the categories. The temperatures divide
-    the logits and the noise is added after; relaxit 1.2.1's
-    ``DecoupledStraightThroughGumbelSoftmax`` instead divides the perturbed
-    logits, so its forward sample ignores :math:`\tau_f` and the two agree only
-    at :math:`\tau_f = \tau_b = 1` (see docs/estimators.md). Bernoulli
+    the logits and the noise is added after, :math:`\mathrm{softmax}(\ell/\tau + g)`
+    as the paper writes both passes (departing, by its own footnote, from
+    Jang et al.'s :math:`(\ell + g)/\tau`); so at :math:`\tau_f = \tau_b = \tau`
+    this is ST-GS on the logits :math:`\theta/\tau`, not ``STGumbelSoftmax(tau)``.
+    relaxit 1.2.1's ``DecoupledStraightThroughGumbelSoftmax`` divides the
+    perturbed logits instead, so its forward sample ignores :math:`\tau_f` and
+    the two agree only at :math:`\tau_f = \tau_b = 1` (see docs/estimators.md). Bernoulli
     variables: :math:`b = 1[\alpha/\tau_f + L > 0]`, backward through
     :math:`\sigma(\alpha/\tau_b + L)`, :math:`L` logistic noise. Biased.
 
