@@ -432,3 +432,89 @@ def test_item3_gradient_stats_with_zero_probabilities():
 
     stats = gradient_stats(RLOO(4), f, q, theta, n_draws=4000, generator=_gen(15))
     assert stats.bias < 4 * stats.bias_noise
+
+
+# ------------------------------------------------- uniforms at the clamp's ends
+_UNIFORM_DRIVEN = {
+    # the estimators whose evaluated points are all draws of q made from open_uniform
+    "bernoulli": ["arm", "disarm", "arms", "arms:n_samples=2", "local_disarm", "local_arms"],
+    "categorical": [
+        "categorical_disarm",
+        "categorical_disarm:encoding=tree",
+        "categorical_disarm:importance_weighted=True",
+        "carms",
+        "ar",
+        "ars",
+        "arsm",
+        "ars_plus",
+        "arsm_plus",
+    ],
+}
+
+
+def _uniform_modules():
+    import importlib
+    import pkgutil
+
+    import discograd.estimators as pkg
+
+    names = [m.name for m in pkgutil.iter_modules(pkg.__path__)]
+    mods = [importlib.import_module(f"{pkg.__name__}.{n}") for n in names]
+    return [m for m in mods if hasattr(m, "open_uniform")]
+
+
+@pytest.mark.parametrize("end", ["lowest", "highest"])
+@pytest.mark.parametrize("kind", ["bernoulli", "categorical"])
+def test_uniforms_at_the_clamp_ends_never_sample_the_impossible(monkeypatch, kind, end):
+    """Every uniform open_uniform can return, its two ends included, gives possible samples.
+
+    torch.rand returns exactly 0 with probability 2^-24 (float32), which the
+    clamp turns into ``tiny``; ``1 - u`` then rounds to 1, and a test written
+    ``1 - u < p`` drew b = 0 at a +inf logit (DisARM, LocalDisARM) or took the
+    side of a stick-breaking node whose remaining categories are all masked
+    (CategoricalDisARM). Every estimator module's ``open_uniform`` is replaced
+    by a constant at one end of the clamp and every point ``f`` sees is checked.
+    """
+
+    def extreme(shape, dtype, device, generator):
+        fi = torch.finfo(dtype)
+        value = fi.tiny if end == "lowest" else 1.0 - fi.eps / 2
+        return torch.full(tuple(shape), value, dtype=dtype, device=device)
+
+    for mod in _uniform_modules():
+        monkeypatch.setattr(mod, "open_uniform", extreme)
+    if kind == "bernoulli":
+        theta = torch.tensor([[math.inf, 0.3, -math.inf], [-math.inf, math.inf, 1.5]])
+        q = Independent(Bernoulli(logits=theta), 1)
+
+        def possible(z):
+            forced_one, forced_zero = theta == math.inf, theta == -math.inf
+            return bool(((z == 1) | ~forced_one).all() & ((z == 0) | ~forced_zero).all())
+
+    else:
+        theta = torch.tensor([[[0.2, 1.0, -math.inf, -math.inf], [-math.inf, 0.5, -math.inf, 0.1]]])
+        theta = theta.expand(3, 2, 4)
+        q = Independent(Categorical(logits=theta), 1)
+
+        def possible(z):
+            if z.shape[-2:] == (2, 4):  # one-hot: a vertex of the simplex, then its index
+                if not (((z == 0) | (z == 1)).all() and (z.sum(-1) == 1).all()):
+                    return False
+                z = z.argmax(-1)
+            picked = theta.expand(*z.shape, 4).gather(-1, z.long().unsqueeze(-1))
+            return bool(torch.isfinite(picked).all())
+
+    for spec in _UNIFORM_DRIVEN[kind]:
+        est = registry.make(spec)
+        seen = []
+
+        def f(z, seen=seen):
+            seen.append(z.detach())
+            one_hot = kind == "categorical" and z.shape[-2:] == (2, 4)
+            return z.to(torch.float32).flatten(z.dim() - 2 if one_hot else z.dim() - 1).sum(-1)
+
+        cost = (lambda z: -f(z)) if getattr(est, "multi_sample", False) else f
+        est(cost, q, generator=_gen(1))
+        assert seen, spec
+        for z in seen:
+            assert possible(z), f"{spec} evaluated an impossible point at the {end} uniform: {z}"

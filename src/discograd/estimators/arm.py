@@ -123,7 +123,9 @@ class DisARM(_Antithetic):
 
     def _pair(self, theta, u):
         p = torch.sigmoid(theta)
-        return u < p, (1 - u) < p
+        # 1 - u < p written as u > 1 - p: 1 - u rounds to 1 for the smallest u,
+        # which would draw b~ = 0 where p = 1 (a +inf logit); 1 - p is exactly 0 there.
+        return u < p, u > 1 - p
 
     def _grad(self, theta, u, z, df):
         # (-1)^{b~_d} 1[b_d != b~_d] = b_d - b~_d: one subtraction of the evaluated pair.

@@ -43,8 +43,12 @@ def dirichlet_copula(
 
     Each :math:`d_k` is Beta(1, n - 1), so :math:`1 - d_k` has CDF :math:`t^{n-1}`
     and :math:`u_k` is exactly uniform. At ``n = 2`` the pair is :math:`(1 - d_1, d_1)`,
-    an antithetic pair.
+    an antithetic pair, drawn as :math:`(u, 1 - u)` from one uniform (the same law,
+    without the exponentials).
     """
+    if n == 2:
+        u = open_uniform(shape, dtype, device, generator)
+        return torch.stack([u, 1 - u])
     e = -open_uniform((n, *shape), dtype, device, generator).log()
     d = e / e.sum(0, keepdim=True)
     return (1 - d).pow(n - 1)
@@ -72,8 +76,11 @@ def copula_debias(theta: Tensor, n: int) -> Tensor:
     on both sides of :math:`\frac12`, so the factor is
     :math:`\sigma(|\theta|)\, m / (m - J(m))`: :math:`\sigma(|\theta|)` exactly
     where :math:`J(m) = 0` (every :math:`m \le 2^{-(n-1)}`, including the
-    deterministic variables), never 0/0.
+    deterministic variables), never 0/0. At :math:`n = 2`, :math:`J = 0` for every
+    :math:`m \le \frac12`: the factor is :math:`\sigma(|\theta|)`, DisARM's.
     """
+    if n == 2:
+        return torch.sigmoid(theta.abs())
     m = torch.sigmoid(-theta.abs())
     joint = (2 * m.pow(1.0 / (n - 1)) - 1).clamp_min(0).pow(n - 1)
     positive = joint > 0
@@ -357,7 +364,9 @@ class CategoricalDisARM(Estimator):
         p = torch.where(reached, (lse_one - safe_node).exp(), 0.0)  # P(decision = 1)
         pc = torch.where(reached, (lse_zero - safe_node).exp(), 0.0)  # P(decision = 0)
         u = open_uniform((R, K), th.dtype, device, generator)
-        b = torch.stack([u < p, (1 - u) < p])  # [2, R, K]
+        # u > 1 - p, not 1 - u < p: 1 - u rounds to 1 for the smallest u, which would
+        # take the impossible side of a node with p = 1 (masked categories after it).
+        b = torch.stack([u < p, u > 1 - p])  # [2, R, K]
         if self.encoding == "stick_breaking":
             stop = torch.cat([b, b.new_ones(2, R, 1)], -1)
             z = stop.to(torch.uint8).argmax(-1)  # the first decision that is 1

@@ -196,7 +196,7 @@ class LocalDisARM(_MultiSampleBound):
         B, V, theta, th = flat_logits(latent)
         u = open_uniform((K, B, V), th.dtype, latent.device, generator)
         p = torch.sigmoid(th)
-        b, b_tilde = u < p, (1 - u) < p
+        b, b_tilde = u < p, u > 1 - p  # not 1 - u < p: see DisARM._pair
         pairs = torch.stack([b, b_tilde]).reshape(latent.index_shape((2 * K,)))
         ell = latent.call_f(f, latent.encode(pairs), (2 * K,)).reshape(2, K, B)
         lw = ell.to(th.dtype)
