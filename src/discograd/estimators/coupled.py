@@ -632,14 +632,16 @@ class CARMS(NSamplesEstimator):
                 I,
                 J,
             )
-        joint = torch.zeros(n, n, R, dtype=torch.float64, device=device)
-        joint[I, J] = pair_joint
-        joint[J, I] = pair_joint
-        indep = pz.unsqueeze(1) * pz.unsqueeze(0)
-        off = ~torch.eye(n, dtype=torch.bool, device=device).unsqueeze(-1)
-        ratio = torch.where(off & (joint > 0), indep / torch.where(joint > 0, joint, 1.0), 0.0)
+        possible = pair_joint > 0
+        ratio = torch.where(
+            possible, pz[I] * pz[J] / torch.where(possible, pair_joint, 1.0), 0.0
+        )  # [pairs, R]
         fd = values.detach().double().repeat_interleave(V, dim=1)  # [n, R]
-        h = (ratio * (fd.unsqueeze(1) - fd.unsqueeze(0))).sum(1)  # [n, R]: Σ_j r_ij (f_i - f_j)
+        # h_i = Σ_j r_ij (f_i - f_j) from the pairs i < j alone (r is symmetric, the
+        # difference antisymmetric): no [n, n, R] tensors.
+        c = ratio.mul_(fd[I] - fd[J])
+        h = torch.zeros(n, R, dtype=torch.float64, device=device)
+        h.index_add_(0, I, c).index_add_(0, J, c, alpha=-1)
         score = (z.unsqueeze(-1) == torch.arange(C, device=device)).double() - probs
         grad = (h.unsqueeze(-1) * score).sum(0) / (n * (n - 1))
         loss = surrogate(mean_f, grad.to(th.dtype).reshape(B, V, C), theta, 2, finite=latent.finite)
