@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from discograd.estimators._ops import compute_dtype
+from discograd.estimators._ops import as_dtype, as_shape, compute_dtype, uniform
 from discograd.estimators._surrogate import surrogate
 from discograd.estimators.base import CostFn, Estimate, Estimator, Latent
 from discograd.estimators.registry import register
@@ -70,7 +70,9 @@ def _check_bool(name: str, value: object) -> bool:
 
 def _loo(x: Tensor) -> Tensor:
     """Leave-one-out means along dim 0: entry k is the mean of the others."""
-    return (x.sum(0, keepdim=True) - x) / (x.shape[0] - 1)
+    rest = x.sum(0, keepdim=True) - x
+    # At K = 2 the division is by 1, exact: skip the pass.
+    return rest if x.shape[0] == 2 else rest / (x.shape[0] - 1)
 
 
 class _Draws:
@@ -86,11 +88,16 @@ class _Draws:
     ) -> None:
         B, D = math.prod(latent.batch_shape), latent.n_vars
         cdt = compute_dtype(latent.dtype)
-        self.theta = latent.logits.reshape(B, D)
-        z = latent.encode(latent.sample((K,), generator))
+        self.theta = as_shape(latent.logits, (B, D))
+        th = as_dtype(self.theta.detach(), cdt)
+        self.p = torch.sigmoid(th)
+        # latent.sample's draw (u < σ(θ) in the compute dtype) with this σ(θ), not a
+        # second one.
+        u = uniform((K, B, D), cdt, latent.device, generator)
+        z = (u < self.p).to(latent.dtype).view(latent.index_shape((K,)))
         track = torch.is_grad_enabled()
         if track:
-            z = z.detach().requires_grad_()
+            z.requires_grad_()  # a fresh leaf: no detach needed
         self.fz = latent.call_f(f, z, (K,))
         grad = None
         if track and self.fz.requires_grad:
@@ -100,19 +107,17 @@ class _Draws:
             (grad,) = torch.autograd.grad(
                 self.fz, z, torch.ones_like(self.fz), retain_graph=True, allow_unused=True
             )
-        th = self.theta.detach().to(cdt)
-        self.p = torch.sigmoid(th)
-        self.b = z.detach().reshape(K, B, D).to(cdt)
+        self.b = as_dtype(z.detach().view(K, B, D), cdt)
         self.s = self.b - self.p
         if grad is None:
             self.grad = torch.zeros_like(self.b)
         elif latent.finite:
-            self.grad = grad.reshape(K, B, D).to(cdt)
+            self.grad = as_dtype(grad.view(K, B, D), cdt)
         else:
             # A deterministic variable's coordinate never varies: its ∂f/∂z enters
             # nothing in exact arithmetic, and an inf there must not make a NaN.
-            self.grad = torch.where(torch.isfinite(th), grad.reshape(K, B, D).to(cdt), 0.0)
-        self.fd = self.fz.detach().reshape(K, B).to(cdt)
+            self.grad = torch.where(torch.isfinite(th), as_dtype(grad.view(K, B, D), cdt), 0.0)
+        self.fd = as_dtype(as_shape(self.fz.detach(), (K, B)), cdt)
         self.finite = latent.finite
 
 
@@ -288,7 +293,9 @@ class SteinControlNet(nn.Module):
             # A unit is active for t > -c / a; with a = 0 that kink is -inf (always
             # active) for c > 0 and +inf (never) for c < 0; c = a = 0 contributes
             # nothing either way (NaN -> +inf).
-            kinks = (-c / a).nan_to_num_(math.inf, math.inf, -math.inf)
+            # c / (-a) is -c / a exactly (negation is exact): one sign flip of H
+            # numbers instead of one per point.
+            kinks = (c / -a).nan_to_num_(math.inf, math.inf, -math.inf)
             kinks, order = kinks.sort(-1)
             # searchsorted's left side: the number of kinks strictly below t.
             pos = torch.searchsorted(kinks, taylor.contiguous())  # [..., Q]
@@ -434,12 +441,12 @@ class RODEO(_SteinFamily):
         """
         net = self.control_net
         dtype = next(iter(net.parameters()), taylor).dtype
-        t, m = taylor.to(dtype), cost.to(dtype)
+        t, m = as_dtype(taylor, dtype), as_dtype(cost, dtype)
         if isinstance(net, SteinControlNet) and type(net).forward is SteinControlNet.forward:
             out = net._at_points(t, m)
         else:
             out = net(t, m.unsqueeze(-1)).movedim(-1, 0)
-        return out.to(taylor.dtype)
+        return as_dtype(out, taylor.dtype)
 
     def _control(self, d: _Draws) -> Tensor:
         """``[2, K, B, D + 1]``: both outputs of h_k at b_k (index 0) and at its D neighbours."""
