@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from discograd.estimators._common import NSamplesEstimator, flat_logits
-from discograd.estimators._ops import open_uniform
+from discograd.estimators._ops import as_dtype, open_uniform
 from discograd.estimators._surrogate import surrogate
 from discograd.estimators.base import CostFn, Estimate, Estimator, Latent
 from discograd.estimators.registry import register
@@ -49,12 +49,13 @@ def dirichlet_copula(
     if n == 2:
         u = open_uniform(shape, dtype, device, generator)
         return torch.stack([u, 1 - u])
-    e = -open_uniform((n, *shape), dtype, device, generator).log()
-    d = e / e.sum(0, keepdim=True)
-    return (1 - d).pow(n - 1)
+    # In place: the uniforms are this function's own scratch.
+    e = open_uniform((n, *shape), dtype, device, generator).log_().neg_()
+    d = e.div_(e.sum(0, keepdim=True))
+    return d.neg_().add_(1).pow_(n - 1)  # (1 - d)^(n-1); -d + 1 is 1 - d exactly
 
 
-def copula_bits(theta: Tensor, uc: Tensor) -> Tensor:
+def copula_bits(theta: Tensor, uc: Tensor, p: Tensor | None = None) -> Tensor:
     r"""Bernoulli samples from copula uniforms ``uc`` (``(n,) + theta.shape``).
 
     :math:`b = 1[u < p]` for :math:`p = \sigma(\theta) < \frac12`; for
@@ -63,8 +64,11 @@ def copula_bits(theta: Tensor, uc: Tensor) -> Tensor:
     correlated, as in the official code. Written with :math:`\sigma(-\theta)` and ``>=`` so that a
     logit of ``+inf`` gives 1 even where ``uc`` is exactly 0.
     """
-    low = theta < 0
-    return torch.where(low, uc < torch.sigmoid(theta), uc >= torch.sigmoid(-theta))
+    # 1[u >= σ(-θ)] = not 1[u < σ(-θ)]: one comparison against a per-variable threshold,
+    # flipped where θ >= 0, instead of two comparisons and a select over the n samples.
+    high = theta >= 0
+    p = torch.sigmoid(theta) if p is None else p
+    return (uc < torch.where(high, torch.sigmoid(-theta), p)) ^ high
 
 
 def copula_debias(theta: Tensor, n: int) -> Tensor:
@@ -79,22 +83,25 @@ def copula_debias(theta: Tensor, n: int) -> Tensor:
     deterministic variables), never 0/0. At :math:`n = 2`, :math:`J = 0` for every
     :math:`m \le \frac12`: the factor is :math:`\sigma(|\theta|)`, DisARM's.
     """
+    a = theta.abs()
     if n == 2:
-        return torch.sigmoid(theta.abs())
-    m = torch.sigmoid(-theta.abs())
+        return torch.sigmoid(a)
+    m = torch.sigmoid(-a)
     joint = (2 * m.pow(1.0 / (n - 1)) - 1).clamp_min(0).pow(n - 1)
     positive = joint > 0
     ratio = torch.where(positive, m / torch.where(positive, m - joint, 1.0), 1.0)
-    return torch.sigmoid(theta.abs()) * ratio
+    return torch.sigmoid(a) * ratio
 
 
-def arms_grad(theta: Tensor, b: Tensor, values: Tensor, n: int) -> Tensor:
+def arms_grad(theta: Tensor, b: Tensor, values: Tensor, n: int, p: Tensor | None = None) -> Tensor:
     r""":math:`\frac{1}{n-1}\sum_k (f_k - \bar f)(b_k - p)\,c(\theta)`, the ARMS
-    gradient w.r.t. the logits: ``theta`` ``[B, V]``, ``b`` ``[n, B, V]`` (bool),
-    ``values`` ``[n, B]`` (detached, ``theta``'s dtype)."""
+    gradient w.r.t. the logits: ``theta`` ``[B, V]``, ``b`` ``[n, B, V]`` (bool, or
+    0./1. floats), ``values`` ``[n, B]`` (detached, ``theta``'s dtype); ``p``, if
+    given, is :math:`\sigma(\theta)` (not recomputed)."""
     centred = (values - values.mean(0, keepdim=True)).unsqueeze(-1)
-    score = b.to(theta.dtype) - torch.sigmoid(theta)
-    return (centred * score).sum(0) * copula_debias(theta, n) / (n - 1)
+    score = as_dtype(b, theta.dtype) - (torch.sigmoid(theta) if p is None else p)
+    grad = (centred * score).sum(0) * copula_debias(theta, n)
+    return grad if n == 2 else grad / (n - 1)  # / 1 is exact: skipped
 
 
 @register("arms")
@@ -143,10 +150,12 @@ class ARMS(NSamplesEstimator):
         n = self.n_samples
         B, V, theta, th = flat_logits(latent)
         uc = dirichlet_copula(n, (B, V), th.dtype, latent.device, generator)
-        b = copula_bits(th, uc)
-        x = latent.encode(b.reshape(latent.index_shape((n,))))
+        p = torch.sigmoid(th)
+        b = copula_bits(th, uc, p)
+        x = latent.encode(b.view(latent.index_shape((n,))))
         values = latent.call_f(f, x, (n,)).reshape(n, B)
-        grad = arms_grad(th, b, values.detach().to(th.dtype), n)
+        # The encoded samples are b as 0./1. floats: no second conversion.
+        grad = arms_grad(th, x.view(n, B, V), as_dtype(values.detach(), th.dtype), n, p)
         mean_f = values.mean(0)
         loss = surrogate(mean_f, grad, theta, 1, finite=latent.finite)
         return Estimate(
