@@ -27,13 +27,14 @@ truth is :class:`~discograd.estimators.exact.ExactMultiSample` with
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch import Tensor
 
 from discograd.estimators._common import NSamplesEstimator, flat_logits
-from discograd.estimators._ops import compute_dtype, open_uniform
+from discograd.estimators._ops import as_dtype, as_shape, compute_dtype, open_uniform
 from discograd.estimators._surrogate import surrogate, zero_valued
 from discograd.estimators.base import CostFn, Estimate, Estimator, Latent
 from discograd.estimators.coupled import (
@@ -51,6 +52,12 @@ def log_mean_exp(x: Tensor, dim: int = 0) -> Tensor:
     return torch.logsumexp(x, dim) - math.log(x.shape[dim])
 
 
+@functools.lru_cache(maxsize=32)
+def _eye(K: int, device: torch.device) -> Tensor:
+    """``[K, K]`` bool identity, made once per size and device (read only)."""
+    return torch.eye(K, dtype=torch.bool, device=device)
+
+
 def swap_one_out(ell: Tensor, replacement: Tensor) -> Tensor:
     r"""``[K, ...]``: the bound with sample ``k``'s log weight replaced by ``replacement[k]``,
     :math:`\log \frac1K \big(\sum_{j \ne k} e^{\ell_j} + e^{r_k}\big)` at entry ``k``.
@@ -59,7 +66,7 @@ def swap_one_out(ell: Tensor, replacement: Tensor) -> Tensor:
     its ``k``-th entry swapped): no cancellation as a difference of sums would have.
     """
     K = ell.shape[0]
-    eye = torch.eye(K, dtype=torch.bool, device=ell.device).reshape((K, K) + (1,) * (ell.dim() - 1))
+    eye = _eye(K, ell.device).view((K, K) + (1,) * (ell.dim() - 1))
     rows = torch.where(eye, replacement.unsqueeze(1), ell.unsqueeze(0))
     return log_mean_exp(rows, 1)
 
@@ -89,8 +96,8 @@ def _finish(loss: Tensor, bound: Tensor, latent: Latent, ell: Tensor, evals: int
     """The Estimate of ``-bound`` with ``loss`` (compute dtype, ``[B]``) in ``ell``'s dtype."""
     shape = latent.batch_shape
     return Estimate(
-        loss=loss.to(ell.dtype).reshape(shape),
-        value=(-bound).detach().to(ell.dtype).reshape(shape),
+        loss=as_shape(as_dtype(loss, ell.dtype), shape),
+        value=as_shape(as_dtype((-bound).detach(), ell.dtype), shape),
         n_evals=float(evals),
     )
 
@@ -197,16 +204,18 @@ class LocalDisARM(_MultiSampleBound):
         u = open_uniform((K, B, V), th.dtype, latent.device, generator)
         p = torch.sigmoid(th)
         b, b_tilde = u < p, u > 1 - p  # not 1 - u < p: see DisARM._pair
-        pairs = torch.stack([b, b_tilde]).reshape(latent.index_shape((2 * K,)))
-        ell = latent.call_f(f, latent.encode(pairs), (2 * K,)).reshape(2, K, B)
-        lw = ell.to(th.dtype)
+        x = latent.encode(torch.stack([b, b_tilde]).view(latent.index_shape((2 * K,))))
+        ell = latent.call_f(f, x, (2 * K,)).reshape(2, K, B)
+        lw = as_dtype(ell, th.dtype)
         bound = log_mean_exp(lw[0], 0)
         ld = lw.detach()
         signal = (bound.detach().unsqueeze(0) - swap_one_out(ld[0], ld[1])).unsqueeze(-1)
-        sign = torch.where(b_tilde, -1.0, 1.0).to(th.dtype)
-        factor = sign * (b != b_tilde) * torch.sigmoid(th.abs())
-        grad = (0.5 * signal * factor).sum(0)  # gradient of the bound: ascent direction
-        loss = surrogate(-bound, -grad, theta, 1, finite=latent.finite)
+        # (-1)^b̃ 1[b != b̃] is b - b̃, one subtraction of the encoded pair; the factor
+        # -0.5 gives the negated gradient (the loss descends) by exact sign flips.
+        xs = x.view(2, K, B, V)
+        diff = as_dtype(xs[0] - xs[1], th.dtype)
+        neg_grad = (-0.5 * signal * diff * torch.sigmoid(th.abs())).sum(0)
+        loss = surrogate(-bound, neg_grad, theta, 1, finite=latent.finite)
         return _finish(loss, bound, latent, ell, 2 * K)
 
 
