@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from discograd.estimators._common import NSamplesEstimator, flat_logits
-from discograd.estimators._ops import as_dtype, as_shape, compute_dtype, open_uniform
+from discograd.estimators._ops import as_dtype, as_shape, compute_dtype, open_uniform, uniform
 from discograd.estimators._surrogate import surrogate, zero_valued
 from discograd.estimators.base import CostFn, Estimate, Estimator, Latent
 from discograd.estimators.coupled import (
@@ -136,19 +136,47 @@ class VIMCO(_MultiSampleCount):
 
     def estimate(self, f: CostFn, latent: Latent, generator: torch.Generator | None) -> Estimate:
         K = self.n_samples
+        if latent.kind == "bernoulli":
+            return self._bernoulli(f, latent, generator)
         z = latent.sample((K,), generator)
         ell = latent.call_f(f, latent.encode(z), (K,))
         cdt = compute_dtype(latent.dtype)
         lw = ell.to(cdt)
         bound = log_mean_exp(lw, 0)
-        ld = lw.detach()
-        others_mean = (ld.sum(0, keepdim=True) - ld) / (K - 1)
-        signal = bound.detach().unsqueeze(0) - swap_one_out(ld, others_mean)
+        signal = self._signal(lw, bound)
         # log q(z_k) of sampled values is finite (impossible values are never
         # drawn), and its gradient at masked / deterministic logits is 0.
         log_q = latent.log_prob(z).to(cdt)
         score = zero_valued((signal * log_q).sum(0))
         return _finish(-(bound + score), bound, latent, ell, K)
+
+    def _signal(self, lw: Tensor, bound: Tensor) -> Tensor:
+        """``[K, B]``: the learning signals L̂ - L̂_{-k} (detached)."""
+        ld = lw.detach()
+        rest = ld.sum(0, keepdim=True) - ld
+        K = self.n_samples
+        others_mean = rest if K == 2 else rest / (K - 1)  # / 1 is exact: skipped
+        return bound.detach().unsqueeze(0) - swap_one_out(ld, others_mean)
+
+    def _bernoulli(self, f: CostFn, latent: Latent, generator: torch.Generator | None) -> Estimate:
+        """Bernoulli variables: the score part Σ_k signal_k ∇ log q(z_k) formed explicitly,
+        Σ_k signal_k (z_k - σ(θ)), and handed to :func:`surrogate` (the same gradient as
+        differentiating Σ_k signal_k log q(z_k), without the log-probabilities' forward and
+        backward passes)."""
+        K = self.n_samples
+        B, V, theta, th = flat_logits(latent)
+        p = torch.sigmoid(th)
+        # latent.sample's draw (u < σ(θ) in the compute dtype) with this σ(θ).
+        u = uniform((K, B, V), th.dtype, latent.device, generator)
+        z = (u < p).to(latent.dtype).view(latent.index_shape((K,)))
+        ell = latent.call_f(f, z, (K,))
+        lw = as_dtype(as_shape(ell, (K, B)), th.dtype)
+        bound = log_mean_exp(lw, 0)
+        signal = self._signal(lw, bound)
+        # The loss is -(bound + score): its gradient is Σ_k signal_k (σ(θ) - z_k).
+        neg_grad = ((p - as_dtype(z.view(K, B, V), th.dtype)) * signal.unsqueeze(-1)).sum(0)
+        loss = surrogate(-bound, neg_grad, theta, 1, finite=latent.finite)
+        return _finish(loss, bound, latent, ell, K)
 
 
 @register("local_disarm")
