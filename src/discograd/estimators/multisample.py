@@ -289,19 +289,24 @@ class LocalARMS(_MultiSampleCount):
     def estimate(self, f: CostFn, latent: Latent, generator: torch.Generator | None) -> Estimate:
         n = self.n_samples
         B, V, theta, th = flat_logits(latent)
-        b = open_uniform((n, B, V), th.dtype, latent.device, generator) < torch.sigmoid(th)
-        b_tilde = copula_bits(th, dirichlet_copula(n, (B, V), th.dtype, latent.device, generator))
-        both = torch.stack([b, b_tilde]).reshape(latent.index_shape((2 * n,)))
-        ell = latent.call_f(f, latent.encode(both), (2 * n,)).reshape(2, n, B)
-        lw = ell.to(th.dtype)
+        p = torch.sigmoid(th)
+        b = open_uniform((n, B, V), th.dtype, latent.device, generator) < p
+        b_tilde = copula_bits(
+            th, dirichlet_copula(n, (B, V), th.dtype, latent.device, generator), p
+        )
+        x = latent.encode(torch.stack([b, b_tilde]).view(latent.index_shape((2 * n,))))
+        ell = latent.call_f(f, x, (2 * n,)).reshape(2, n, B)
+        lw = as_dtype(ell, th.dtype)
         bound = log_mean_exp(lw[0], 0)
         ld = lw.detach()
         # log sum_{j != k} e^{l_j} for every k: the bound's other samples.
         K = n
-        eye = torch.eye(K, dtype=torch.bool, device=th.device).unsqueeze(-1)
+        eye = _eye(K, th.device).unsqueeze(-1)
         rest = torch.logsumexp(torch.where(eye, -math.inf, ld[0].unsqueeze(0)), 1)  # [K, B]
         # F[k, m]: sample k swapped for the coupled sample m.
         swapped = torch.logaddexp(rest.unsqueeze(1), ld[1].unsqueeze(0)) - math.log(K)
-        grad = arms_grad(th, b_tilde, swapped.sum(0), n)  # gradient of the bound
+        # The coupled samples as encoded (0./1. floats) and σ(θ) of the draw: no recomputing.
+        b_coupled = x.view(2, n, B, V)[1]
+        grad = arms_grad(th, b_coupled, swapped.sum(0), n, p)  # gradient of the bound
         loss = surrogate(-bound, -grad, theta, 1, finite=latent.finite)
         return _finish(loss, bound, latent, ell, 2 * n)
