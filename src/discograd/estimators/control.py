@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from discograd.estimators._ops import (
+    as_dtype,
     compute_dtype,
     divide_by_tau,
     gumbel_from_uniform_,
@@ -61,6 +62,7 @@ from discograd.estimators._ops import (
     one_hot,
     open_uniform,
     softmax_last,
+    uniform,
 )
 from discograd.estimators._surrogate import sum_event, surrogate, zero_valued
 from discograd.estimators.base import CostFn, Estimate, Estimator, Latent, _conform
@@ -429,6 +431,37 @@ class _InputBaseline(nn.Module):
         return b
 
 
+def _draw(
+    latent: Latent, generator: torch.Generator | None, p: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``(z, x, p)``: a sample, ``f``'s input, and for Bernoulli variables σ(θ) in the
+    compute dtype (``p`` if given), the probabilities the sample was drawn with
+    (``latent.sample``'s draw, u < σ(θ), without a second sigmoid); ``p`` is ``None``
+    for categorical variables."""
+    if latent.kind == "categorical":
+        z = latent.sample((), generator)
+        return z, latent.encode(z), None
+    if p is None:
+        p = torch.sigmoid(as_dtype(latent.logits.detach(), compute_dtype(latent.dtype)))
+    u = uniform(p.shape, p.dtype, latent.device, generator)
+    z = (u < p).to(latent.dtype)
+    return z, z, p
+
+
+def _bernoulli_score(latent: Latent, x: Tensor, p: Tensor, weight: Tensor) -> Tensor:
+    """Zero-valued, ``batch_shape``: its gradient w.r.t. the logits is
+    ``weight · ∇ log q(x)`` = ``weight (x - σ(θ))`` per variable, the gradient of
+    ``weight · zero_valued(log q(x))`` formed explicitly (no log-probabilities'
+    forward and backward passes); ``weight`` (detached, ``batch_shape``) is taken in
+    the compute dtype, as the log-probabilities' backward pass would take it."""
+    B, V = math.prod(latent.batch_shape), latent.n_vars
+    cdt = p.dtype
+    w = as_dtype(weight.detach(), cdt).reshape(B, 1)
+    g = w * (as_dtype(x, cdt) - p).reshape(B, V)
+    theta = latent.logits.reshape(B, V)
+    return surrogate(p.new_zeros(()), g, theta, 1, finite=latent.finite).reshape(latent.batch_shape)
+
+
 class _Called(Estimator):
     """``estimator(f, q, *, features=None, generator=None)``: an estimator whose
     baseline may read per-data-point features given at call time."""
@@ -581,8 +614,8 @@ class NVIL(_Called):
 
     def _estimate(self, f, latent, generator, features):
         b = self.baseline(latent, features)  # before sampling: it cannot see the sample
-        z = latent.sample((), generator)
-        fz = latent.call_f(f, latent.encode(z), ())
+        z, x, p = _draw(latent, generator)
+        fz = latent.call_f(f, x, ())
         fd = fz.detach()
         wd = torch.promote_types(fd.dtype, compute_dtype(latent.dtype))
         signal = fd.to(wd) - b.detach().to(wd)
@@ -590,8 +623,11 @@ class NVIL(_Called):
         weight = signal - c
         if self.normalize:
             weight = weight / self.var.to(device=signal.device, dtype=wd).sqrt().clamp_min(1.0)
-        log_q = latent.log_prob(z).to(wd)
-        loss = fz + (weight * zero_valued(log_q)).to(fz.dtype)
+        if p is None:
+            log_q = latent.log_prob(z).to(wd)
+            loss = fz + (weight * zero_valued(log_q)).to(fz.dtype)
+        else:
+            loss = fz + _bernoulli_score(latent, x, p, weight).to(fz.dtype)
         cv_loss = None
         if b.requires_grad:
             cv_loss = (fd.to(b.dtype) - c.to(b.dtype) - b).pow(2).mean()
