@@ -753,8 +753,7 @@ class MuProp(_Called):
         theta = latent.logits
         th = theta.to(cdt)
         mean = torch.softmax(th, -1) if latent.kind == "categorical" else torch.sigmoid(th)
-        z = latent.sample((), generator)
-        x = latent.encode(z)
+        z, x, p = _draw(latent, generator, None if latent.kind == "categorical" else mean.detach())
         grad_on = torch.is_grad_enabled()
         mean_in = mean.detach().to(latent.dtype).requires_grad_(grad_on)
         # One call for both points; z̄ is not a one-hot point (see relaxed_evaluation).
@@ -787,8 +786,10 @@ class MuProp(_Called):
             cv = cv + b.to(wd)
         signal = fd.to(wd) - cv
         slope = g if e1 is None else e1.detach().to(cdt) * g
-        log_q = latent.log_prob(z).to(wd)
-        score = signal.detach() * zero_valued(log_q)
+        if p is None:
+            score = signal.detach() * zero_valued(latent.log_prob(z).to(wd))
+        else:
+            score = _bernoulli_score(latent, x, p, signal.detach())
         analytic = sum_event(slope * zero_valued(mean), n_event).to(wd)
         loss = fz + (score + analytic).to(fz.dtype)
         cv_loss = signal.pow(2).mean() if signal.requires_grad else None
