@@ -217,7 +217,7 @@ class DoubleCV(_SteinFamily):
         return f"n_samples={self.n_samples}, alpha={alpha:.4g}, learn={self.learn}"
 
     def _grad(self, d: _Draws) -> Tensor:
-        alpha = self.alpha.to(d.p.dtype)
+        alpha = as_dtype(self.alpha, d.p.dtype)
         h = (_loo(d.grad) * d.s).sum(-1)  # [K, B]: the local control variates over α
         rloo = ((d.fd - _loo(d.fd)).unsqueeze(-1) * d.s).mean(0)
         local = ((h - _loo(h)).unsqueeze(-1) * d.s).mean(0) - d.grad.mean(0) * d.p * (1 - d.p)
@@ -487,6 +487,6 @@ class RODEO(_SteinFamily):
         # only, by 1 - 2 b_d, and q(¬b_d)(1 - 2 b_d) = -s_d; so coordinate d is
         # s_d ((A h^1)(b_k) - h^1(x^(d)) / D).
         stein_grad = d.s * (dh1.unsqueeze(-1) - h[1, ..., 1:] / d.b.shape[-1])
-        baseline = _loo(d.fd + self.alpha.to(cdt) * c)
+        baseline = _loo(d.fd + as_dtype(self.alpha, cdt) * c)
         score = (d.fd - baseline).unsqueeze(-1) * d.s
-        return (score + self.beta.to(cdt) * stein_grad).mean(0)
+        return (score + as_dtype(self.beta, cdt) * stein_grad).mean(0)
