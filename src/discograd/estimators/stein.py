@@ -311,7 +311,10 @@ class SteinControlNet(nn.Module):
         start = torch.stack([base_slope, base_level])  # [2, 2, ..., 1]
         sums = torch.cat([start, by_kink], -1).cumsum(-1)  # [2, 2, ..., H + 1]
         active = sums.gather(-1, pos.expand(sums.shape[:2] + pos.shape))  # [2, 2, ..., Q]
-        return torch.addcmul(active[1], taylor, active[0])
+        # unbind, not two indexings: its backward stacks the two gradients instead of
+        # zero-filling a full-size gradient per index.
+        slope, at_level = active.unbind(0)
+        return torch.addcmul(at_level, taylor, slope)
 
 
 @register("rodeo")
@@ -479,14 +482,17 @@ class RODEO(_SteinFamily):
 
     def _grad(self, d: _Draws) -> Tensor:
         cdt = d.p.dtype
-        h = self._control(d)
+        # h at b_k and at its D neighbours. split and unbind, not slices: their
+        # backward passes join the gradients once instead of zero-filling a
+        # full-size gradient of h per slice.
+        at_b, nbrs = self._control(d).split([1, d.b.shape[-1]], -1)
         w = d.s.abs()  # q(¬b_d) = |b_d - p_d|: 0 at a deterministic variable
         # (A h)(b_k) for both outputs at once: [2, K, B].
-        c, dh1 = (w * (h[..., 1:] - h[..., :1])).mean(-1)
+        c, dh1 = (w * (nbrs - at_b)).mean(-1)
         # (A [h^1 s])(b_k): s at the neighbour x^(d) differs from s(b_k) in coordinate d
         # only, by 1 - 2 b_d, and q(¬b_d)(1 - 2 b_d) = -s_d; so coordinate d is
         # s_d ((A h^1)(b_k) - h^1(x^(d)) / D).
-        stein_grad = d.s * (dh1.unsqueeze(-1) - h[1, ..., 1:] / d.b.shape[-1])
+        stein_grad = d.s * (dh1.unsqueeze(-1) - nbrs.unbind(0)[1] / d.b.shape[-1])
         baseline = _loo(d.fd + as_dtype(self.alpha, cdt) * c)
         score = (d.fd - baseline).unsqueeze(-1) * d.s
         return (score + as_dtype(self.beta, cdt) * stein_grad).mean(0)
