@@ -220,6 +220,14 @@ def _binary_encoding(encoding: str, C: int) -> tuple[Tensor, Tensor, Tensor, Ten
     return ones, zeros, nodes, bits, valid
 
 
+@functools.lru_cache(maxsize=64)
+def _binary_encoding_on(
+    encoding: str, C: int, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_binary_encoding` on ``device``: one copy per device, not one per call."""
+    return tuple(t.to(device) for t in _binary_encoding(encoding, C))  # type: ignore[return-value]
+
+
 def _side_lse(ls: Tensor, side: Tensor) -> Tensor:
     """``[R, K]``: log-sum-exp of the log-probabilities ``ls [R, C]`` over each node's side."""
     masked = ls.unsqueeze(-2).masked_fill(~side.to(ls.device), -math.inf)
@@ -341,12 +349,24 @@ class CategoricalDisARM(Estimator):
         R = B * V
         th = th.reshape(R, C)
         device = th.device
-        lp = torch.log_softmax(th, -1)
-        if self.order == "none":
-            perm = torch.arange(C, device=device).expand(R, C)
+        # Ascending stick-breaking (the default, and the importance-weighted variant's
+        # only configuration) works in probability space: sorted ascending, every tail
+        # Σ_{k>=i} π_k holds the largest probability, so scaled by it the tails are
+        # >= 1 and neither underflow nor lose relative precision, and the decision
+        # probabilities are ratios of them. The normalisation cancels in those ratios:
+        # no log-softmax, and a cumsum for the logcumsumexp (most of this estimator's
+        # time on CPU). Other orders can leave only tiny tails: log space there.
+        fast = self.encoding == "stick_breaking" and self.order == "ascending"
+        if fast:
+            ls, perm = torch.sort(th, dim=-1, stable=True)
+            ls = ls - ls[:, -1:]  # log-probabilities up to a per-row constant, max 0
         else:
-            perm = torch.sort(lp, dim=-1, descending=self.order == "descending", stable=True)[1]
-        ls = lp.gather(-1, perm)  # log-probabilities in encoding order
+            lp = torch.log_softmax(th, -1)
+            if self.order == "none":
+                perm = torch.arange(C, device=device).expand(R, C)
+            else:
+                perm = torch.sort(lp, dim=-1, descending=self.order == "descending", stable=True)[1]
+            ls = lp.gather(-1, perm)  # log-probabilities in encoding order
         if C == 1:
             z = torch.zeros(2, R, dtype=torch.int64, device=device)
             x = latent.encode(z.reshape(latent.index_shape((2,))))
@@ -358,27 +378,33 @@ class CategoricalDisARM(Estimator):
                 value=mean_f.detach().reshape(latent.batch_shape),
                 n_evals=2.0,
             )
-        ones, zeros, nodes, bits, valid = (t.to(device) for t in _binary_encoding(self.encoding, C))
+        ones, zeros, nodes, bits, valid = _binary_encoding_on(self.encoding, C, device)
         K = C - 1
-        if self.encoding == "stick_breaking":
-            # Tails L_i = log Σ_{k>=i} π_k: the node's mass and its 0 side, in O(C).
-            tail = torch.logcumsumexp(ls.flip(-1), -1).flip(-1)
-            lse_node, lse_one, lse_zero = tail[:, :K], ls[:, :K], tail[:, 1:]
+        if fast:
+            mass = ls.exp()
+            tail = mass.flip(-1).cumsum(-1).flip(-1)  # >= 1: every node is reached
+            p, pc = mass[:, :K] / tail[:, :K], tail[:, 1:] / tail[:, :K]
+            if not self.importance_weighted:  # the bracket's conditionals, in log space
+                lse_one, lse_zero = ls[:, :K], tail[:, 1:].log()
         else:
-            lse_one, lse_zero = _side_lse(ls, ones), _side_lse(ls, zeros)
-            lse_node = torch.logaddexp(lse_one, lse_zero)
-        # A node no possible category reaches has lse_node = -inf: 0 instead of NaN.
-        reached = lse_node > -math.inf
-        safe_node = torch.where(reached, lse_node, 0.0)
-        p = torch.where(reached, (lse_one - safe_node).exp(), 0.0)  # P(decision = 1)
-        pc = torch.where(reached, (lse_zero - safe_node).exp(), 0.0)  # P(decision = 0)
+            if self.encoding == "stick_breaking":
+                # Tails L_i = log Σ_{k>=i} π_k: the node's mass and its 0 side, in O(C).
+                tail = torch.logcumsumexp(ls.flip(-1), -1).flip(-1)
+                lse_node, lse_one, lse_zero = tail[:, :K], ls[:, :K], tail[:, 1:]
+            else:
+                lse_one, lse_zero = _side_lse(ls, ones), _side_lse(ls, zeros)
+                lse_node = torch.logaddexp(lse_one, lse_zero)
+            # A node no possible category reaches has lse_node = -inf: 0 instead of NaN.
+            reached = lse_node > -math.inf
+            safe_node = torch.where(reached, lse_node, 0.0)
+            p = torch.where(reached, (lse_one - safe_node).exp(), 0.0)  # P(decision = 1)
+            pc = torch.where(reached, (lse_zero - safe_node).exp(), 0.0)  # P(decision = 0)
         u = open_uniform((R, K), th.dtype, device, generator)
         # u > 1 - p, not 1 - u < p: 1 - u rounds to 1 for the smallest u, which would
         # take the impossible side of a node with p = 1 (masked categories after it).
         b = torch.stack([u < p, u > 1 - p])  # [2, R, K]
         if self.encoding == "stick_breaking":
-            stop = torch.cat([b, b.new_ones(2, R, 1)], -1)
-            z = stop.to(torch.uint8).argmax(-1)  # the first decision that is 1
+            z = (~b).cumprod(-1).sum(-1)  # leading 0 decisions: the first that is 1 (K if none)
         else:
             on_path = b[:, :, nodes]  # [2, R, C, L]: the decisions along each category's path
             match = ((on_path == bits) | ~valid).all(-1)
@@ -397,10 +423,6 @@ class CategoricalDisARM(Estimator):
             same = (nodes[z[0]] == nodes[z[1]]) & valid[z[0]] & valid[z[1]]
             depth = same.to(torch.int64).cumprod(-1).sum(-1) - 1
             split = nodes[z[0]].gather(-1, depth.unsqueeze(-1)).squeeze(-1)
-        cats = torch.arange(C, device=device)
-        e_diff = (cats == z[0].unsqueeze(-1)).to(th.dtype) - (cats == z[1].unsqueeze(-1)).to(
-            th.dtype
-        )
         p_split, pc_split = p.gather(-1, split[:, None]), pc.gather(-1, split[:, None])
         if self.importance_weighted:
             # w = σ(|φ_m|) Π_{i<m} (1 - p_i)² / (1 - 2 p_i); ascending order keeps p_i <= 1/3
@@ -411,8 +433,17 @@ class CategoricalDisARM(Estimator):
             )
             cum = torch.cumsum(log_term, -1) - log_term  # Σ_{i<m}
             log_w = cum.gather(-1, split[:, None]) + torch.maximum(p_split, pc_split).log()
-            grad = torch.where(differ[:, None], half_df[:, None] * log_w.exp() * e_diff, 0.0)
+            # ±coef at z and z̃, placed straight in the original order: no e_z - e_z̃
+            # tensor and no un-permutation (a pair that coincides adds +0 and -0).
+            coef = torch.where(differ, half_df * log_w.squeeze(-1).exp(), 0.0)
+            grad_orig = torch.zeros_like(th).scatter_add_(
+                -1, z_orig.transpose(0, 1), torch.stack([coef, -coef], -1)
+            )
         else:
+            cats = torch.arange(C, device=device)
+            e_diff = (cats == z[0].unsqueeze(-1)).to(th.dtype) - (cats == z[1].unsqueeze(-1)).to(
+                th.dtype
+            )
             side = torch.stack([ones, zeros])  # the sides a sample can take at the split node
             lse_side = torch.stack([lse_one, lse_zero])
             took_one = b.gather(-1, split.expand(2, R).unsqueeze(-1)).squeeze(-1)  # [2, R]
@@ -426,7 +457,7 @@ class CategoricalDisARM(Estimator):
             low = torch.minimum(p_split, pc_split)
             bracket = e_diff - low * (cond[0] - cond[1])
             grad = torch.where(differ[:, None], half_df[:, None] * bracket, 0.0)
-        grad_orig = torch.zeros_like(grad).scatter_(-1, perm, grad)
+            grad_orig = torch.zeros_like(grad).scatter_(-1, perm, grad)
         loss = surrogate(mean_f, grad_orig.reshape(B, V, C), theta, 2, finite=latent.finite)
         return Estimate(
             loss=loss.reshape(latent.batch_shape),
