@@ -514,6 +514,13 @@ def _carms_intervals(C: int) -> tuple[Tensor, Tensor, Tensor]:
     return begin, hi, keep
 
 
+@functools.lru_cache(maxsize=64)
+def _carms_tables_on(C: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_carms_orders` and :func:`_carms_intervals` on ``device``, once per device."""
+    begin, hi, keep = _carms_intervals(C)
+    return tuple(t.to(device) for t in (_carms_orders(C), begin, hi, keep))  # type: ignore[return-value]
+
+
 #: Elements of one ``[pairs, rows, P]`` float64 block of :func:`_carms_pair_joint`
 #: (256 KiB): its dozen passes then run in cache, and the blocks' buffers are
 #: recycled by the allocator instead of tens of MiB being mapped and faulted in
@@ -525,10 +532,10 @@ _CARMS_BLOCK = 1 << 15
 
 def _carms_pair_joint(
     prefix: Tensor,
+    p_begin: Tensor,
     p_first: Tensor,
     pz: Tensor,
     z: Tensor,
-    begin: Tensor,
     hi_tab: Tensor,
     keep_tab: Tensor,
     I: Tensor,
@@ -541,15 +548,20 @@ def _carms_pair_joint(
     Rows (variables) are independent: any split of the rows gives the same bits.
     """
     n, R = z.shape
-    P = begin.shape[0]
+    P = p_begin.shape[-1]
     C = (prefix.shape[-1] - 1) // 2
     # The copula CDF is max(x^e + y^e - 1, 0)^(n-1), e = 1/(n-1): the powers x^e
     # once per end. These [n or pairs, rows, P] tensors are most of CARMS's work
     # (45 orders at C = 10): formed in place, each pass allocating nothing new
     # where it can.
     ends = torch.empty(2, n, R, P, dtype=torch.float64, device=prefix.device)
-    cyc = torch.gather(prefix.expand(n, R, 2 * C + 1), -1, hi_tab[z], out=ends[0])
-    left = cyc.sub_(prefix[:, begin]).addcmul_(keep_tab[z], p_first)
+    # index_select of whole table rows: a copy per row, where z-indexing (aten::index)
+    # pays per element.
+    flat_z = z.reshape(-1)
+    hi = hi_tab.index_select(0, flat_z).view(n, R, P)
+    cyc = torch.gather(prefix.expand(n, R, 2 * C + 1), -1, hi, out=ends[0])
+    keep = keep_tab.index_select(0, flat_z).view(n, R, P)
+    left = cyc.sub_(p_begin).addcmul_(keep, p_first)
     torch.add(left, pz.unsqueeze(-1), out=ends[1])
     ends.clamp_(0, 1)  # [2, n, rows, P]: left and right ends
     if n > 2:  # x^e as exp(e log x): vectorised, faster than a float64 pow on CPU
@@ -630,16 +642,17 @@ class CARMS(NSamplesEstimator):
         th = th.reshape(R, C)
         device = th.device
         probs = torch.softmax(th.double(), -1)  # exactly 0 at masked categories
-        orders = _carms_orders(C).to(device)  # [P, C]
+        orders, begin, hi_tab, keep_tab = _carms_tables_on(C, device)  # orders: [P, C]
         P = orders.shape[0]
         pick = torch.randint(P, (R,), device=device, generator=generator)
         u = dirichlet_copula(n, (R,), torch.float64, device, generator)  # [n, R]
-        order = orders[pick]  # [R, C]: each variable's order
+        order = orders.index_select(0, pick)  # [R, C]: each variable's order
         laid = probs.gather(-1, order)
         right_pos = laid.cumsum(-1)
         right_pos = right_pos / right_pos[:, -1:]  # the last possible category ends at exactly 1
-        pos = torch.searchsorted(right_pos.expand(n, R, C).contiguous(), u.unsqueeze(-1))
-        z = order.expand(n, R, C).gather(-1, pos.clamp_max(C - 1)).squeeze(-1)  # [n, R]
+        # The n uniforms of a variable as one row of queries: no n copies of its CDF.
+        pos = torch.searchsorted(right_pos, u.t().contiguous())  # [R, n]
+        z = order.gather(-1, pos.clamp_max(C - 1)).t().contiguous()  # [n, R]
         x = latent.encode(z.reshape(latent.index_shape((n,))))
         values = latent.call_f(f, x, (n,)).reshape(n, B)
         mean_f = values.mean(0)
@@ -648,9 +661,11 @@ class CARMS(NSamplesEstimator):
         # mass before a != s is π_s plus the cyclic sum from t+1 to a-1 less π_s if s
         # falls in that range. Cyclic sums come from the prefix sums of [π, π]; which
         # prefix sum and whether π_s counts depend on (a, order) only (_carms_intervals).
-        begin, hi_tab, keep_tab = (t.to(device) for t in _carms_intervals(C))
         prefix = F.pad(torch.cat([probs, probs], -1).cumsum(-1), (1, 0))  # [R, 2C + 1]
-        p_first = probs[:, orders[:, 0]]  # [R, P]
+        # Columns picked by gather with an expanded index: index/index_select along the
+        # last dim of a [R, small] tensor cost several times more on CPU.
+        p_begin = prefix.gather(-1, begin.expand(R, P))  # [R, P]: the cyclic sums' start
+        p_first = probs.gather(-1, orders[:, 0].expand(R, P))  # [R, P]
         pz = probs.gather(-1, z.transpose(0, 1)).transpose(0, 1)  # [n, R]
         # P(a, b) for the sampled pairs i < j (the copula is exchangeable, so the
         # matrix is symmetric), averaged over the orders, in blocks of rows (below).
@@ -663,10 +678,10 @@ class CARMS(NSamplesEstimator):
             r1 = min(r0 + rows, R)
             pair_joint[:, r0:r1] = _carms_pair_joint(
                 prefix[r0:r1],
+                p_begin[r0:r1],
                 p_first[r0:r1],
                 pz[:, r0:r1],
                 z[:, r0:r1],
-                begin,
                 hi_tab,
                 keep_tab,
                 I,
@@ -682,7 +697,9 @@ class CARMS(NSamplesEstimator):
         c = ratio.mul_(fd[I] - fd[J])
         h = torch.zeros(n, R, dtype=torch.float64, device=device)
         h.index_add_(0, I, c).index_add_(0, J, c, alpha=-1)
-        score = (z.unsqueeze(-1) == torch.arange(C, device=device)).double() - probs
+        # e_z - π as -π with 1 added at z: (-π) + 1 is 1 - π exactly, and no one-hot pass.
+        score = probs.neg().expand(n, R, C).contiguous()
+        score.scatter_add_(-1, z.unsqueeze(-1), score.new_ones(n, R, 1))
         grad = (h.unsqueeze(-1) * score).sum(0) / (n * (n - 1))
         loss = surrogate(mean_f, grad.to(th.dtype).reshape(B, V, C), theta, 2, finite=latent.finite)
         return Estimate(
