@@ -26,6 +26,7 @@ get weight zero and ``f`` sees a possible configuration in their place.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -93,14 +94,16 @@ def _beam(
         # of priority sampling (REINFORCEWOR) needs.
         crit[:, 0] = _gumbel((N,), logp, gen)
         noise = _gumbel((V, N, k, C), logp, gen)  # one draw for every level
-    parents, actions = [], []
+    picks = []
     for d in range(V):  # beam search is sequential in the variables
         child = phi.unsqueeze(-1) + logp[:, d].unsqueeze(1)  # [N, k, C]
         score = _truncate_gumbel(child + noise[d], crit.unsqueeze(-1)) if stochastic else child
         crit, pick = score.view(N, -1).topk(k, -1)
         phi = child.view(N, -1).gather(1, pick)
-        parents.append(pick.div(C, rounding_mode="floor"))
-        actions.append(pick.remainder(C))
+        picks.append(pick)
+    # Parent beam and category of every pick, for all levels in two ops, not 2 V.
+    flat = torch.stack(picks)  # [V, N, k]
+    parents, actions = flat.div(C, rounding_mode="floor"), flat.remainder(C)
     # Backtrack: the configuration of each final beam, last variable first.
     configs = torch.empty((N, k, V), dtype=torch.long, device=logp.device)
     beam = torch.arange(k, device=logp.device).expand(N, k)
@@ -191,6 +194,35 @@ def _subset_tables(k: int) -> tuple[list[int], list[tuple[Tensor, Tensor, Tensor
     return _TABLES[k]
 
 
+@functools.lru_cache(maxsize=64)
+def _ratio_tables(
+    k: int, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor, list[tuple[Tensor, Tensor, Tensor]], Tensor, Tensor]:
+    """:func:`_log_ratios`'s constant index tensors for sets of ``k``, on ``device``.
+
+    Built once per ``(k, device)``: a dozen small tensors and host-to-device
+    copies a call otherwise. Returns ``bits [2^k, k]`` (bool: member ``b`` of
+    subset ``B``), the start rows and subsets, the levels, the pairs
+    ``[k(k-1)/2, 2]`` and the identity ``[k, k]`` (bool).
+    """
+    starts, levels = _subset_tables(k)
+    bits = (torch.arange(1 << k).unsqueeze(-1) >> torch.arange(k)) & 1
+    pairs = torch.tensor(list(itertools.combinations(range(k), 2))).reshape(-1, 2)
+    return (
+        bits.bool().to(device),
+        torch.arange(len(starts), device=device),
+        torch.tensor(starts, device=device),
+        # Per level: subsets [M], smaller [M * L] and smaller * k + member [M * L],
+        # flat for gathers along the last dim of q [N, starts, 2^k] and of step.
+        [
+            (sub.to(device), sm.reshape(-1).to(device), (sm * k + mem).reshape(-1).to(device))
+            for sub, sm, mem in levels
+        ],
+        pairs.to(device),
+        torch.eye(k, dtype=torch.bool, device=device),
+    )
+
+
 def _log_ratios(lp: Tensor) -> tuple[Tensor, Tensor]:
     r"""Leave-one-out and leave-two-out log ratios of an unordered sample ``lp`` ``[N, k]``.
 
@@ -221,25 +253,29 @@ def _log_ratios(lp: Tensor) -> tuple[Tensor, Tensor]:
     rounding errors.
     """
     N, k = lp.shape
-    starts, levels = _subset_tables(k)
     dev = lp.device
+    bits, start_rows, starts, levels, pairs, eye = _ratio_tables(k, dev)
     # log(1 - p(B)) for every subset B (bit b of B's index: member b).
-    bits = (torch.arange(1 << k, device=dev).unsqueeze(-1) >> torch.arange(k, device=dev)) & 1
-    lmass = torch.where(bits.bool(), lp.unsqueeze(1), NEG).logsumexp(-1)  # [N, 2^k]
+    lmass = torch.where(bits, lp.unsqueeze(1), NEG).logsumexp(-1)  # [N, 2^k]
     step = lp.unsqueeze(1) - _log1mexp(lmass).unsqueeze(-1)  # [N, 2^k, k]: add b to B
-    q = torch.full((N, len(starts), 1 << k), NEG, dtype=lp.dtype, device=dev)
-    q[:, torch.arange(len(starts), device=dev), torch.tensor(starts, device=dev)] = 0.0
-    for subsets, smaller, member in levels:  # subsets by size: each needs the smaller ones
-        subsets, smaller, member = subsets.to(dev), smaller.to(dev), member.to(dev)
-        grow = q[:, :, smaller] + step[:, smaller, member].unsqueeze(1)  # [N, starts, M, L]
-        q[:, :, subsets] = torch.logaddexp(q[:, :, subsets], grow.logsumexp(-1))
+    S = start_rows.shape[0]
+    q = torch.full((N, S, 1 << k), NEG, dtype=lp.dtype, device=dev)
+    q[:, start_rows, starts] = 0.0
+    step = step.view(N, -1)
+    # Selections by gather with expanded indices: advanced indexing of these small
+    # last dims costs several times more on CPU (same values, exactly).
+    for subsets, smaller, grown in levels:  # subsets by size: each needs the smaller ones
+        M = subsets.shape[0]
+        L = smaller.shape[0] // M
+        add = step.gather(1, grown.expand(N, -1)).view(N, 1, M, L)
+        grow = q.gather(2, smaller.expand(N, S, -1)).view(N, S, M, L) + add  # [N, starts, M, L]
+        at = subsets.expand(N, S, -1)
+        q.scatter_(2, at, torch.logaddexp(q.gather(2, at), grow.logsumexp(-1)))
     full = q[:, :, -1]
     log_ps, log_p1, log_p2 = full[:, :1], full[:, 1 : k + 1], full[:, k + 1 :]
-    pairs = torch.tensor(list(itertools.combinations(range(k), 2)), device=dev).reshape(-1, 2)
     two = torch.full((N, k, k), NEG, dtype=lp.dtype, device=dev)
     two[:, pairs[:, 0], pairs[:, 1]] = log_p2
     two[:, pairs[:, 1], pairs[:, 0]] = log_p2
-    eye = torch.eye(k, dtype=torch.bool, device=dev)
     log_r1 = log_p1 - log_ps
     log_r2 = (two - log_p1.unsqueeze(-1)).masked_fill(eye, 0.0)
     exact = lp.logsumexp(-1, keepdim=True) > math.log1p(-_EXACT_GAP)
