@@ -212,10 +212,16 @@ def _ratio_tables(
         bits.bool().to(device),
         torch.arange(len(starts), device=device),
         torch.tensor(starts, device=device),
-        # Per level: subsets [M], smaller [M * L] and smaller * k + member [M * L],
-        # flat for gathers along the last dim of q [N, starts, 2^k] and of step.
+        # Per level: subsets [M], smaller [L * M] and smaller * k + member [L * M]
+        # (member-major: the DP's logsumexp then reduces over an outer dim, which
+        # torch vectorises, not over a last dim of 1 to k), flat for gathers along
+        # the last dim of q [N, starts, 2^k] and of step.
         [
-            (sub.to(device), sm.reshape(-1).to(device), (sm * k + mem).reshape(-1).to(device))
+            (
+                sub.to(device),
+                sm.t().reshape(-1).to(device),
+                (sm * k + mem).t().reshape(-1).to(device),
+            )
             for sub, sm, mem in levels
         ],
         pairs.to(device),
@@ -267,10 +273,10 @@ def _log_ratios(lp: Tensor) -> tuple[Tensor, Tensor]:
     for subsets, smaller, grown in levels:  # subsets by size: each needs the smaller ones
         M = subsets.shape[0]
         L = smaller.shape[0] // M
-        add = step.gather(1, grown.expand(N, -1)).view(N, 1, M, L)
-        grow = q.gather(2, smaller.expand(N, S, -1)).view(N, S, M, L) + add  # [N, starts, M, L]
+        add = step.gather(1, grown.expand(N, -1)).view(N, 1, L, M)
+        grow = q.gather(2, smaller.expand(N, S, -1)).view(N, S, L, M) + add  # [N, starts, L, M]
         at = subsets.expand(N, S, -1)
-        q.scatter_(2, at, torch.logaddexp(q.gather(2, at), grow.logsumexp(-1)))
+        q.scatter_(2, at, torch.logaddexp(q.gather(2, at), grow.logsumexp(-2)))
     full = q[:, :, -1]
     log_ps, log_p1, log_p2 = full[:, :1], full[:, 1 : k + 1], full[:, k + 1 :]
     two = torch.full((N, k, k), NEG, dtype=lp.dtype, device=dev)
