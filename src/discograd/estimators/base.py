@@ -286,18 +286,28 @@ class Latent:
         self,
         sample_shape: torch.Size | tuple[int, ...] = (),
         generator: torch.Generator | None = None,
+        *,
+        probs: Tensor | None = None,
     ) -> Tensor:
         """Exact samples as configurations ``S + batch_shape + var_shape``.
 
-        Categorical: int64 category indices (Gumbel-max). Bernoulli: 0./1. floats.
+        Categorical: int64 category indices (Gumbel-max). Bernoulli: 0./1. floats,
+        ``u < σ(θ)`` with ``u`` uniform in the compute dtype; ``probs`` is that
+        σ(θ) when the caller has formed it already (detached, in the compute
+        dtype, any shape with ``batch_shape + var_shape``'s elements): the same
+        draw without a second sigmoid.
         """
         shape = self.index_shape(sample_shape)
         logits = self.logits.detach()
         cdt = compute_dtype(logits.dtype)
         if self.kind == "categorical":
             return perturbed(logits, generator, shape + (self.num_categories,)).argmax(-1)
+        if probs is None:
+            probs = torch.sigmoid(logits.to(cdt))
+        else:
+            probs = probs.reshape(self.index_shape(()))
         u = uniform(shape, cdt, self.device, generator)
-        return (u < torch.sigmoid(logits.to(cdt))).to(logits.dtype)
+        return (u < probs).to(logits.dtype)
 
     def encode(self, z: Tensor) -> Tensor:
         """Configurations to ``f``'s input: one-hot floats (categorical), floats (Bernoulli)."""

@@ -62,7 +62,6 @@ from discograd.estimators._ops import (
     one_hot,
     open_uniform,
     softmax_last,
-    uniform,
 )
 from discograd.estimators._surrogate import sum_event, surrogate, zero_valued
 from discograd.estimators.base import CostFn, Estimate, Estimator, Latent, _conform
@@ -443,8 +442,7 @@ def _draw(
         return z, latent.encode(z), None
     if p is None:
         p = torch.sigmoid(as_dtype(latent.logits.detach(), compute_dtype(latent.dtype)))
-    u = uniform(p.shape, p.dtype, latent.device, generator)
-    z = (u < p).to(latent.dtype)
+    z = latent.sample((), generator, probs=p)
     return z, z, p
 
 

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from discograd.estimators._common import NSamplesEstimator, flat_logits
-from discograd.estimators._ops import as_dtype, as_shape, compute_dtype, open_uniform, uniform
+from discograd.estimators._ops import as_dtype, as_shape, compute_dtype, open_uniform
 from discograd.estimators._surrogate import surrogate, zero_valued
 from discograd.estimators.base import CostFn, Estimate, Estimator, Latent
 from discograd.estimators.coupled import (
@@ -166,9 +166,7 @@ class VIMCO(_MultiSampleCount):
         K = self.n_samples
         B, V, theta, th = flat_logits(latent)
         p = torch.sigmoid(th)
-        # latent.sample's draw (u < σ(θ) in the compute dtype) with this σ(θ).
-        u = uniform((K, B, V), th.dtype, latent.device, generator)
-        z = (u < p).to(latent.dtype).view(latent.index_shape((K,)))
+        z = latent.sample((K,), generator, probs=p)  # this σ(θ), not a second one
         ell = latent.call_f(f, z, (K,))
         lw = as_dtype(as_shape(ell, (K, B)), th.dtype)
         bound = log_mean_exp(lw, 0)

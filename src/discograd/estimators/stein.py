@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from discograd.estimators._ops import as_dtype, as_shape, compute_dtype, uniform
+from discograd.estimators._ops import as_dtype, as_shape, compute_dtype
 from discograd.estimators._surrogate import surrogate
 from discograd.estimators.base import CostFn, Estimate, Estimator, Latent
 from discograd.estimators.registry import register
@@ -91,10 +91,7 @@ class _Draws:
         self.theta = as_shape(latent.logits, (B, D))
         th = as_dtype(self.theta.detach(), cdt)
         self.p = torch.sigmoid(th)
-        # latent.sample's draw (u < σ(θ) in the compute dtype) with this σ(θ), not a
-        # second one.
-        u = uniform((K, B, D), cdt, latent.device, generator)
-        z = (u < self.p).to(latent.dtype).view(latent.index_shape((K,)))
+        z = latent.sample((K,), generator, probs=self.p)  # this σ(θ), not a second one
         track = torch.is_grad_enabled()
         if track:
             z.requires_grad_()  # a fresh leaf: no detach needed
