@@ -435,23 +435,6 @@ def test_item3_gradient_stats_with_zero_probabilities():
 
 
 # ------------------------------------------------- uniforms at the clamp's ends
-_UNIFORM_DRIVEN = {
-    # the estimators whose evaluated points are all draws of q made from open_uniform
-    "bernoulli": ["arm", "disarm", "arms", "arms:n_samples=2", "local_disarm", "local_arms"],
-    "categorical": [
-        "categorical_disarm",
-        "categorical_disarm:encoding=tree",
-        "categorical_disarm:importance_weighted=True",
-        "carms",
-        "ar",
-        "ars",
-        "arsm",
-        "ars_plus",
-        "arsm_plus",
-    ],
-}
-
-
 def _uniform_modules():
     import importlib
     import pkgutil
@@ -466,14 +449,17 @@ def _uniform_modules():
 @pytest.mark.parametrize("end", ["lowest", "highest"])
 @pytest.mark.parametrize("kind", ["bernoulli", "categorical"])
 def test_uniforms_at_the_clamp_ends_never_sample_the_impossible(monkeypatch, kind, end):
-    """Every uniform open_uniform can return, its two ends included, gives possible samples.
+    """Every uniform open_uniform can return, its two ends included, keeps f off the impossible.
 
     torch.rand returns exactly 0 with probability 2^-24 (float32), which the
     clamp turns into ``tiny``; ``1 - u`` then rounds to 1, and a test written
     ``1 - u < p`` drew b = 0 at a +inf logit (DisARM, LocalDisARM) or took the
     side of a stick-breaking node whose remaining categories are all masked
     (CategoricalDisARM). Every estimator module's ``open_uniform`` is replaced
-    by a constant at one end of the clamp and every point ``f`` sees is checked.
+    by a constant at one end of the clamp, every registered estimator that
+    takes the kind is called, and every point ``f`` sees (samples, pseudo-samples,
+    relaxed points) must keep each deterministic variable at its value (Bernoulli)
+    or put no weight on a masked category (categorical).
     """
 
     def extreme(shape, dtype, device, generator):
@@ -495,17 +481,30 @@ def test_uniforms_at_the_clamp_ends_never_sample_the_impossible(monkeypatch, kin
         theta = torch.tensor([[[0.2, 1.0, -math.inf, -math.inf], [-math.inf, 0.5, -math.inf, 0.1]]])
         theta = theta.expand(3, 2, 4)
         q = Independent(Categorical(logits=theta), 1)
+        masked = theta == -math.inf
 
         def possible(z):
-            if z.shape[-2:] == (2, 4):  # one-hot: a vertex of the simplex, then its index
-                if not (((z == 0) | (z == 1)).all() and (z.sum(-1) == 1).all()):
-                    return False
-                z = z.argmax(-1)
-            picked = theta.expand(*z.shape, 4).gather(-1, z.long().unsqueeze(-1))
-            return bool(torch.isfinite(picked).all())
+            if z.shape[-2:] == (2, 4):  # one-hot or relaxed: no weight on a masked category
+                return bool((z.masked_fill(~masked, 0) == 0).all())
+            return not bool(masked.expand(*z.shape, 4).gather(-1, z.long().unsqueeze(-1)).any())
 
-    for spec in _UNIFORM_DRIVEN[kind]:
-        est = registry.make(spec)
+    # every registered estimator with its defaults, and the configurations whose
+    # sampling differs from the defaults'
+    variants = {
+        "bernoulli": ["arms:n_samples=2", "local_arms:n_samples=3", "vimco:n_samples=3"],
+        "categorical": [
+            "categorical_disarm:encoding=tree",
+            "categorical_disarm:order=none",
+            "categorical_disarm:order=descending",
+            "categorical_disarm:importance_weighted=True",
+            "carms:n_samples=2",
+        ],
+    }[kind]
+    called = set()
+    for name in [*registry.names(), *variants]:
+        est = registry.make(name)
+        if kind not in est.supports:
+            continue
         seen = []
 
         def f(z, seen=seen):
@@ -513,8 +512,13 @@ def test_uniforms_at_the_clamp_ends_never_sample_the_impossible(monkeypatch, kin
             one_hot = kind == "categorical" and z.shape[-2:] == (2, 4)
             return z.to(torch.float32).flatten(z.dim() - 2 if one_hot else z.dim() - 1).sum(-1)
 
-        cost = (lambda z: -f(z)) if getattr(est, "multi_sample", False) else f
+        cost = (lambda z: -f(z)) if est.multi_sample else f
         est(cost, q, generator=_gen(1))
-        assert seen, spec
+        called.add(name)
         for z in seen:
-            assert possible(z), f"{spec} evaluated an impossible point at the {end} uniform: {z}"
+            assert possible(z), f"{name} evaluated an impossible point at the {end} uniform: {z}"
+    assert called >= (
+        {"arm", "disarm", "arms", "local_disarm", "local_arms", "rebar", "relax"}
+        if kind == "bernoulli"
+        else {"categorical_disarm", "carms", "arsm", "ars_plus", "arsm_plus", "unordered_set"}
+    ), called
