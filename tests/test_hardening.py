@@ -434,44 +434,33 @@ def test_item3_gradient_stats_with_zero_probabilities():
     assert stats.bias < 4 * stats.bias_noise
 
 
-# ------------------------------------------------- uniforms at the clamp's ends
-def _uniform_modules():
-    import importlib
-    import pkgutil
-
-    import discograd.estimators as pkg
-
-    names = [m.name for m in pkgutil.iter_modules(pkg.__path__)]
-    mods = [importlib.import_module(f"{pkg.__name__}.{n}") for n in names]
-    return [m for m in mods if hasattr(m, "open_uniform")]
-
-
-@pytest.mark.parametrize("end", ["lowest", "highest"])
+# ----------------------------------------------- uniforms at the ends of their range
+@pytest.mark.parametrize("value", [0.0, 1 - 2**-24, 1.0], ids=["zero", "below-one", "one"])
 @pytest.mark.parametrize("kind", ["bernoulli", "categorical"])
-def test_uniforms_at_the_clamp_ends_never_sample_the_impossible(monkeypatch, kind, end):
-    """Every uniform open_uniform can return, its two ends included, keeps f off the impossible.
+def test_uniforms_at_the_ends_of_their_range_never_sample_the_impossible(monkeypatch, kind, value):
+    """Every uniform the generator can return, its ends included, keeps f off the impossible.
 
-    torch.rand returns exactly 0 with probability 2^-24 (float32), which the
-    clamp turns into ``tiny``; ``1 - u`` then rounds to 1, and a test written
-    ``1 - u < p`` drew b = 0 at a +inf logit (DisARM, LocalDisARM) or took the
-    side of a stick-breaking node whose remaining categories are all masked
-    (CategoricalDisARM). Every estimator module's ``open_uniform`` is replaced
-    by a constant at one end of the clamp, every registered estimator that
-    takes the kind is called, and every point ``f`` sees (samples, pseudo-samples,
-    relaxed points) must keep each deterministic variable at its value (Bernoulli)
-    or put no weight on a masked category (categorical).
+    torch.rand returns exactly 0 with probability 2^-24 (float32), and some
+    backends draw from (0, 1]. Two bugs lived there: ``1 - u < p`` with ``u`` at
+    the clamp's floor drew b = 0 at a +inf logit (DisARM, LocalDisARM) or took
+    the side of a stick-breaking or tree node whose remaining categories are all
+    masked (CategoricalDisARM); and ``u < σ(θ)`` with ``u = 1`` drew 0 at a +inf
+    logit (``Latent.sample``, so REINFORCE and every score-function estimator).
+    Every draw of discograd's generator is made this one constant, every
+    registered estimator that takes the kind (and the configurations that sample
+    differently) is called, and: the loss and its gradient are finite, and every
+    point ``f`` sees (samples, pseudo-samples, relaxed points) keeps each
+    deterministic variable at its value (Bernoulli) or puts no weight on a masked
+    category (categorical).
     """
+    import discograd._rng
 
-    def extreme(shape, dtype, device, generator):
-        fi = torch.finfo(dtype)
-        value = fi.tiny if end == "lowest" else 1.0 - fi.eps / 2
-        return torch.full(tuple(shape), value, dtype=dtype, device=device)
-
-    for mod in _uniform_modules():
-        monkeypatch.setattr(mod, "open_uniform", extreme)
+    monkeypatch.setattr(discograd._rng, "uniform_", lambda out, generator: out.fill_(value))
     if kind == "bernoulli":
         theta = torch.tensor([[math.inf, 0.3, -math.inf], [-math.inf, math.inf, 1.5]])
-        q = Independent(Bernoulli(logits=theta), 1)
+
+        def dist(t):
+            return Independent(Bernoulli(logits=t), 1)
 
         def possible(z):
             forced_one, forced_zero = theta == math.inf, theta == -math.inf
@@ -479,17 +468,17 @@ def test_uniforms_at_the_clamp_ends_never_sample_the_impossible(monkeypatch, kin
 
     else:
         theta = torch.tensor([[[0.2, 1.0, -math.inf, -math.inf], [-math.inf, 0.5, -math.inf, 0.1]]])
-        theta = theta.expand(3, 2, 4)
-        q = Independent(Categorical(logits=theta), 1)
+        theta = theta.expand(3, 2, 4).contiguous()
         masked = theta == -math.inf
+
+        def dist(t):
+            return Independent(Categorical(logits=t), 1)
 
         def possible(z):
             if z.shape[-2:] == (2, 4):  # one-hot or relaxed: no weight on a masked category
                 return bool((z.masked_fill(~masked, 0) == 0).all())
             return not bool(masked.expand(*z.shape, 4).gather(-1, z.long().unsqueeze(-1)).any())
 
-    # every registered estimator with its defaults, and the configurations whose
-    # sampling differs from the defaults'
     variants = {
         "bernoulli": ["arms:n_samples=2", "local_arms:n_samples=3", "vimco:n_samples=3"],
         "categorical": [
@@ -510,15 +499,18 @@ def test_uniforms_at_the_clamp_ends_never_sample_the_impossible(monkeypatch, kin
         def f(z, seen=seen):
             seen.append(z.detach())
             one_hot = kind == "categorical" and z.shape[-2:] == (2, 4)
-            return z.to(torch.float32).flatten(z.dim() - 2 if one_hot else z.dim() - 1).sum(-1)
+            flat = z.to(torch.float32).flatten(z.dim() - 2 if one_hot else z.dim() - 1)
+            return ((0.7 * flat).sum(-1) - 0.2) ** 2
 
-        cost = (lambda z: -f(z)) if est.multi_sample else f
-        est(cost, q, generator=_gen(1))
+        t = theta.clone().requires_grad_()
+        out = est((lambda z: -f(z)) if est.multi_sample else f, dist(t), generator=_gen(1))
+        (g,) = torch.autograd.grad(out.loss.sum(), t)
         called.add(name)
+        assert torch.isfinite(out.loss).all() and torch.isfinite(g).all(), (name, out.loss, g)
         for z in seen:
-            assert possible(z), f"{name} evaluated an impossible point at the {end} uniform: {z}"
+            assert possible(z), f"{name} evaluated an impossible point at u = {value}: {z}"
     assert called >= (
-        {"arm", "disarm", "arms", "local_disarm", "local_arms", "rebar", "relax"}
+        {"reinforce", "arm", "disarm", "arms", "local_disarm", "local_arms", "rebar", "relax"}
         if kind == "bernoulli"
         else {"categorical_disarm", "carms", "arsm", "ars_plus", "arsm_plus", "unordered_set"}
     ), called

@@ -44,7 +44,7 @@ from torch.distributions import (
     OneHotCategorical,
 )
 
-from discograd.estimators._ops import compute_dtype, is_compiling, one_hot, perturbed, uniform
+from discograd.estimators._ops import compute_dtype, is_compiling, one_hot, open_uniform, perturbed
 from discograd.schedules import Schedule
 
 __all__ = ["CostFn", "Estimate", "Estimator", "Kind", "Latent", "Tempered"]
@@ -292,7 +292,7 @@ class Latent:
         """Exact samples as configurations ``S + batch_shape + var_shape``.
 
         Categorical: int64 category indices (Gumbel-max). Bernoulli: 0./1. floats,
-        ``u < σ(θ)`` with ``u`` uniform in the compute dtype; ``probs`` is that
+        ``u < σ(θ)`` with ``u`` uniform in the compute dtype (below 1); ``probs`` is that
         σ(θ) when the caller has formed it already (detached, in the compute
         dtype, any shape with ``batch_shape + var_shape``'s elements): the same
         draw without a second sigmoid.
@@ -306,7 +306,9 @@ class Latent:
             probs = torch.sigmoid(logits.to(cdt))
         else:
             probs = probs.reshape(self.index_shape(()))
-        u = uniform(shape, cdt, self.device, generator)
+        # Clamped below 1: a backend whose uniforms include 1 would otherwise draw 0
+        # where σ(θ) = 1 (a +inf logit).
+        u = open_uniform(shape, cdt, self.device, generator)
         return (u < probs).to(logits.dtype)
 
     def encode(self, z: Tensor) -> Tensor:

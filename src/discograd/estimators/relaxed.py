@@ -42,7 +42,6 @@ from discograd.estimators._ops import (
     one_hot,
     open_uniform,
     softmax_last,
-    uniform,
 )
 from discograd.estimators._surrogate import zero_valued
 from discograd.estimators.base import CostFn, Estimate, Estimator, Latent
@@ -279,9 +278,8 @@ class StraightThrough(Estimator):
             _, hard = _categorical_sample(latent, generator)
             soft = softmax_last(latent.logits.to(cdt))
         else:
-            # Latent.sample's draw (u < sigmoid(logits)), reusing the one sigmoid.
             soft = torch.sigmoid(latent.logits.to(cdt))
-            hard = uniform(soft.shape, cdt, soft.device, generator) < soft.detach()
+            hard = latent.sample((), generator, probs=soft.detach())  # this sigmoid
         z = straight_through(hard, soft).to(latent.dtype)
         fz = latent.call_f(f, z, ())
         return Estimate(loss=fz, value=fz.detach(), n_evals=1)
