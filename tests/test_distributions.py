@@ -390,3 +390,23 @@ def test_validation_of_samples():
         b.log_prob(torch.tensor(1.5))
     with pytest.raises(ValueError):
         Concrete(0.5, probs=torch.tensor([0.5, -0.5, 1.0]), validate_args=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_binary_concrete_with_an_infinite_logit_is_a_point_mass_without_density(dtype):
+    # +inf: the formula's alpha - 2 softplus(alpha - tau s) was inf - inf = NaN;
+    # the limit of the finite case is -inf at every point.
+    logits = torch.tensor([math.inf, -math.inf, 0.4], dtype=dtype)
+    d = BinaryConcrete(0.5, logits=logits)
+    x = d.rsample((5,), generator=torch.Generator().manual_seed(0))
+    assert (x[:, 0] == 1).all() and (x[:, 1] == 0).all()
+    lp = d.log_prob(x)
+    assert (lp[:, :2] == -math.inf).all() and torch.isfinite(lp[:, 2]).all()
+    s = d.rsample_logit((5,), generator=torch.Generator().manual_seed(0))
+    lps = d.log_prob_logit(s)
+    assert (lps[:, :2] == -math.inf).all() and torch.isfinite(lps[:, 2]).all()
+    for alpha in (30.0, 60.0):  # the finite case tends to -inf at the same stand-in points
+        near = BinaryConcrete(0.5, logits=torch.tensor([alpha], dtype=dtype)).log_prob(
+            torch.tensor([0.5], dtype=dtype)
+        )
+        assert near < -alpha / 2

@@ -28,6 +28,8 @@ and :meth:`BinaryConcrete.log_prob_logit` are exact at any temperature.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -176,4 +178,6 @@ class BinaryConcrete(Distribution):
             - 2 * tau * sp_pos
             - 2 * F.softplus(alpha - tau * s)
         )
-        return out
+        # An infinite logit is a point mass at 0 or 1: no density anywhere, the
+        # limit of the finite case (-inf), not the inf - inf of the formula.
+        return torch.where(alpha.isinf(), -math.inf, out)
