@@ -634,3 +634,19 @@ def test_decoupled_bernoulli_numerics_and_forward_law(dtype):
         generator=torch.Generator().manual_seed(2),
     )
     assert_mean_matches(seen[0], torch.sigmoid(a[0] / 0.5))
+
+
+def test_simple_and_marginals_run_under_inference_mode():
+    # subset_marginals differentiates the log-normaliser; autograd refuses the
+    # inference tensors of torch.inference_mode (SIMPLE used to raise there).
+    theta = theta_rows(3, 6, 71)
+    theta[0, 2] = -math.inf
+    with torch.no_grad():
+        ref = subset_marginals(theta, 2)
+    with torch.inference_mode():
+        mu = subset_marginals(theta.clone(), 2)
+        q = Categorical(logits=theta.clone())
+        w = torch.linspace(-1.0, 2.0, 6, dtype=theta.dtype)
+        out = SIMPLE(2)(lambda z: (z @ w) ** 2, q, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(mu, ref)
+    assert torch.isfinite(out.value).all() and out.value.shape == (3,)

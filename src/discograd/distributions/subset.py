@@ -206,6 +206,11 @@ def subset_marginals(logits: Tensor, k: int) -> Tensor:
     0 and rows sum to ``k``. Same shape as ``logits``, in the compute dtype.
     """
     _check_logits(logits)
+    if torch.is_inference_mode_enabled():
+        # Autograd refuses inference tensors: differentiate a normal copy, outside
+        # inference mode (the result carries no graph either way).
+        with torch.inference_mode(False):
+            return subset_marginals(logits.detach().clone(), k)
     with torch.enable_grad():
         cdt = _compute_dtype(logits.dtype)
         theta = logits.to(cdt)
