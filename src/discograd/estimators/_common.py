@@ -19,7 +19,7 @@ from torch import Tensor
 from discograd.estimators._ops import compute_dtype
 from discograd.estimators.base import Estimator, Latent
 
-__all__ = ["NSamplesEstimator", "check_n_samples", "flat_logits"]
+__all__ = ["NSamplesEstimator", "check_n_samples", "flat_logits", "leave_one_out_mean"]
 
 
 def check_n_samples(n_samples: object, owner: str, minimum: int = 2) -> int:
@@ -63,3 +63,10 @@ def flat_logits(latent: Latent) -> tuple[int, int, Tensor, Tensor]:
     else:
         theta = latent.logits.reshape(B, V)
     return B, V, theta, theta.detach().to(compute_dtype(latent.dtype))
+
+
+def leave_one_out_mean(x: Tensor) -> Tensor:
+    """Leave-one-out means along dim 0: entry k is the mean of the others."""
+    rest = x.sum(0, keepdim=True) - x
+    # At K = 2 the division is by 1, exact: skip the pass.
+    return rest if x.shape[0] == 2 else rest / (x.shape[0] - 1)

@@ -33,7 +33,7 @@ import math
 import torch
 from torch import Tensor
 
-from discograd.estimators._common import NSamplesEstimator, flat_logits
+from discograd.estimators._common import NSamplesEstimator, flat_logits, leave_one_out_mean
 from discograd.estimators._ops import as_dtype, as_shape, compute_dtype, open_uniform
 from discograd.estimators._surrogate import surrogate, zero_valued
 from discograd.estimators.base import CostFn, Estimate, Estimator, Latent
@@ -153,10 +153,7 @@ class VIMCO(_MultiSampleCount):
     def _signal(self, lw: Tensor, bound: Tensor) -> Tensor:
         """``[K, B]``: the learning signals L̂ - L̂_{-k} (detached)."""
         ld = lw.detach()
-        rest = ld.sum(0, keepdim=True) - ld
-        K = self.n_samples
-        others_mean = rest if K == 2 else rest / (K - 1)  # / 1 is exact: skipped
-        return bound.detach().unsqueeze(0) - swap_one_out(ld, others_mean)
+        return bound.detach().unsqueeze(0) - swap_one_out(ld, leave_one_out_mean(ld))
 
     def _bernoulli(self, f: CostFn, latent: Latent, generator: torch.Generator | None) -> Estimate:
         """Bernoulli variables: the score part Σ_k signal_k ∇ log q(z_k) formed explicitly,

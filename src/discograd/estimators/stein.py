@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from discograd.estimators._common import leave_one_out_mean as _loo
 from discograd.estimators._ops import as_dtype, as_shape, compute_dtype
 from discograd.estimators._surrogate import surrogate
 from discograd.estimators.base import CostFn, Estimate, Estimator, Latent
@@ -66,13 +67,6 @@ def _check_bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be a bool, got {name}={value!r}")
     return value
-
-
-def _loo(x: Tensor) -> Tensor:
-    """Leave-one-out means along dim 0: entry k is the mean of the others."""
-    rest = x.sum(0, keepdim=True) - x
-    # At K = 2 the division is by 1, exact: skip the pass.
-    return rest if x.shape[0] == 2 else rest / (x.shape[0] - 1)
 
 
 class _Draws:
