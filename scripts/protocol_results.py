@@ -1,7 +1,7 @@
 """Tables and plots of a protocol sweep, finished or still running, for docs/results.md.
 
     python scripts/protocol_results.py RUNS/protocol-disarm --name disarm \
-        --plots docs/results [--markdown out.md]
+        --plots docs/results [--markdown out.md | --splice docs/results.md]
 
 Reads every cell's ``metrics.jsonl`` (cells are ``<estimator>--seed<k>`` run
 folders of ``discograd sweep``), so a sweep that is still running (or was cut
@@ -9,15 +9,21 @@ by the end of a session) can be reported at the steps it reached. For each
 estimator the numbers are taken at the last step that *every* one of its seeds
 has logged, so a mean never mixes seeds at different steps; the table says
 which step that is. Means ± standard errors over seeds come from
-:func:`discograd.experiments.trainer.aggregate`, and the sentence naming a best
-estimator from :func:`discograd.report.markdown.compare` (a winner only where
-the difference exceeds its standard error). Plots: the mean over seeds with a
-band of ± one standard error, against training steps.
+:func:`discograd.experiments.trainer.aggregate`; each metric's line orders the
+estimators and gives every gap in standard errors of the difference
+√(se₁² + se₂²) (none with one seed: an order, not a ranking). Plots: the mean
+over seeds with a band of ± one standard error, against training steps.
+
+``--splice FILE`` replaces only the text between the lines
+``<!-- begin generated: protocol NAME -->`` and ``<!-- end generated: protocol
+NAME -->`` of ``FILE``, so the hand-written discussion around the tables
+survives a regeneration.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import re
@@ -26,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from discograd.experiments.trainer import aggregate
-from discograd.report.markdown import compare, pm
+from discograd.report.markdown import pm
 
 CELL = re.compile(r"(?P<est>.+)--seed(?P<seed>\d+)$")
 # metric -> (label, lower is better)
@@ -36,6 +42,10 @@ METRICS = {
     "test_iw_bound": ("test −log p bound (100 samples)", True),
     "grad_var": ("encoder gradient variance", True),
 }
+# How each metric is shown: (scale, decimals). Nats to 0.01: the estimators of one
+# protocol differ by tenths of a nat, which three significant digits of ~250 hide.
+SHOWN = {"grad_var": (1e2, 3)}
+NATS = (1.0, 2)
 
 
 def read_cells(
@@ -93,7 +103,9 @@ def markdown(name: str, cells: dict[str, Any], plot: str | None) -> str:
     head = [f"{METRICS[k][0]} at step {steps[k]:,}" for k in shown]
     lines = [f"| estimator | seeds | {' | '.join(head)} |", "|---|--:|" + "--:|" * len(shown)]
     for est, r in results.items():
-        cols = [pm(r, k, scale=1e2 if k == "grad_var" else 1.0) for k in shown]
+        cols = [
+            pm(r, k, scale=SHOWN.get(k, NATS)[0], decimals=SHOWN.get(k, NATS)[1]) for k in shown
+        ]
         lines.append(f"| `{est}` | {len(cells[est])} | {' | '.join(cols)} |")
     reached = ", ".join(
         f"`{e}` {max(max(s.get('train_set_neg_elbo', {0: 0})) for s in seeds.values()):,}"
@@ -107,15 +119,81 @@ def markdown(name: str, cells: dict[str, Any], plot: str | None) -> str:
         "",
     ]
     for key in shown:
-        label, lower = METRICS[key]
-        sentence = compare(
-            results, key, label, lower=lower, scale=1e2 if key == "grad_var" else 1.0
-        )
-        if sentence:
-            lines.append(f"* {sentence}")
+        line = ordering(results, key)
+        if line:
+            lines.append(f"* {line}")
     if plot:
         lines += ["", f"![{name}]({plot})"]
     return "\n".join(lines) + "\n"
+
+
+def ordering(results: dict[str, Any], key: str) -> str | None:
+    """Every estimator in order of ``key``, each step annotated with the difference to
+    the next in standard errors of the difference (with one seed: the order alone)."""
+    have = {e: r for e, r in results.items() if isinstance(r.get(key), (int, float))}
+    if len(have) < 2:
+        return None
+    label, lower = METRICS[key]
+    scale, decimals = SHOWN.get(key, NATS)
+    order = sorted(have, key=lambda e: have[e][key], reverse=not lower)
+    parts = [f"`{order[0]}` {have[order[0]][key] * scale:.{decimals}f}"]
+    multi = True
+    for a, b in itertools.pairwise(order):
+        sa, sb = (have[e].get("se", {}).get(key) for e in (a, b))
+        gap = ""
+        if sa is None or sb is None:
+            multi = False
+        else:
+            se = math.hypot(sa, sb)
+            diff = abs(have[b][key] - have[a][key])
+            gap = f" ({diff / se:.1f} s.e.)" if se > 0 else " (equal in every seed)"
+        sign = "<" if lower else ">"
+        parts.append(f"{sign}{gap} `{b}` {have[b][key] * scale:.{decimals}f}")
+    note = (
+        "each gap in standard errors of the difference; a gap under about 2 is not a ranking"
+        if multi
+        else "one seed for some: an order, not a ranking"
+    )
+    return f"Order by {label}: " + " ".join(parts) + f" ({note})."
+
+
+def cell_status(sweep: Path) -> str | None:
+    """A line on how many cells of the sweep finished, and where the others are."""
+    try:
+        cells = json.loads((sweep / "sweep.json").read_text())["cells"]
+    except (FileNotFoundError, KeyError, json.JSONDecodeError):
+        return None
+    done = sum(c.get("status") == "done" for c in cells)
+    if done == len(cells):
+        return f"**Complete**: {done} of {len(cells)} cells ran to their last step."
+    parts = []
+    for c in cells:
+        if c.get("status") == "done":
+            continue
+        step = 0
+        path = sweep / "cells" / c["name"] / "metrics.jsonl"
+        if path.exists():
+            for line in path.read_text().splitlines():
+                found = re.search(r'"step": (\d+)', line)
+                if found:
+                    step = max(step, int(found[1]))
+        parts.append(f"`{c['name']}` at step {step:,}" if step else f"`{c['name']}` not started")
+    return (
+        f"**Not finished**: {done} of {len(cells)} cells ran to their last step; "
+        + ", ".join(parts)
+        + "."
+    )
+
+
+def splice(path: Path, name: str, text: str) -> None:
+    """Put ``text`` between the protocol's begin/end markers in ``path``."""
+    begin = f"<!-- begin generated: protocol {name} -->"
+    end = f"<!-- end generated: protocol {name} -->"
+    doc = path.read_text()
+    i, j = doc.find(begin), doc.find(end)
+    if i < 0 or j < i:
+        raise SystemExit(f"{path}: no '{begin}' ... '{end}' markers to splice between")
+    path.write_text(doc[: i + len(begin)] + "\n" + text.rstrip("\n") + "\n" + doc[j:])
 
 
 def plots(name: str, cells: dict[str, Any], path: Path) -> None:
@@ -172,6 +250,9 @@ def main() -> None:
     parser.add_argument("--plots", type=Path, help="folder for <name>.png")
     parser.add_argument("--markdown", type=Path, help="write the table here (default: print)")
     parser.add_argument(
+        "--splice", type=Path, help="replace the protocol's generated block of this file"
+    )
+    parser.add_argument(
         "--seeds", type=int, nargs="+", help="only these seeds (default: every seed found)"
     )
     parser.add_argument(
@@ -191,9 +272,14 @@ def main() -> None:
         plots(args.name, cells, png)
         rel = f"results/{png.name}"
     text = markdown(args.name, cells, rel)
+    status = cell_status(args.sweep)
+    if status:
+        text = f"{status}\n\n{text}"
+    if args.splice:
+        splice(args.splice, args.name, text)
     if args.markdown:
         args.markdown.write_text(text)
-    else:
+    elif not args.splice:
         print(text)
 
 
