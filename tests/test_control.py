@@ -231,6 +231,7 @@ def test_arguments():
         ({"tau": 0.0}, "tau=0.0"),
         ({"tau": -1}, "tau"),
         ({"learn": 1}, "learn=1"),
+        ({"variance_of": "params"}, "variance_of='params'"),
     ]:
         with pytest.raises(ValueError, match=match):
             REBAR(**kwargs)
@@ -239,6 +240,7 @@ def test_arguments():
         ({"hidden": 0}, "hidden=0"),
         ({"relaxed_f": "yes"}, "relaxed_f"),
         ({"tau": math.inf}, "tau"),
+        ({"variance_of": None}, "variance_of=None"),
     ]:
         with pytest.raises(ValueError, match=match):
             RELAX(**kwargs)
@@ -250,3 +252,106 @@ def test_arguments():
         REBAR()(lambda z: z, Normal(theta, 1.0))
     assert isinstance(RELAX().control_variate, MLPControlVariate)
     assert REBAR.unbiased and RELAX.unbiased
+
+
+# ------------------------------------------- variance of the upstream parameters
+def encoded(kind: str, B: int = 4, seed: int = 50):
+    """Logits from a linear encoder of inputs x: the leaves upstream are W and b."""
+    gen = torch.Generator().manual_seed(seed)
+    out = (3, 4) if kind == "categorical" else (3,)
+    x = torch.randn(B, 5, dtype=D64, generator=gen)
+    W = (0.7 * torch.randn(5, math.prod(out), dtype=D64, generator=gen)).requires_grad_()
+    b = (0.3 * torch.randn(math.prod(out), dtype=D64, generator=gen)).requires_grad_()
+    w = torch.randn(out, dtype=D64, generator=gen)
+    dims = (-1, -2) if kind == "categorical" else (-1,)
+
+    def logits():
+        return (x @ W + b).reshape((B,) + out)
+
+    def f(z):  # no θ inside: the loss's gradient w.r.t. (W, b) is J^T ĝ itself
+        a = (z * w).sum(dims)
+        return torch.sin(2 * a) + a**2
+
+    return logits, f, (W, b)
+
+
+@pytest.mark.parametrize("kind", ["categorical", "bernoulli"])
+def test_upstream_cv_loss_is_the_squared_encoder_gradient_and_its_derivative(kind):
+    logits, f, params = encoded(kind)
+
+    def run(eta, log_tau):
+        est = REBAR(variance_of="upstream").double()
+        with torch.no_grad():
+            est.eta.fill_(eta)
+            est.log_tau.fill_(log_tau)
+        out = est(f, dist(kind, logits()), generator=torch.Generator().manual_seed(51))
+        return est, out
+
+    est, out = run(0.7, math.log(0.8))
+    # The value: the squared norm of the gradient the loss sends to W and b.
+    gW, gb = torch.autograd.grad(out.loss.sum(), params, retain_graph=True)
+    torch.testing.assert_close(out.cv_loss.detach(), gW.pow(2).sum() + gb.pow(2).sum())
+    out.cv_loss.backward()
+    assert all(p.grad is None for p in params)  # cv_loss reaches only η and λ
+
+    def sq(eta, log_tau):
+        return float(run(eta, log_tau)[1].cv_loss.detach())
+
+    eps = 1e-5
+    d_eta = (sq(0.7 + eps, math.log(0.8)) - sq(0.7 - eps, math.log(0.8))) / (2 * eps)
+    d_tau = (sq(0.7, math.log(0.8) + eps) - sq(0.7, math.log(0.8) - eps)) / (2 * eps)
+    assert float(est.eta.grad) == pytest.approx(d_eta, rel=1e-5, abs=1e-8)
+    assert float(est.log_tau.grad) == pytest.approx(d_tau, rel=1e-5, abs=1e-8)
+
+
+def test_upstream_differs_from_logits_and_falls_back_without_upstream_leaves():
+    logits, f, params = encoded("bernoulli")
+
+    def cv(variance_of, theta):
+        est = REBAR(variance_of=variance_of).double()
+        out = est(f, dist("bernoulli", theta), generator=torch.Generator().manual_seed(52))
+        return out, float(out.cv_loss.detach())
+
+    out, up = cv("upstream", logits())
+    _, per_point = cv("logits", logits())
+    assert up != pytest.approx(per_point, rel=1e-3)
+    # The encoder's graph is still whole for the training step's backward pass.
+    out.loss.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)
+    # Logits that are a leaf: J = I, so the batch's sum of ‖ĝ‖² (the mean × B).
+    leaf = logits().detach().requires_grad_()
+    _, up_leaf = cv("upstream", leaf)
+    _, mean_leaf = cv("logits", leaf)
+    assert up_leaf == pytest.approx(4 * mean_leaf, rel=1e-12)
+
+
+def test_upstream_training_lowers_the_encoder_gradient_variance():
+    _, f, (W, b) = encoded("bernoulli", seed=53)
+    x = torch.randn(1, 5, dtype=D64, generator=torch.Generator().manual_seed(56))
+    est = RELAX(variance_of="upstream").double()
+
+    def replicas(n):  # n copies of the encoder: one backward pass separates the draws
+        Wn = W.detach().expand((n,) + W.shape).clone().requires_grad_()
+        bn = b.detach().expand((n, 1) + b.shape).clone().requires_grad_()
+        return Wn, bn, dist("bernoulli", x @ Wn + bn)
+
+    gen = torch.Generator().manual_seed(54)
+    est(f, replicas(32)[2], generator=gen)  # sizes the lazy layer
+
+    def encoder_draws():
+        est.eval()
+        Wn, bn, q = replicas(4000)
+        out = est(f, q, generator=torch.Generator().manual_seed(55))
+        gW, gb = torch.autograd.grad(out.loss.sum(), (Wn, bn))
+        est.train()
+        return torch.cat([gW.flatten(1), gb.flatten(1)], 1)
+
+    before = encoder_draws()
+    opt = torch.optim.Adam(est.parameters(), lr=0.05)
+    for _ in range(150):
+        out = est(f, replicas(32)[2], generator=gen)
+        opt.zero_grad()
+        out.cv_loss.backward()
+        opt.step()
+    after = encoder_draws()
+    assert_var_less(after, before, paired=True)

@@ -133,3 +133,15 @@ def test_exact_on_a_posterior_too_large_to_enumerate_is_refused_up_front():
     with pytest.raises(ConfigError, match="exact would enumerate 3486784401 configurations"):
         cfg.validate()
     dataclasses.replace(cfg, n_latent=2).validate()
+
+
+def test_relax_trained_on_the_encoders_gradient_variance(tmp_path):
+    # variance_of=upstream: the control variate descends the squared gradient of the
+    # encoder's parameters (one more backward pass through them inside the step); the
+    # step's own backward pass must still find the encoder's graph whole.
+    cfg = dataclasses.replace(
+        CFG, steps=8, kl="estimated", estimators=("relax:variance_of=upstream",)
+    )
+    res = run_task(VAETask(), cfg, tmp_path, data=tiny_data())["relax:variance_of=upstream"]
+    assert torch.isfinite(torch.tensor(res["test_neg_elbo"]))
+    assert res["per_seed"]["0"]["diverged"] is None

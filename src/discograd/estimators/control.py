@@ -36,8 +36,12 @@ How the pieces map to the contract:
   — reaches **only** the control-variate parameters. Since
   :math:`\mathbb E\lVert\hat g\rVert^2 = \mathrm{tr\,Var}(\hat g) + \lVert\nabla L\rVert^2`
   and the last term does not depend on them, descending ``cv_loss`` lowers the
-  estimator's variance. In ``eval()`` mode no second pass is made and
-  ``cv_loss`` is ``None``.
+  estimator's variance. With ``variance_of="upstream"`` the same construction
+  uses the gradient that ĝ sends to the leaves upstream of the logits (in a VAE
+  the encoder's parameters): :math:`\sum_\phi \lVert J_\phi^\top \hat g\rVert^2`,
+  the squared norm of the batch's update of those parameters, which is what the
+  official DisARM / ARMS / RODEO code's RELAX minimises. In ``eval()`` mode no
+  second pass is made and ``cv_loss`` is ``None``.
 * ``f`` is called twice: once on ``b`` (attached; it is the loss) and once on
   the two relaxed points stacked along the sample dimension (a separate call,
   so the loss's graph never touches the temperature). ``n_evals`` counts 3
@@ -79,6 +83,40 @@ def _check_real(name: str, value, *, positive: bool = False) -> float:
     return float(value)
 
 
+_VARIANCE_OF = ("logits", "upstream")
+
+
+def _check_variance_of(value: object) -> str:
+    if value not in _VARIANCE_OF:
+        raise ValueError(f"variance_of must be 'logits' or 'upstream', got variance_of={value!r}")
+    return str(value)
+
+
+def upstream_leaves(t: Tensor) -> list[Tensor]:
+    """The leaf tensors that require grad and that ``t`` depends on, through its graph.
+
+    ``t`` itself when it is such a leaf. Found by walking ``grad_fn`` to its
+    ``AccumulateGrad`` nodes (each holds its leaf as ``.variable``), in the order
+    met, each once.
+    """
+    if t.grad_fn is None:
+        return [t] if t.requires_grad else []
+    leaves: list[Tensor] = []
+    seen: set[int] = set()
+    stack = [t.grad_fn]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        leaf = getattr(node, "variable", None)
+        if isinstance(leaf, Tensor):
+            leaves.append(leaf)
+            continue
+        stack.extend(n for n, _ in node.next_functions if n is not None)
+    return leaves
+
+
 class _RelaxedControl(Estimator):
     """Shared sampling, ĝ and cv_loss construction of REBAR and RELAX.
 
@@ -95,6 +133,7 @@ class _RelaxedControl(Estimator):
     has_temperature = False
 
     uses_relaxed_f = True
+    variance_of = "logits"
     log_tau: Tensor
     eta: Tensor
 
@@ -177,8 +216,8 @@ class _RelaxedControl(Estimator):
             g_hat = g_hat - probs * g_hat.sum(-1, keepdim=True)
         loss = surrogate(fb, g_hat, theta, n_event, finite=latent.finite)
         cv_loss = None
-        sq = sum_event(g_hat.pow(2), n_event).mean()
-        if need_cv and sq.requires_grad:
+        sq = self._variance_objective(g_hat, theta, n_event) if need_cv else None
+        if sq is not None and sq.requires_grad:
             params = [p for p in self.parameters() if p.requires_grad]
             grads = torch.autograd.grad(sq, params, allow_unused=True)
             cv_loss = sq.detach()
@@ -186,6 +225,22 @@ class _RelaxedControl(Estimator):
                 if g is not None:
                     cv_loss = cv_loss + (zero_valued(p) * g.to(p.dtype)).sum().to(cv_loss.dtype)
         return Estimate(loss=loss, value=value, n_evals=self.n_evals, cv_loss=cv_loss)
+
+    def _variance_objective(self, g_hat: Tensor, theta: Tensor, n_event: int) -> Tensor:
+        """What ``cv_loss`` descends: the mean over data points of ‖ĝ‖² (``logits``), or
+        the squared norm of the gradient ĝ sends to the leaves upstream of the logits
+        (``upstream``; the logits' own ‖ĝ‖² summed over the batch when they are a leaf
+        or nothing needs their gradient)."""
+        leaves = upstream_leaves(theta) if self.variance_of == "upstream" else []
+        if not leaves:
+            sq = sum_event(g_hat.pow(2), n_event)
+            return sq.mean() if self.variance_of == "logits" else sq.sum()
+        # J^T ĝ by one vector-Jacobian product through the logits' graph, kept
+        # differentiable in ĝ (and so in the control variate's parameters).
+        vjp = torch.autograd.grad(
+            theta, leaves, grad_outputs=g_hat.to(theta.dtype), create_graph=True, allow_unused=True
+        )
+        return torch.stack([v.pow(2).sum().to(g_hat.dtype) for v in vjp if v is not None]).sum()
 
     @property
     def n_evals(self) -> int:
@@ -210,6 +265,10 @@ class REBAR(_RelaxedControl):
         learn: if True, η and log λ are ``nn.Parameter`` s trained through
             ``Estimate.cv_loss`` (the estimator's variance); else fixed buffers
             and ``cv_loss`` is ``None``.
+        variance_of: whose variance ``cv_loss`` measures: ``"logits"`` (the mean
+            over data points of ‖ĝ‖²) or ``"upstream"`` (the squared gradient of
+            the leaves upstream of the logits, e.g. an encoder's parameters; one
+            more backward pass through them). See :mod:`discograd.estimators.control`.
         generator: a ``torch.Generator`` for the noise.
 
     Three evaluations of ``f`` per data point: :math:`f(b)`,
@@ -225,17 +284,19 @@ class REBAR(_RelaxedControl):
         tau: float = 0.5,
         learn: bool = True,
         *,
+        variance_of: str = "logits",
         generator: torch.Generator | None = None,
     ):
         super().__init__(generator=generator)
         if not isinstance(learn, bool):
             raise ValueError(f"learn must be a bool, got learn={learn!r}")
         self.learn = learn
+        self.variance_of = _check_variance_of(variance_of)
         self._init_eta_tau(eta, tau, learn)
 
     def extra_repr(self) -> str:
         eta, tau = float(self.eta.detach()), float(self.tau.detach())
-        return f"eta={eta:.4g}, tau={tau:.4g}, learn={self.learn}"
+        return f"eta={eta:.4g}, tau={tau:.4g}, learn={self.learn}, variance_of={self.variance_of}"
 
     def _control(self, f_relaxed, relaxed, latent):
         return self.eta.to(f_relaxed.dtype) * f_relaxed
@@ -287,6 +348,11 @@ class RELAX(_RelaxedControl):
             variate (3 evaluations of ``f``); ``False``: :math:`c = r_\rho` only
             (1 evaluation).
         hidden: width of the default MLP.
+        variance_of: whose variance ``cv_loss`` measures: ``"logits"`` (the mean
+            over data points of ‖ĝ‖²) or ``"upstream"`` (the squared gradient of
+            the leaves upstream of the logits, e.g. an encoder's parameters, as the
+            official DisARM / ARMS / RODEO code trains its RELAX; one more backward
+            pass through them).
         generator: a ``torch.Generator`` for the noise.
 
     Grathwohl, Choi, Wu, Roeder & Duvenaud 2018, "Backpropagation through the
@@ -302,9 +368,11 @@ class RELAX(_RelaxedControl):
         tau: float = 0.5,
         relaxed_f: bool = True,
         hidden: int = 32,
+        variance_of: str = "logits",
         generator: torch.Generator | None = None,
     ):
         super().__init__(generator=generator)
+        self.variance_of = _check_variance_of(variance_of)
         if control_variate is not None and not isinstance(control_variate, nn.Module):
             raise ValueError(
                 "control_variate must be None or a torch.nn.Module, "
@@ -323,7 +391,10 @@ class RELAX(_RelaxedControl):
 
     def extra_repr(self) -> str:
         eta = f"eta={float(self.eta.detach()):.4g}, " if self.uses_relaxed_f else ""
-        return f"{eta}tau={float(self.tau.detach()):.4g}, relaxed_f={self.uses_relaxed_f}"
+        return (
+            f"{eta}tau={float(self.tau.detach()):.4g}, relaxed_f={self.uses_relaxed_f}, "
+            f"variance_of={self.variance_of}"
+        )
 
     def _control(self, f_relaxed, relaxed, latent):
         expected = (2,) + tuple(latent.batch_shape)
