@@ -232,15 +232,21 @@ class _RelaxedControl(Estimator):
         (``upstream``; the logits' own ‖ĝ‖² summed over the batch when they are a leaf
         or nothing needs their gradient)."""
         leaves = upstream_leaves(theta) if self.variance_of == "upstream" else []
-        if not leaves:
-            sq = sum_event(g_hat.pow(2), n_event)
-            return sq.mean() if self.variance_of == "logits" else sq.sum()
-        # J^T ĝ by one vector-Jacobian product through the logits' graph, kept
-        # differentiable in ĝ (and so in the control variate's parameters).
-        vjp = torch.autograd.grad(
-            theta, leaves, grad_outputs=g_hat.to(theta.dtype), create_graph=True, allow_unused=True
-        )
-        return torch.stack([v.pow(2).sum().to(g_hat.dtype) for v in vjp if v is not None]).sum()
+        if leaves:
+            # J^T ĝ by one vector-Jacobian product through the logits' graph, kept
+            # differentiable in ĝ (and so in the control variate's parameters).
+            vjp = torch.autograd.grad(
+                theta,
+                leaves,
+                grad_outputs=g_hat.to(theta.dtype),
+                create_graph=True,
+                allow_unused=True,
+            )
+            parts = [v.pow(2).sum().to(g_hat.dtype) for v in vjp if v is not None]
+            if parts:
+                return torch.stack(parts).sum()
+        sq = sum_event(g_hat.pow(2), n_event)
+        return sq.mean() if self.variance_of == "logits" else sq.sum()
 
     @property
     def n_evals(self) -> int:
