@@ -107,6 +107,15 @@ def test_loss_sends_no_gradient_to_the_control_variate(kind, make):
     assert est.eta.grad != 0 and est.log_tau.grad != 0
 
 
+def assert_grads_match_finite_differences(est, sq, eta, log_tau, eps=1e-5):
+    """``est.eta.grad`` and ``est.log_tau.grad`` against central differences of ``sq``
+    (cv_loss's value as a function of η and log λ, the same noise)."""
+    d_eta = (sq(eta + eps, log_tau) - sq(eta - eps, log_tau)) / (2 * eps)
+    d_tau = (sq(eta, log_tau + eps) - sq(eta, log_tau - eps)) / (2 * eps)
+    assert float(est.eta.grad) == pytest.approx(d_eta, rel=1e-5, abs=1e-8)
+    assert float(est.log_tau.grad) == pytest.approx(d_tau, rel=1e-5, abs=1e-8)
+
+
 @pytest.mark.parametrize("kind", ["categorical", "bernoulli"])
 def test_cv_loss_is_the_mean_squared_gradient_and_its_derivative(kind):
     # f without θ inside: the loss's gradient w.r.t. the raw logits is ĝ itself.
@@ -136,11 +145,7 @@ def test_cv_loss_is_the_mean_squared_gradient_and_its_derivative(kind):
         o = other(f, dist(kind, theta), generator=torch.Generator().manual_seed(39))
         return float(o.cv_loss.detach())
 
-    eps = 1e-5
-    d_eta = (sq(0.7 + eps, math.log(0.8)) - sq(0.7 - eps, math.log(0.8))) / (2 * eps)
-    d_tau = (sq(0.7, math.log(0.8) + eps) - sq(0.7, math.log(0.8) - eps)) / (2 * eps)
-    assert float(est.eta.grad) == pytest.approx(d_eta, rel=1e-5, abs=1e-8)
-    assert float(est.log_tau.grad) == pytest.approx(d_tau, rel=1e-5, abs=1e-8)
+    assert_grads_match_finite_differences(est, sq, 0.7, math.log(0.8))
 
 
 # --------------------------------------------------------- learning the cv
@@ -297,11 +302,7 @@ def test_upstream_cv_loss_is_the_squared_encoder_gradient_and_its_derivative(kin
     def sq(eta, log_tau):
         return float(run(eta, log_tau)[1].cv_loss.detach())
 
-    eps = 1e-5
-    d_eta = (sq(0.7 + eps, math.log(0.8)) - sq(0.7 - eps, math.log(0.8))) / (2 * eps)
-    d_tau = (sq(0.7, math.log(0.8) + eps) - sq(0.7, math.log(0.8) - eps)) / (2 * eps)
-    assert float(est.eta.grad) == pytest.approx(d_eta, rel=1e-5, abs=1e-8)
-    assert float(est.log_tau.grad) == pytest.approx(d_tau, rel=1e-5, abs=1e-8)
+    assert_grads_match_finite_differences(est, sq, 0.7, math.log(0.8))
 
 
 def test_upstream_differs_from_logits_and_falls_back_without_upstream_leaves():
