@@ -48,6 +48,11 @@ SHOWN = {"grad_var": (1e2, 3)}
 NATS = (1.0, 2)
 
 
+def shown(key: str) -> tuple[float, int]:
+    """``(scale, decimals)`` of metric ``key`` in tables and orderings."""
+    return SHOWN.get(key, NATS)
+
+
 def read_cells(
     sweep: Path, finished: bool = False
 ) -> dict[str, dict[int, dict[str, dict[int, float]]]]:
@@ -99,13 +104,11 @@ def at_common_step(cells: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int
 
 def markdown(name: str, cells: dict[str, Any], plot: str | None) -> str:
     results, steps = at_common_step(cells)
-    shown = [k for k in METRICS if k in steps]
-    head = [f"{METRICS[k][0]} at step {steps[k]:,}" for k in shown]
-    lines = [f"| estimator | seeds | {' | '.join(head)} |", "|---|--:|" + "--:|" * len(shown)]
+    keys = [k for k in METRICS if k in steps]
+    head = [f"{METRICS[k][0]} at step {steps[k]:,}" for k in keys]
+    lines = [f"| estimator | seeds | {' | '.join(head)} |", "|---|--:|" + "--:|" * len(keys)]
     for est, r in results.items():
-        cols = [
-            pm(r, k, scale=SHOWN.get(k, NATS)[0], decimals=SHOWN.get(k, NATS)[1]) for k in shown
-        ]
+        cols = [pm(r, k, scale=shown(k)[0], decimals=shown(k)[1]) for k in keys]
         lines.append(f"| `{est}` | {len(cells[est])} | {' | '.join(cols)} |")
     reached = ", ".join(
         f"`{e}` {max(max(s.get('train_set_neg_elbo', {0: 0})) for s in seeds.values()):,}"
@@ -118,7 +121,7 @@ def markdown(name: str, cells: dict[str, Any], plot: str | None) -> str:
         f"is better in every column. Steps reached so far (most advanced seed): {reached}.",
         "",
     ]
-    for key in shown:
+    for key in keys:
         line = ordering(results, key)
         if line:
             lines.append(f"* {line}")
@@ -134,7 +137,7 @@ def ordering(results: dict[str, Any], key: str) -> str | None:
     if len(have) < 2:
         return None
     label, lower = METRICS[key]
-    scale, decimals = SHOWN.get(key, NATS)
+    scale, decimals = shown(key)
     order = sorted(have, key=lambda e: have[e][key], reverse=not lower)
     parts = [f"`{order[0]}` {have[order[0]][key] * scale:.{decimals}f}"]
     multi = True

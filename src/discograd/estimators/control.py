@@ -230,21 +230,16 @@ class _RelaxedControl(Estimator):
         """What ``cv_loss`` descends: the mean over data points of ‖ĝ‖² (``logits``), or
         the squared norm of the gradient ĝ sends to the leaves upstream of the logits
         (``upstream``; the logits' own ‖ĝ‖² summed over the batch when they are a leaf
-        or nothing needs their gradient)."""
+        or do not require grad)."""
         leaves = upstream_leaves(theta) if self.variance_of == "upstream" else []
         if leaves:
             # J^T ĝ by one vector-Jacobian product through the logits' graph, kept
-            # differentiable in ĝ (and so in the control variate's parameters).
+            # differentiable in ĝ (and so in the control variate's parameters). Every
+            # leaf was found on that graph, so none is unused.
             vjp = torch.autograd.grad(
-                theta,
-                leaves,
-                grad_outputs=g_hat.to(theta.dtype),
-                create_graph=True,
-                allow_unused=True,
+                theta, leaves, grad_outputs=g_hat.to(theta.dtype), create_graph=True
             )
-            parts = [v.pow(2).sum().to(g_hat.dtype) for v in vjp if v is not None]
-            if parts:
-                return torch.stack(parts).sum()
+            return torch.stack([v.pow(2).sum().to(g_hat.dtype) for v in vjp]).sum()
         sq = sum_event(g_hat.pow(2), n_event)
         return sq.mean() if self.variance_of == "logits" else sq.sum()
 
