@@ -1,7 +1,10 @@
 """Tables and plots of a protocol sweep, finished or still running, for docs/results.md.
 
     python scripts/protocol_results.py RUNS/protocol-disarm --name disarm \
-        --plots docs/results [--markdown out.md | --splice docs/results.md]
+        --plots docs/results [--markdown out.md | --splice docs/results.md] \
+        [--export docs/results/data/protocol-disarm.csv]
+    python scripts/protocol_results.py --cells-csv docs/results/data/protocol-disarm.csv \
+        --name disarm ...
 
 Reads every cell's ``metrics.jsonl`` (cells are ``<estimator>--seed<k>`` run
 folders of ``discograd sweep``), so a sweep that is still running (or was cut
@@ -14,6 +17,13 @@ estimators and gives every gap in standard errors of the difference
 √(se₁² + se₂²) (none with one seed: an order, not a ranking). Plots: the mean
 over seeds with a band of ± one standard error, against training steps.
 
+``--export FILE.csv`` writes every cell's logged series as a tidy table
+(``estimator,seed,step,metric,value``; a few tens of kB per protocol) so that
+the numbers behind a table and its plot can be committed: a run folder is not
+committed and may not outlive the machine that ran it. ``--cells-csv`` reads
+such tables back, alone or beside a sweep folder (a cell found in two places
+is an error, never silently replaced).
+
 ``--splice FILE`` replaces only the text between the lines
 ``<!-- begin generated: protocol NAME -->`` and ``<!-- end generated: protocol
 NAME -->`` of ``FILE``, so the hand-written discussion around the tables
@@ -23,6 +33,7 @@ survives a regeneration.
 from __future__ import annotations
 
 import argparse
+import csv
 import itertools
 import json
 import math
@@ -35,6 +46,9 @@ from discograd.experiments.trainer import aggregate
 from discograd.report.markdown import pm
 
 CELL = re.compile(r"(?P<est>.+)--seed(?P<seed>\d+)$")
+# estimator -> seed -> metric -> step -> value
+Cells = dict[str, dict[int, dict[str, dict[int, float]]]]
+CSV_FIELDS = ("estimator", "seed", "step", "metric", "value")
 # metric -> (label, lower is better)
 METRICS = {
     "train_set_neg_elbo": ("train −ELBO (training set)", True),
@@ -53,12 +67,10 @@ def shown(key: str) -> tuple[float, int]:
     return SHOWN.get(key, NATS)
 
 
-def read_cells(
-    sweep: Path, finished: bool = False
-) -> dict[str, dict[int, dict[str, dict[int, float]]]]:
+def read_cells(sweep: Path, finished: bool = False) -> Cells:
     """estimator -> seed -> metric -> step -> value (``finished``: only cells that ran to
     their end, i.e. wrote ``results.json``)."""
-    out: dict[str, dict[int, dict[str, dict[int, float]]]] = defaultdict(dict)
+    out: Cells = defaultdict(dict)
     for cell in sorted((sweep / "cells").iterdir()):
         m = CELL.match(cell.name)
         path = cell / "metrics.jsonl"
@@ -79,6 +91,44 @@ def read_cells(
                     series[key][step] = float(v)
         out[m["est"]][int(m["seed"])] = dict(series)
     return dict(out)
+
+
+def write_csv(cells: Cells, path: Path) -> None:
+    """Every cell's series as rows ``estimator,seed,step,metric,value`` (``repr`` of
+    the float, so reading the file back gives the same numbers)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(CSV_FIELDS)
+        for est in sorted(cells):
+            for seed in sorted(cells[est]):
+                for key in METRICS:
+                    for step, value in sorted(cells[est][seed].get(key, {}).items()):
+                        out.writerow((est, seed, step, key, repr(value)))
+
+
+def read_csv(path: Path) -> Cells:
+    """The cells of a table written by :func:`write_csv`."""
+    out: Cells = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        if tuple(reader.fieldnames or ()) != CSV_FIELDS:
+            raise SystemExit(f"{path}: expected the columns {','.join(CSV_FIELDS)}")
+        for row in reader:
+            if row["metric"] not in METRICS:
+                raise SystemExit(f"{path}: unknown metric {row['metric']!r}")
+            seeds = out[row["estimator"]]
+            seeds[int(row["seed"])][row["metric"]][int(row["step"])] = float(row["value"])
+    return {e: {s: dict(m) for s, m in seeds.items()} for e, seeds in out.items()}
+
+
+def merge(into: Cells, more: Cells, where: str) -> None:
+    """Add the cells of ``more`` to ``into``; a cell already there is an error."""
+    for est, seeds in more.items():
+        for seed, series in seeds.items():
+            if seed in into.get(est, {}):
+                raise SystemExit(f"cell {est}--seed{seed} of {where} is already read")
+            into.setdefault(est, {})[seed] = series
 
 
 def common_steps(seeds: dict[int, dict[str, dict[int, float]]], key: str) -> list[int]:
@@ -102,14 +152,26 @@ def at_common_step(cells: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int
     return results, steps
 
 
-def markdown(name: str, cells: dict[str, Any], plot: str | None) -> str:
-    results, steps = at_common_step(cells)
+def table(results: dict[str, Any], counts: dict[str, int], steps: dict[str, int]) -> list[str]:
+    """The markdown table: per estimator its seeds and each metric's mean ± s.e."""
     keys = [k for k in METRICS if k in steps]
     head = [f"{METRICS[k][0]} at step {steps[k]:,}" for k in keys]
     lines = [f"| estimator | seeds | {' | '.join(head)} |", "|---|--:|" + "--:|" * len(keys)]
     for est, r in results.items():
         cols = [pm(r, k, scale=shown(k)[0], decimals=shown(k)[1]) for k in keys]
-        lines.append(f"| `{est}` | {len(cells[est])} | {' | '.join(cols)} |")
+        lines.append(f"| `{est}` | {counts[est]} | {' | '.join(cols)} |")
+    return lines
+
+
+def orderings(results: dict[str, Any], steps: dict[str, int]) -> list[str]:
+    """One bullet per metric: :func:`ordering`."""
+    lines = (ordering(results, k) for k in METRICS if k in steps)
+    return [f"* {line}" for line in lines if line]
+
+
+def markdown(name: str, cells: dict[str, Any], plot: str | None) -> str:
+    results, steps = at_common_step(cells)
+    lines = table(results, {e: len(seeds) for e, seeds in cells.items()}, steps)
     reached = ", ".join(
         f"`{e}` {max(max(s.get('train_set_neg_elbo', {0: 0})) for s in seeds.values()):,}"
         for e, seeds in cells.items()
@@ -120,11 +182,8 @@ def markdown(name: str, cells: dict[str, Any], plot: str | None) -> str:
         "one every seed of every estimator has logged); the gradient variance ×10⁻². Lower "
         f"is better in every column. Steps reached so far (most advanced seed): {reached}.",
         "",
+        *orderings(results, steps),
     ]
-    for key in keys:
-        line = ordering(results, key)
-        if line:
-            lines.append(f"* {line}")
     if plot:
         lines += ["", f"![{name}]({plot})"]
     return "\n".join(lines) + "\n"
@@ -259,7 +318,11 @@ def plots(name: str, cells: dict[str, Any], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep", type=Path, help="the sweep folder (with cells/)")
+    parser.add_argument("sweep", type=Path, nargs="?", help="the sweep folder (with cells/)")
+    parser.add_argument(
+        "--cells-csv", type=Path, nargs="+", default=[], help="tables written by --export"
+    )
+    parser.add_argument("--export", type=Path, help="write every cell's series here (CSV)")
     parser.add_argument("--name", required=True, help="protocol name, for titles and files")
     parser.add_argument("--plots", type=Path, help="folder for <name>.png")
     parser.add_argument("--markdown", type=Path, help="write the table here (default: print)")
@@ -273,20 +336,28 @@ def main() -> None:
         "--finished", action="store_true", help="only the cells that ran to their last step"
     )
     args = parser.parse_args()
-    cells = read_cells(args.sweep, finished=args.finished)
+    if args.sweep is None and not args.cells_csv:
+        parser.error("give a sweep folder, --cells-csv, or both")
+    cells: Cells = {}
+    if args.sweep is not None:
+        merge(cells, read_cells(args.sweep, finished=args.finished), str(args.sweep))
+    for path in args.cells_csv:
+        merge(cells, read_csv(path), str(path))
     if args.seeds is not None:
         keep = set(args.seeds)
         cells = {e: {s: v for s, v in seeds.items() if s in keep} for e, seeds in cells.items()}
         cells = {e: seeds for e, seeds in cells.items() if seeds}
     if not cells:
-        parser.error(f"no cells with metrics under {args.sweep / 'cells'}")
+        parser.error("no cells with metrics found")
+    if args.export is not None:
+        write_csv(cells, args.export)
     rel = None
     if args.plots is not None:
         png = args.plots / f"protocol-{args.name}.png"
         plots(args.name, cells, png)
         rel = f"results/{png.name}"
     text = markdown(args.name, cells, rel)
-    status = cell_status(args.sweep)
+    status = cell_status(args.sweep) if args.sweep is not None else None
     if status:
         text = f"{status}\n\n{text}"
     if args.splice:

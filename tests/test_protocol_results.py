@@ -105,3 +105,83 @@ def test_splice_keeps_the_text_around_the_markers(pr: ModuleType, tmp_path):
     )
     with pytest.raises(SystemExit, match="no '<!-- begin generated: protocol other"):
         pr.splice(doc, "other", "x")
+
+
+def test_export_reads_back_the_same_cells_and_tables(pr: ModuleType, tmp_path):
+    cells = pr.read_cells(_sweep(tmp_path))
+    path = tmp_path / "data" / "toy.csv"
+    pr.write_csv(cells, path)
+    again = pr.read_csv(path)
+    assert again == cells
+    assert pr.markdown("toy", again, None) == pr.markdown("toy", cells, None)
+    # A cell read twice (a table and the sweep it came from) is refused, not replaced.
+    merged: dict = {}
+    pr.merge(merged, cells, "the sweep")
+    with pytest.raises(SystemExit, match=r"cell a--seed0 of toy\.csv is already read"):
+        pr.merge(merged, again, "toy.csv")
+    path.write_text("estimator,seed,step,metric,value\na,0,1000,elbo,1.0\n")
+    with pytest.raises(SystemExit, match="unknown metric 'elbo'"):
+        pr.read_csv(path)
+
+
+@pytest.fixture(scope="module")
+def add_seeds() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "add_seeds_to_table", ROOT / "scripts" / "add_seeds_to_table.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_third_seed_added_to_a_two_seed_table_equals_the_three_seed_table(
+    pr: ModuleType, add_seeds: ModuleType, tmp_path
+):
+    # Three seeds of "a" and "b" with values that the table's decimals show exactly.
+    sweep = tmp_path / "sweep"
+    values = {"a": [1.01, 1.23, 0.98], "b": [3.05, 3.41, 2.9]}
+    for est, seeds in values.items():
+        for seed, v in enumerate(seeds):
+            rows = [
+                {"step": s, "grad_var": v * 1e-2, "train_set_neg_elbo": 250.0 + v + s / 1e3}
+                for s in (1000, 2000)
+            ]
+            _cell(sweep, f"{est}--seed{seed}", rows, finished=True)
+    cells = pr.read_cells(sweep)
+    two = {e: {s: v for s, v in seeds.items() if s < 2} for e, seeds in cells.items()}
+    third = {"a": {2: cells["a"][2]}}
+    doc = tmp_path / "results.md"
+    doc.write_text(
+        "<!-- begin generated: protocol toy -->\n"
+        + pr.markdown("toy", two, None)
+        + "<!-- end generated: protocol toy -->\n"
+    )
+    steps, rows = add_seeds.read_table(doc.read_text(), "toy")
+    assert steps == {"train_set_neg_elbo": 2000, "grad_var": 2000}
+    assert rows["a"]["n"] == 2
+    results, counts = add_seeds.combine(steps, rows, third)
+    assert counts == {"a": 3, "b": 2}
+    want, _ = pr.at_common_step({"a": cells["a"], "b": two["b"]})
+    for key in steps:
+        for est in ("a", "b"):
+            assert results[est][key] == pytest.approx(want[est][key], rel=1e-12)
+            assert results[est]["se"][key] == pytest.approx(want[est]["se"][key], rel=1e-9)
+    text = add_seeds.markdown(steps, results, counts)
+    assert "| `a` | 3 |" in text and "| `b` | 2 |" in text
+    # A one-seed row is its seed's value.
+    one = {e: {0: seeds[0]} for e, seeds in cells.items()}
+    doc.write_text(
+        "<!-- begin generated: protocol toy -->\n"
+        + pr.markdown("toy", one, None)
+        + "<!-- end generated: protocol toy -->\n"
+    )
+    steps, rows1 = add_seeds.read_table(doc.read_text(), "toy")
+    results, counts = add_seeds.combine(steps, rows1, {"b": {1: cells["b"][1]}})
+    assert counts == {"a": 1, "b": 2}
+    assert results["b"]["grad_var"] == pytest.approx(want["b"]["grad_var"], rel=1e-12)
+    assert results["b"]["se"]["grad_var"] == pytest.approx(want["b"]["se"]["grad_var"])
+    # A row whose seeds cannot be recovered refuses new seeds.
+    rows["b"]["n"] = 3
+    with pytest.raises(SystemExit, match="`b` has 3 seeds in the table"):
+        add_seeds.combine(steps, rows, {"b": {2: cells["b"][2]}})
