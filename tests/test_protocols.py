@@ -586,3 +586,18 @@ def test_the_coupled_example_sweeps_the_protocol_with_three_seeds_for_50000_step
         cfg = cell.config
         assert cfg["protocol"] == "coupled" and cfg["steps"] == 50000
         assert (cfg["n_latent"], cfg["n_categories"], cfg["batch_size"]) == (20, 10, 200)
+
+
+@pytest.mark.parametrize(
+    "name", ["protocol-disarm", "protocol-disarm-multisample", "protocol-rodeo", "protocol-coupled"]
+)
+def test_each_protocol_example_sweeps_its_protocols_estimators_over_three_seeds(name):
+    from discograd.experiments.sweep import expand, load_sweep
+
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.toml"
+    cells = expand(load_sweep(path))
+    protocol = name.removeprefix("protocol-")
+    assert {c.config["protocol"] for c in cells} == {protocol}
+    assert sorted({c.estimator for c in cells}) == sorted(PROTOCOLS[protocol]["estimators"])
+    assert {c.seed for c in cells} == {0, 1, 2}
+    assert len(cells) == 3 * len(PROTOCOLS[protocol]["estimators"])
