@@ -182,6 +182,12 @@ def test_cells_have_stable_readable_names_and_one_estimator_and_seed_each(sweep_
               "checkpoint_every=10"],
     )  # fmt: skip
     assert [(c.name, c.config) for c in sw.expand(flags)] == [(c.name, c.config) for c in cells]
+    # --seed K is seed K alone (--seeds K is K seeds): the cells of one more seed.
+    third = sw.expand(sw.load_sweep(sweep_file, seed=2))
+    assert [c.name for c in third] == [n.replace("--seed0", "--seed2") for n in NAMES[:4]]
+    assert all(c.seed == 2 and c.config["seeds"] == [2] for c in third)
+    with pytest.raises(ConfigError, match="give --seed or --seeds, not both"):
+        sw.load_sweep(sweep_file, seeds=[2], seed=2)
     # Names sort the grid's keys: writing them in another order renames nothing.
     two = sw.expand(sw.load_sweep(None, task="toy", grid=["R=2", "C=4"], estimators=["arsm"]))
     assert [c.name for c in two] == ["C=4,R=2--arsm--seed0"]

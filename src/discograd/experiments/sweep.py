@@ -180,13 +180,17 @@ def load_sweep(
     grid: Sequence[str] = (),
     estimators: Sequence[str] | None = None,
     seeds: Sequence[int] | None = None,
+    seed: int | None = None,
     metrics: Sequence[str] | None = None,
 ) -> Sweep:
     """The sweep of ``file`` (TOML, YAML or JSON; may be ``None``) with the flags' changes.
 
     Flags replace the file's values (``--grid KEY=...`` replaces that key's
     values); ``config`` and ``sets`` are added on top of the file's base.
+    ``seeds`` is a count (one value) or a list; ``seed`` is that one seed alone.
     """
+    if seeds is not None and seed is not None:
+        raise ConfigError("give --seed or --seeds, not both")
     from discograd.experiments.config import parse_sets, read_file
 
     data: dict[str, Any] = {}
@@ -250,6 +254,8 @@ def load_sweep(
         sweep.seeds = _seeds_value(data["seeds"], where)
     if seeds is not None:
         sweep.seeds = seeds[0] if len(seeds) == 1 else list(seeds)
+    if seed is not None:
+        sweep.seeds = [seed]
     if "metrics" in data:
         sweep.metrics = _str_list(data["metrics"], "metrics", where)
     if metrics is not None:
@@ -1266,8 +1272,15 @@ def add_parser(sub: Any, func: Callable[[Any], int]) -> Any:
         "--grid 'hidden=[[128,64],[256]]')",
     )
     what.add_argument("--estimators", nargs="+", metavar="SPEC", help="estimator specs")
-    what.add_argument(
+    seeds = what.add_mutually_exclusive_group()
+    seeds.add_argument(
         "--seeds", nargs="+", type=int, metavar="N", help="seeds: N means 0 .. N-1, or a list"
+    )
+    seeds.add_argument(
+        "--seed",
+        type=int,
+        metavar="K",
+        help="seed K alone (--seeds K means seeds 0 .. K-1): to add one seed to a sweep",
     )
     what.add_argument(
         "--metrics",
@@ -1353,6 +1366,7 @@ def command(args: Any, render: Render | None = None) -> int:
         grid=args.grid,
         estimators=args.estimators,
         seeds=args.seeds,
+        seed=args.seed,
         metrics=args.metrics,
     )
     out = args.out
