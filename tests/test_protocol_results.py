@@ -13,15 +13,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def pr() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "protocol_results", ROOT / "scripts" / "protocol_results.py"
-    )
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def pr() -> ModuleType:
+    return _load("protocol_results")
+
+
+@pytest.fixture(scope="module")
+def add_seeds() -> ModuleType:
+    return _load("add_seeds_to_table")
 
 
 def _cell(sweep: Path, name: str, rows: list[dict], finished: bool) -> None:
@@ -122,17 +129,6 @@ def test_export_reads_back_the_same_cells_and_tables(pr: ModuleType, tmp_path):
     path.write_text("estimator,seed,step,metric,value\na,0,1000,elbo,1.0\n")
     with pytest.raises(SystemExit, match="unknown metric 'elbo'"):
         pr.read_csv(path)
-
-
-@pytest.fixture(scope="module")
-def add_seeds() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "add_seeds_to_table", ROOT / "scripts" / "add_seeds_to_table.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_a_third_seed_added_to_a_two_seed_table_equals_the_three_seed_table(
