@@ -38,10 +38,7 @@ HEAD = re.compile(r"^(?P<label>.+) at step (?P<step>[\d,]+)$")
 def read_table(doc: str, name: str) -> tuple[dict[str, int], dict[str, dict[str, Any]]]:
     """``(steps, rows)`` of the protocol's generated table: the step of each metric,
     and per estimator its number of seeds and ``metric -> (mean, se)`` unscaled."""
-    begin = doc.find(f"<!-- begin generated: protocol {name} -->")
-    end = doc.find(f"<!-- end generated: protocol {name} -->")
-    if begin < 0 or end < begin:
-        raise SystemExit(f"no generated block for protocol {name!r}")
+    begin, end = pr.block(doc, name, "the document")
     lines = doc[begin:end].splitlines()
     head = next((ln for ln in lines if ln.startswith("| estimator | seeds |")), None)
     if head is None:

@@ -247,15 +247,22 @@ def cell_status(sweep: Path) -> str | None:
     )
 
 
-def splice(path: Path, name: str, text: str) -> None:
-    """Put ``text`` between the protocol's begin/end markers in ``path``."""
+def block(doc: str, name: str, where: str) -> tuple[int, int]:
+    """Where the protocol's generated block of ``doc`` starts and ends: the offsets
+    just after its begin marker and at its end marker."""
     begin = f"<!-- begin generated: protocol {name} -->"
     end = f"<!-- end generated: protocol {name} -->"
-    doc = path.read_text()
     i, j = doc.find(begin), doc.find(end)
     if i < 0 or j < i:
-        raise SystemExit(f"{path}: no '{begin}' ... '{end}' markers to splice between")
-    path.write_text(doc[: i + len(begin)] + "\n" + text.rstrip("\n") + "\n" + doc[j:])
+        raise SystemExit(f"{where}: no '{begin}' ... '{end}' markers")
+    return i + len(begin), j
+
+
+def splice(path: Path, name: str, text: str) -> None:
+    """Put ``text`` between the protocol's begin/end markers in ``path``."""
+    doc = path.read_text()
+    i, j = block(doc, name, str(path))
+    path.write_text(doc[:i] + "\n" + text.rstrip("\n") + "\n" + doc[j:])
 
 
 def plots(name: str, cells: dict[str, Any], path: Path) -> None:
